@@ -1,0 +1,48 @@
+"""What every sensor driver looks like to the rest of the agent."""
+
+from typing import Any, ClassVar
+
+from agent.readings import Reading
+from agent.schema import Field
+from agent.seam import Hardware, SMBusLike
+
+
+class DriverContext:
+    """What a driver needs to find its device: the seam, plus one shared handle per I2C bus."""
+
+    def __init__(self, hardware: Hardware):
+        self.hardware = hardware
+        self._buses: dict[int, SMBusLike] = {}
+
+    def i2c(self, bus_number: int) -> SMBusLike:
+        if bus_number not in self._buses:
+            self._buses[bus_number] = self.hardware.i2c_bus(bus_number)
+        return self._buses[bus_number]
+
+    def close(self) -> None:
+        for bus in self._buses.values():
+            bus.close()
+        self._buses.clear()
+
+
+class Sensor:
+    """A configured sensor. `read()` never raises for device trouble: it returns readings whose
+    validity says what went wrong, so one bad sensor cannot stall or crash the loop."""
+
+    kind: ClassVar[str]
+    doc: ClassVar[str]
+    SCHEMA: ClassVar[dict[str, Field]]
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], context: DriverContext) -> "Sensor":
+        """Build from a validated [[sensor]] table (name and kind removed, defaults filled)."""
+        raise NotImplementedError
+
+    def read(self) -> list[Reading]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the driver holds (GPIO lines); buses are closed by the context."""

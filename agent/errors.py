@@ -1,0 +1,29 @@
+"""Hearth's one exception hierarchy; each leaf also inherits the built-in it resembles."""
+
+
+class HearthError(Exception):
+    """Base of every error Hearth raises on purpose."""
+
+
+class ConfigError(HearthError):
+    """The configuration cannot be used; the message names file, key, value and expectation."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A configuration value has the wrong type or is out of range."""
+
+
+class ConfigFileError(ConfigError, OSError):
+    """A configuration or board-definition file is missing or is not valid TOML."""
+
+
+class HardwareError(HearthError, OSError):
+    """A device did not answer as its datasheet says it should."""
+
+
+class DeviceFailedError(HardwareError):
+    """A device kept failing past its retry budget and is marked failed until re-probed."""
+
+
+class DeviceIdentityError(HardwareError):
+    """A device answered with the wrong identity (e.g. a TMP117 whose ID register is not 0x0117)."""

@@ -1,0 +1,1 @@
+"""Carrier-board definitions (TOML), shipped inside the agent package as agent.boards."""

@@ -1,0 +1,1 @@
+"""The `hearth` subcommands, one module each; every module has `add_parser(subparsers)`."""

@@ -1,6 +1,6 @@
 """What every sensor driver looks like to the rest of the agent."""
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from agent.readings import Reading
 from agent.schema import Field
@@ -13,11 +13,18 @@ class DriverContext:
     def __init__(self, hardware: Hardware):
         self.hardware = hardware
         self._buses: dict[int, SMBusLike] = {}
+        self._shared: dict[str, object] = {}
 
     def i2c(self, bus_number: int) -> SMBusLike:
         if bus_number not in self._buses:
             self._buses[bus_number] = self.hardware.i2c_bus(bus_number)
         return self._buses[bus_number]
+
+    def shared(self, key: str, make: Callable[["DriverContext"], Any]) -> Any:
+        """One object per board that several drivers use (e.g. the 1-wire bus scheduler)."""
+        if key not in self._shared:
+            self._shared[key] = make(self)
+        return self._shared[key]
 
     def close(self) -> None:
         for bus in self._buses.values():

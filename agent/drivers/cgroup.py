@@ -1,0 +1,39 @@
+"""A cgroup v2 group the agent throttles: CPU quota (cpu.max), CPU set and freezing."""
+
+from agent.drivers.sysfs import SysfsAttribute
+from agent.seam import Hardware
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+class CpuGroup:
+    def __init__(self, hardware: Hardware, group: str, period_us: int = 100_000):
+        self.dir = hardware.path(CGROUP_ROOT) / group
+        self.period_us = period_us
+        self.cpu_max = SysfsAttribute(self.dir / "cpu.max")
+        self.freeze_file = SysfsAttribute(self.dir / "cgroup.freeze")
+        self.cpuset = SysfsAttribute(self.dir / "cpuset.cpus")
+
+    def set_quota(self, cpus: float | None) -> bool:
+        """Allow `cpus` CPUs' worth of time per period (None: unlimited). True if written."""
+        if cpus is None:
+            return self.cpu_max.write(f"max {self.period_us}")
+        quota_us = max(1000, round(cpus * self.period_us))
+        return self.cpu_max.write(f"{quota_us} {self.period_us}")
+
+    def set_cpus(self, cpus: list[int]) -> bool:
+        return self.cpuset.write(",".join(str(c) for c in cpus))
+
+    def freeze(self, frozen: bool) -> bool:
+        return self.freeze_file.write("1" if frozen else "0")
+
+    def frozen(self) -> bool:
+        """Whether the kernel reports the group frozen (cgroup.events), not just asked to be."""
+        for line in (self.dir / "cgroup.events").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "frozen":
+                return value.strip() == "1"
+        return False
+
+    def pids(self) -> list[int]:
+        return [int(p) for p in (self.dir / "cgroup.procs").read_text().split()]

@@ -1,0 +1,78 @@
+"""The SoC's own health: its thermal zone and the firmware's throttling/under-voltage flags."""
+
+from agent.drivers.base import DriverContext, Sensor
+from agent.readings import Reading, invalid, missing, ok
+from agent.schema import Field
+
+THROTTLED_FILE = "/sys/devices/platform/soc/soc:firmware/get_throttled"
+
+# get_throttled bits (DESIGN.md section 7): 0-3 now, 16-19 the same since boot.
+THROTTLE_FLAGS = {
+    "under_voltage": 0,
+    "freq_capped": 1,
+    "throttled": 2,
+    "soft_temp_limit": 3,
+}
+SINCE_BOOT_SHIFT = 16
+
+
+class SocTemperature(Sensor):
+    kind = "soc"
+    doc = "SoC temperature from a kernel thermal zone (millidegrees Celsius)"
+    SCHEMA = {
+        "zone": Field(int, "thermal zone number: /sys/class/thermal/thermal_zone<N>/temp",
+                      default=0, min=0, max=15),
+    }
+
+    def __init__(self, name: str, context: DriverContext, zone: int = 0):
+        super().__init__(name)
+        self._file = context.hardware.path(f"/sys/class/thermal/thermal_zone{zone}/temp")
+        self._clock = context.hardware.clock
+
+    @classmethod
+    def from_config(cls, settings: dict, context: DriverContext) -> "SocTemperature":
+        return cls(settings["name"], context, settings["zone"])
+
+    def read(self) -> list[Reading]:
+        now = self._clock()
+        try:
+            text = self._file.read_text()
+        except FileNotFoundError:
+            return [missing(self.name, "°C", now, f"{self._file} does not exist; check "
+                            "the zone number against /sys/class/thermal")]
+        except OSError as error:
+            return [invalid(self.name, "°C", now, f"read failed: {error}")]
+        try:
+            return [ok(self.name, int(text) / 1000.0, "°C", now)]
+        except ValueError:
+            return [invalid(self.name, "°C", now, f"not millidegrees: {text[:40]!r}")]
+
+
+class ThrottleFlags(Sensor):
+    kind = "throttle"
+    doc = "the firmware's under-voltage and throttling flags (get_throttled)"
+    SCHEMA = {}
+
+    def __init__(self, name: str, context: DriverContext):
+        super().__init__(name)
+        self._file = context.hardware.path(THROTTLED_FILE)
+        self._clock = context.hardware.clock
+
+    @classmethod
+    def from_config(cls, settings: dict, context: DriverContext) -> "ThrottleFlags":
+        return cls(settings["name"], context)
+
+    def read(self) -> list[Reading]:
+        """One reading per flag (1.0 set, 0.0 clear) for now, and `raw` with every bit."""
+        now = self._clock()
+        names = [f"{self.name}.{flag}" for flag in THROTTLE_FLAGS] + [f"{self.name}.raw"]
+        try:
+            bits = int(self._file.read_text().strip(), 16)
+        except FileNotFoundError:
+            return [missing(n, "flag", now, f"{self._file} does not exist: this kernel has "
+                            "no Raspberry Pi firmware driver") for n in names]
+        except (OSError, ValueError) as error:
+            return [invalid(n, "flag", now, f"read failed: {error}") for n in names]
+        readings = [ok(f"{self.name}.{flag}", float(bits >> bit & 1), "flag", now)
+                    for flag, bit in THROTTLE_FLAGS.items()]
+        return readings + [ok(f"{self.name}.raw", float(bits), "bits", now)]

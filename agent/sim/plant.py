@@ -43,6 +43,7 @@ class BoardPlant:
         self.heat_to_water_w = 0.0
         self.energy_electric_j = 0.0
         self.energy_to_water_j = 0.0
+        self.energy_to_room_j = 0.0
 
     def effective_mhz(self) -> int:
         """The frequency the firmware lets the Arm run at: the cap, unless it throttles."""
@@ -114,3 +115,4 @@ class BoardPlant:
                        / p.oil_heat_capacity_j_per_k)
         self.energy_electric_j += self.power_w * dt_s
         self.energy_to_water_j += self.heat_to_water_w * dt_s
+        self.energy_to_room_j += oil_to_room_w * dt_s

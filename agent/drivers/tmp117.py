@@ -29,7 +29,7 @@ class TMP117(Sensor):
     """A TMP117 whose identity is checked on first contact and after every failure."""
 
     kind = "tmp117"
-    doc = "TMP117 precision temperature sensor (±0.1 °C from -20 to 50 °C), in °C"
+    doc = "TMP117 precision temperature sensor (±0.1 °C), degrees Celsius"
     SCHEMA = {
         "bus": Field(int, "I2C bus number (/dev/i2c-N)", min=0, example="1"),
         "address": Field(int, "I2C address of the TMP117 (ADD0 strap)", min=0x48, max=0x4B,

@@ -111,7 +111,8 @@ def test_agent_unit_runs_sandboxed_as_the_hearth_user():
     assert set(service["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     writable = service["ReadWritePaths"].split()
     assert writable == ["-/sys/devices/system/cpu/cpufreq",
-                        "-/sys/fs/cgroup/hearth.slice/hearth-workload.slice"]
+                        "-/sys/fs/cgroup/hearth.slice/hearth-workload.slice",
+                        "-/sys/fs/cgroup/hearth.slice/hearth-heatfill.slice"]
 
 
 def test_hardware_watchdog_is_at_most_the_pi_limit_of_15_seconds():
@@ -134,8 +135,9 @@ def test_tmpfiles_lines_are_well_formed():
              if line and not line.startswith("#")]
     assert {line[1] for line in lines} == {
         "/sys/devices/system/cpu/cpufreq/policy*/scaling_max_freq",
-        "/sys/fs/cgroup/hearth.slice/hearth-workload.slice/cpu.max",
-        "/sys/fs/cgroup/hearth.slice/hearth-workload.slice/cgroup.freeze"}
+        "/sys/fs/cgroup/hearth.slice/hearth-*.slice/cpu.max",
+        "/sys/fs/cgroup/hearth.slice/hearth-*.slice/cpuset.cpus",
+        "/sys/fs/cgroup/hearth.slice/hearth-*.slice/cgroup.freeze"}
     assert all(line[0] == "z" and line[2] == "0664" and line[4] == "hearth" for line in lines)
 
 
@@ -146,8 +148,9 @@ def test_tmpfiles_gives_the_hearth_group_the_actuator_files(tmp_path):
     (tmp_path / "etc/group").write_text("root:x:0:\nhearth:x:990:\n")
     targets = [tmp_path / f"sys/devices/system/cpu/cpufreq/policy{n}/scaling_max_freq"
                for n in (0, 4)]
-    workload = tmp_path / "sys/fs/cgroup/hearth.slice/hearth-workload.slice"
-    targets += [workload / "cpu.max", workload / "cgroup.freeze"]
+    for slice_name in ("hearth-workload.slice", "hearth-heatfill.slice"):
+        group = tmp_path / "sys/fs/cgroup/hearth.slice" / slice_name
+        targets += [group / "cpu.max", group / "cpuset.cpus", group / "cgroup.freeze"]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("0\n")

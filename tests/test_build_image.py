@@ -1,0 +1,267 @@
+"""scripts/build-image on a small synthetic image laid out like Raspberry Pi OS Lite (DOS
+partition table, FAT boot, ext4 root with the account files), run twice, then read back without
+mounting: config lines once, units enabled, package importable, extension an aarch64 ELF,
+owners and modes, and the build's own verification able to catch a broken image."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from hearth_deploy import image as image_module  # noqa: E402
+from hearth_deploy.disk import Ext4Partition, FatPartition, raspberry_pi_layout  # noqa: E402
+
+MIB = 1 << 20
+SITE_PACKAGES = "/opt/hearth/lib/python3.13/site-packages"
+STOCK_CONFIG = """# For more options and information see
+# http://rptl.io/configtxt
+#dtparam=i2c_arm=on
+#dtparam=spi=on
+dtparam=audio=on
+camera_auto_detect=1
+auto_initramfs=1
+dtoverlay=vc4-kms-v3d
+arm_64bit=1
+disable_overscan=1
+arm_boost=1
+
+[cm4]
+otg_mode=1
+
+[all]
+"""
+STOCK_CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
+                 "fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot "
+                 "cfg80211.ieee80211_regdom=GB\n")
+ACCOUNTS = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+              "systemd-network:x:998:998:systemd Network Management:/:/usr/sbin/nologin\n",
+    "group": "root:x:0:\ndaemon:x:1:\ndialout:x:20:\nshadow:x:42:\nsystemd-network:x:998:\n"
+             "gpio:x:997:\ni2c:x:994:\n",
+    "shadow": "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+              "systemd-network:!*:19000::::::\n",
+    "gshadow": "root:*::\ndaemon:*::\ndialout:*::\nshadow:*::\nsystemd-network:!::\ngpio:!::\n"
+               "i2c:!::\n",
+}
+
+
+def sh(*command, **kwargs):
+    return subprocess.run([str(c) for c in command], check=True, capture_output=True, **kwargs)
+
+
+def make_raspberry_pi_os_image(directory: Path) -> Path:
+    """64 MiB laid out as Raspberry Pi OS does it: FAT boot at 1 MiB, ext4 root after it. The
+    boot partition is FAT16 (type e) because FAT32 needs at least 32 MiB; both boot on a Pi."""
+    boot = directory / "boot.fat"
+    sh("mkfs.vfat", "-F", "16", "-n", "BOOTFS", "-C", boot, 16 * 1024)
+    for name, text in (("config.txt", STOCK_CONFIG), ("cmdline.txt", STOCK_CMDLINE)):
+        (directory / name).write_text(text)
+        sh("mcopy", "-i", boot, directory / name, f"::{name}")
+    tree = directory / "rootfs"
+    for folder in ("etc/systemd/system", "usr/lib/python3.13", "usr/bin", "var/lib", "dev",
+                   "boot/firmware"):
+        (tree / folder).mkdir(parents=True)
+    for name, text in ACCOUNTS.items():
+        (tree / "etc" / name).write_text(text)
+    (tree / "usr/lib/python3.13/os.py").write_text("# stand-in for the target's stdlib\n")
+    (tree / "usr/bin/python3.13").write_text("")
+    root = directory / "root.ext4"
+    sh("mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", tree, root, "46M")
+    sh("debugfs", "-w", "-R", "sif /etc/shadow mode 0100640", root)
+    sh("debugfs", "-w", "-R", "sif /etc/shadow gid 42", root)
+    disk = directory / "raspios-lite-arm64.img"
+    with disk.open("wb") as handle:
+        handle.truncate(64 * MIB)
+    sh("sfdisk", "--quiet", disk, input=b"label: dos\nlabel-id: 0x4e639091\n"
+                                         b"start=2048, size=32768, type=e\nstart=34816, type=83\n")
+    for part, offset in ((boot, 1), (root, 17)):
+        sh("dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={offset}", "conv=notrunc",
+           "status=none")
+    return disk
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory) -> Path:
+    """The real aarch64 wheels for CPython 3.13, fetched from PyPI once per test session."""
+    requirements = [r for r in image_module.install_requires()
+                    if image_module.normalize(image_module.requirement_name(r))
+                    not in image_module.FROM_DISTRIBUTION]
+    return image_module.fetch_wheels(requirements, (3, 13), tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, wheelhouse):
+    """A stock image, built once into first.img, then first.img built again into second.img."""
+    directory = tmp_path_factory.mktemp("image")
+    stock = make_raspberry_pi_os_image(directory)
+    first, second = directory / "first.img", directory / "second.img"
+    runs = []
+    for source, output in ((stock, first), (first, second)):
+        result = subprocess.run([REPO / "scripts/build-image", source, output,
+                                 "--wheelhouse", wheelhouse], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        runs.append(result)
+    return {"stock": stock, "first": first, "second": second, "runs": runs}
+
+
+def partitions(image: Path) -> tuple[FatPartition, Ext4Partition]:
+    boot, root = raspberry_pi_layout(image)
+    return FatPartition(image, boot), Ext4Partition(image, root)
+
+
+def fragment_lines() -> list[str]:
+    return [line for line in (REPO / "hardware/config.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+
+
+def test_config_txt_lines_are_present_exactly_once_after_two_runs(built):
+    boot, _ = partitions(built["second"])
+    lines = boot.read("config.txt").decode().splitlines()
+    for line in fragment_lines():
+        assert lines.count(line) == (2 if line == "[all]" else 1), line
+    assert "otg_mode=1" in lines and "#dtparam=i2c_arm=on" in lines
+    assert lines.index("dtparam=watchdog=on") > lines.index("otg_mode=1")
+
+
+def test_second_run_changes_nothing_on_the_boot_partition_or_accounts(built):
+    (boot1, root1), (boot2, root2) = partitions(built["first"]), partitions(built["second"])
+    for name in ("config.txt", "cmdline.txt"):
+        assert boot1.read(name) == boot2.read(name)
+    for name in ACCOUNTS:
+        assert root1.read(f"/etc/{name}") == root2.read(f"/etc/{name}")
+
+
+def test_cmdline_has_one_serial_console_and_keeps_the_rest(built):
+    boot, _ = partitions(built["second"])
+    text = boot.read("cmdline.txt").decode()
+    arguments = text.split()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert arguments[0] == "console=serial0,115200"
+    assert [a for a in arguments if a.startswith("console=")] == [
+        "console=serial0,115200", "console=tty1"]
+    assert "root=PARTUUID=4e639091-02" in arguments and "rootwait" in arguments
+    assert "init=/usr/lib/raspberrypi-sys-mods/firstboot" in arguments
+
+
+def test_units_are_installed_and_enabled_like_systemctl_enable(built):
+    _, root = partitions(built["second"])
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    assert sorted(root.listdir(wants)) == ["hearth-agent.service", "hearth-console.service"]
+    for unit in ("hearth-agent.service", "hearth-console.service"):
+        assert root.readlink(f"{wants}/{unit}") == f"/etc/systemd/system/{unit}"
+        installed = root.read(f"/etc/systemd/system/{unit}")
+        assert installed == (REPO / "systemd" / unit).read_bytes()
+    for getty in ("serial-getty@ttyAMA0.service", "serial-getty@ttyS0.service"):
+        assert root.readlink(f"/etc/systemd/system/{getty}") == "/dev/null"
+    for path in ("/etc/systemd/journald.conf.d/60-hearth-persistent.conf",
+                 "/etc/systemd/system.conf.d/60-hearth-watchdog.conf",
+                 "/etc/tmpfiles.d/hearth.conf", "/etc/systemd/system/hearth-leader.service"):
+        inode = root.stat(path)
+        assert (inode.kind, inode.mode & 0o7777, inode.uid, inode.gid) == ("file", 0o644, 0, 0)
+
+
+def test_hearth_user_exists_once_in_the_right_groups_and_shadow_keeps_its_mode(built):
+    _, root = partitions(built["second"])
+    passwd = root.read("/etc/passwd").decode().splitlines()
+    hearth = [line.split(":") for line in passwd if line.startswith("hearth:")]
+    assert len(hearth) == 1
+    uid, gid, home, shell = hearth[0][2], hearth[0][3], hearth[0][5], hearth[0][6]
+    assert 100 <= int(uid) <= 999 and int(uid) != 998 and shell == "/usr/sbin/nologin"
+    groups = {line.split(":")[0]: line.split(":") for line in
+              root.read("/etc/group").decode().splitlines()}
+    assert groups["hearth"][2] == gid
+    for name in ("gpio", "i2c", "dialout"):
+        assert groups[name][3].split(",") == ["hearth"]
+    assert [line for line in root.read("/etc/shadow").decode().splitlines()
+            if line.startswith("hearth:")][0].startswith("hearth:!*:")
+    shadow = root.stat("/etc/shadow")
+    assert (shadow.mode & 0o7777, shadow.uid, shadow.gid) == (0o640, 0, 42)
+
+
+def test_the_extension_is_an_aarch64_elf(built):
+    _, root = partitions(built["second"])
+    extension = root.read(f"{SITE_PACKAGES}/agent/control/_cpid.abi3.so")
+    assert extension[:4] == b"\x7fELF" and extension[4] == 2          # ELF64
+    assert int.from_bytes(extension[18:20], "little") == 0xB7         # e_machine EM_AARCH64
+    assert b"PyInit__cpid" in extension
+
+
+def test_installed_tree_has_owners_modes_and_the_entry_point(built):
+    _, root = partitions(built["second"])
+    script = root.stat("/opt/hearth/bin/hearth")
+    assert (script.kind, script.mode & 0o7777, script.uid, script.gid) == ("file", 0o755, 0, 0)
+    assert root.read("/opt/hearth/bin/hearth").startswith(b"#!/opt/hearth/bin/python3\n")
+    assert root.readlink("/opt/hearth/bin/python3") == "/usr/bin/python3.13"
+    assert b"include-system-site-packages = true" in root.read("/opt/hearth/pyvenv.cfg")
+    module = root.stat(f"{SITE_PACKAGES}/agent/identity.py")
+    assert (module.mode & 0o7777, module.uid, module.gid) == (0o644, 0, 0)
+    assert root.stat(f"{SITE_PACKAGES}/agent/boards/oil-carrier.toml") is not None
+
+
+def test_the_installed_package_and_pure_python_dependencies_import(built, tmp_path):
+    """The layout is importable: dump site-packages and import from it with this Python (the
+    compiled parts are aarch64, so psutil and _cpid are checked as ELF files instead)."""
+    _, root = partitions(built["second"])
+    root.rdump(SITE_PACKAGES, tmp_path)
+    site = tmp_path / "site-packages"
+    names = set(os.listdir(site))
+    assert {"agent", "paho", "serial", "smbus2", "psutil"} <= names
+    assert any(name.startswith("psutil-") and name.endswith(".dist-info") for name in names)
+    for shared in site.glob("psutil/*.so"):
+        assert int.from_bytes(shared.read_bytes()[18:20], "little") == 0xB7, shared
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import agent.cli, agent.identity, "
+            "paho.mqtt.client, serial, smbus2; print(agent.cli.__file__)")
+    result = subprocess.run([sys.executable, "-I", "-c", code, str(site)], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(site))
+
+
+def test_the_build_verifies_its_result_and_catches_a_damaged_image(built, tmp_path):
+    assert "verified" in built["runs"][1].stdout
+    damaged = tmp_path / "damaged.img"
+    shutil.copyfile(built["second"], damaged)
+    _, root = partitions(damaged)
+    root.run_script(['rm "/etc/systemd/system/hearth-agent.service"',
+                     'sif "/opt/hearth/bin/hearth" mode 0100644'])
+    boot, _ = partitions(damaged)
+    boot.write("config.txt", boot.read("config.txt") + b"dtparam=watchdog=on\n")
+    options = image_module.Options(built["first"], damaged)
+    files = image_module.staged_files(options, (3, 13), _stage_like_the_build(tmp_path))
+    problems = "\n".join(image_module.verify(damaged, options, files))
+    assert "/etc/systemd/system/hearth-agent.service: missing" in problems
+    assert "/opt/hearth/bin/hearth: file 644" in problems
+    assert "'dtparam=watchdog=on' appears 2 times" in problems
+
+
+def _stage_like_the_build(tmp_path: Path) -> Path:
+    """A staging tree with the entry point only: enough for staged_files() to list the units."""
+    stage = tmp_path / "stage"
+    (stage / "opt/hearth/bin").mkdir(parents=True)
+    (stage / "opt/hearth/bin/hearth").write_text(
+        image_module.HEARTH_SCRIPT.format(install=image_module.INSTALL_DIR))
+    return stage
+
+
+def test_a_source_that_is_not_a_raspberry_pi_os_image_is_refused(tmp_path):
+    bogus = tmp_path / "bogus.img"
+    bogus.write_bytes(b"\0" * MIB)
+    result = subprocess.run([REPO / "scripts/build-image", bogus, tmp_path / "out.img",
+                             "--wheelhouse", tmp_path], capture_output=True, text=True)
+    assert result.returncode == 2 and "build-image:" in result.stderr
+
+
+def test_hardware_config_matches_the_board_definition():
+    board = tomllib.loads((REPO / "hardware/boards/oil-carrier.toml").read_text())
+    lines = fragment_lines()
+    assert f"dtoverlay=w1-gpio,gpiopin={board['pins']['one_wire_gpio']}" in lines
+    assert {"dtparam=i2c_arm=on", "enable_uart=1", "dtparam=watchdog=on"} <= set(lines)
+    assert {sensor.get("bus") for sensor in board["sensor"] if "bus" in sensor} == {1}

@@ -1,6 +1,19 @@
 """Packaging for Hearth: the `agent` package, its board definitions and the compiled control core."""
 
-from setuptools import setup
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# The PID core, built for CPython's stable ABI (abi3) so one build loads on Bookworm's 3.11 and
+# Trixie's 3.13. -ffp-contract=off keeps the C compiler from fusing multiply-adds (aarch64 would),
+# which is what lets the compiled PID agree bit-for-bit with agent/control/pid_ref.py.
+PID_EXTENSION = Extension(
+    "agent.control._cpid",
+    ["cext/cpid.pyx"],
+    define_macros=[("Py_LIMITED_API", "0x030B0000")],
+    py_limited_api=True,
+    extra_compile_args=["-ffp-contract=off"],
+)
+
 
 setup(
     name="hearth",
@@ -22,4 +35,6 @@ setup(
         "dev": ["pytest>=7", "hypothesis>=6", "simple-pid>=2"],
     },
     entry_points={"console_scripts": ["hearth = agent.cli:main"]},
+    ext_modules=cythonize([PID_EXTENSION]),
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

@@ -14,7 +14,7 @@ SYSTEMD_DIR = REPO / "systemd"
 UNITS = sorted(p.name for p in SYSTEMD_DIR.iterdir() if p.suffix in (".service", ".slice"))
 HOST_UNITS = Path("/usr/lib/systemd/system")
 # Executables the units name, created as stubs in the verify root (they run on the Pi, not here).
-UNIT_EXECUTABLES = ("opt/hearth/bin/hearth", "usr/bin/systemd-tmpfiles")
+UNIT_EXECUTABLES = ("opt/hearth/bin/hearth", "usr/bin/systemd-tmpfiles", "bin/sh")
 
 
 def read_unit(path: Path) -> configparser.ConfigParser:

@@ -14,16 +14,16 @@ PID_EXTENSION = Extension(
     extra_compile_args=["-ffp-contract=off"],
 )
 
-
 setup(
     name="hearth",
     version="0.1.0",
     description="Site controller for Raspberry Pi boards that heat buildings",
     python_requires=">=3.11",
-    packages=["agent", "agent.drivers", "agent.sim", "agent.control", "agent.boards"],
+    packages=["agent", "agent.commands", "agent.drivers", "agent.sim", "agent.sim.scenarios",
+              "agent.control", "agent.boards"],
     # Board definitions live in hardware/boards/ beside the wiring docs, and ship inside the package.
     package_dir={"agent.boards": "hardware/boards"},
-    package_data={"agent.boards": ["*.toml"]},
+    package_data={"agent.boards": ["*.toml"], "agent.sim.scenarios": ["*.toml"]},
     install_requires=[
         "gpiozero>=2.0",
         "smbus2>=0.4",

@@ -1,12 +1,23 @@
 """Hearth's one exception hierarchy; each leaf also inherits the built-in it resembles."""
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class HearthError(Exception):
     """Base of every error Hearth raises on purpose."""
 
 
 class ConfigError(HearthError):
-    """The configuration cannot be used; the message names file, key, value and expectation."""
+    """The configuration cannot be used; the message names file, key, value and expectation.
+
+    `problems` holds each finding separately (agent.config.Problem), so a checker can print or
+    test them one by one instead of parsing the message.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[Any] = ()):
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 class ConfigValueError(ConfigError, ValueError):

@@ -27,7 +27,9 @@ class Field:
         return self.default is REQUIRED
 
     def _show(self, number: float) -> str:
-        return f"0x{int(number):02x}" if self.hex else f"{number:g}"
+        if self.hex:
+            return f"0x{int(number):02x}"
+        return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
     def expected(self) -> str:
         """What a valid value looks like, in words an operator reads in an error message."""

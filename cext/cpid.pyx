@@ -216,6 +216,27 @@ cdef class PID:
         self.output = held
         self._align()
 
+    def track_reset(self, applied_output):
+        """External reset feedback, for a loop that a selector did NOT choose this period.
+
+        The integral becomes the applied output (clamped), so this loop's command is the
+        applied output plus its own P and D action. A limit loop far from its limit (large
+        positive error) therefore stays well above the applied command and is not chosen;
+        as its error shrinks to zero its command meets the applied one and it takes over
+        without a bump. Unlike track(), this does not turn the unselected loop into a rate
+        limiter on the selected one. Call it only on loops that were not chosen (the chosen
+        loop keeps its own integral). Non-finite values and manual mode leave it unchanged.
+        """
+        cdef double applied = float(applied_output)
+        if not isfinite(applied) or self.manual:
+            return
+        self.integral = self._clamp(applied)
+        if self._has_history:
+            self.output = self._clamp(
+                self.kp * self._last_error + self.integral - self.kd * self.derivative)
+        else:
+            self.output = self.integral
+
     def set_gains(self, kp, ki, kd):
         """Change gains without a bump: the integral absorbs the change in the P and D terms.
 

@@ -141,6 +141,31 @@ def test_own_output_tracking_changes_nothing(make):
     assert controller.integral == integral
 
 
+def test_reset_feedback_keeps_an_unselected_limit_loop_above_the_applied_command(make):
+    """Override control: a cool limit loop sits above what is applied by its own P action and
+    meets the applied command exactly when its error reaches zero."""
+    limit = make(kp=0.8, ki=0.1, output_min=2.0, output_max=6.5)
+    limit.update(0.0, 50.0, 74.0)
+    limit.track_reset(3.0)
+    cool = limit.update(0.1, 50.0, 74.0)
+    assert cool == 6.5, "24 K below its limit it does not hold the board back"
+    limit.track_reset(3.0)
+    assert limit.integral == 3.0
+    warm = limit.update(0.2, 73.0, 74.0)
+    assert 3.0 < warm < 4.0
+    limit.track_reset(3.0)
+    at_limit = limit.update(0.3, 74.0, 74.0)
+    assert at_limit == pytest.approx(3.0)
+
+
+def test_plain_tracking_would_make_the_limit_loop_a_rate_limiter(make):
+    """Why track_reset exists: track() pins the unselected loop to the applied command."""
+    limit = make(kp=0.8, ki=0.1, output_min=2.0, output_max=6.5)
+    limit.update(0.0, 50.0, 74.0)
+    limit.track(3.0)
+    assert limit.update(0.1, 50.0, 74.0) < 3.5
+
+
 @pytest.mark.parametrize("change", ["gains", "manual", "limits"])
 def test_changes_are_bumpless(make, change):
     """After a change, the next output moves only by the I step and the D filter's decay.
@@ -264,6 +289,7 @@ dt = st.one_of(_numbers(0.0, 2.0), _numbers(0.0, 2.0), st.sampled_from([0.0, -0.
 update = st.tuples(st.just("update"), dt, maybe_nan, maybe_nan)
 other = st.one_of(
     st.tuples(st.just("track"), maybe_nan),
+    st.tuples(st.just("track_reset"), maybe_nan),
     st.tuples(st.just("gains"), gain, gain, gain),
     st.tuples(st.just("limits"), limits),
     st.tuples(st.just("manual"), maybe_nan),
@@ -289,6 +315,8 @@ def _apply(controller, op, now_s):
             return float(controller.update(now_s, op[2], op[3])).hex()
         if kind == "track":
             return controller.track(op[1])
+        if kind == "track_reset":
+            return controller.track_reset(op[1])
         if kind == "gains":
             return controller.set_gains(*op[1:])
         if kind == "limits":

@@ -167,6 +167,18 @@ class PID:
         self._output = held
         self._align()
 
+    def track_reset(self, applied_output):
+        """External reset feedback for a loop a selector did not choose. See cext/cpid.pyx."""
+        applied = float(applied_output)
+        if not math.isfinite(applied) or self._manual:
+            return
+        self._integral = self._clamp(applied)
+        if self._has_history:
+            self._output = self._clamp(
+                self._kp * self._last_error + self._integral - self._kd * self._derivative)
+        else:
+            self._output = self._integral
+
     def set_gains(self, kp, ki, kd):
         """Change gains bumplessly: the integral absorbs the change of the P and D terms."""
         new_kp = _check_gain("kp", kp)

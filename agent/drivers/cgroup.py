@@ -15,10 +15,13 @@ class CpuGroup:
         self.cpuset = SysfsAttribute(self.dir / "cpuset.cpus")
 
     def set_quota(self, cpus: float | None) -> bool:
-        """Allow `cpus` CPUs' worth of time per period (None: unlimited). True if written."""
+        """Allow `cpus` CPUs' worth of time per period (None: unlimited). True if written.
+
+        The quota moves in steps of 1 % of a CPU, so a controller's small corrections do not
+        rewrite the file every period."""
         if cpus is None:
             return self.cpu_max.write(f"max {self.period_us}")
-        quota_us = max(1000, round(cpus * self.period_us))
+        quota_us = max(1000, round(cpus * 100) * self.period_us // 100)
         return self.cpu_max.write(f"{quota_us} {self.period_us}")
 
     def set_cpus(self, cpus: list[int]) -> bool:
@@ -34,6 +37,14 @@ class CpuGroup:
             if key == "frozen":
                 return value.strip() == "1"
         return False
+
+    def cpu_stat(self) -> dict[str, int]:
+        """cpu.stat counters: usage_usec, nr_periods, nr_throttled, throttled_usec, ..."""
+        stat = {}
+        for line in (self.dir / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            stat[key] = int(value)
+        return stat
 
     def pids(self) -> list[int]:
         return [int(p) for p in (self.dir / "cgroup.procs").read_text().split()]

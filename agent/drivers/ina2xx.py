@@ -97,6 +97,7 @@ class _INA2xx(Sensor):
         self.config = self._config_word(shunt_limit_v)
         self.awaiting_conversion = True
         self.identified = False
+        self.configured = False
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], context: DriverContext) -> "_INA2xx":
@@ -184,7 +185,11 @@ class _INA2xx(Sensor):
                 f"0x{config:04x}/0x{calibration:04x} instead of "
                 f"0x{self.config:04x}/0x{self.calibration:04x} (reset by a supply transient?); "
                 "rewrote them")
-        log.warning("%s", lost)
+        if self.configured:
+            log.warning("%s", lost)
+        else:
+            lost = f"{self.device.label}: configured at start"
+        self.configured = True
         self.device.write_word(CONFIG, self.config)
         self.device.write_word(CALIBRATION, self.calibration)
         self.awaiting_conversion = True

@@ -24,7 +24,3 @@ class SysfsAttribute:
         self._last_written = value
         self.writes += 1
         return True
-
-    def forget(self) -> None:
-        """Make the next write happen even if unchanged (after someone else wrote the file)."""
-        self._last_written = None

@@ -55,17 +55,29 @@ class BoardPlant:
             return min(mhz, p.firmware_soft_limit_mhz)
         return mhz
 
-    def busy_cores(self) -> float:
+    def workload_cores(self) -> float:
+        """CPUs the paid work actually gets: its demand, unless frozen or held by its quota."""
         p, d = self.params, self.demand
-        workload = 0.0
-        if not d.workload_frozen:
-            workload = min(d.workload_utilisation * p.cores,
-                           p.cores if d.workload_quota_cpus is None else d.workload_quota_cpus)
-        heatfill = 0.0
-        if d.heatfill_running and not d.heatfill_frozen:
-            heatfill = min(p.cores - workload,
-                           p.cores if d.heatfill_quota_cpus is None else d.heatfill_quota_cpus)
-        return max(0.0, workload + heatfill)
+        if d.workload_frozen:
+            return 0.0
+        return min(d.workload_utilisation * p.cores,
+                   p.cores if d.workload_quota_cpus is None else d.workload_quota_cpus)
+
+    def workload_throttled(self) -> bool:
+        d = self.demand
+        return (not d.workload_frozen and d.workload_quota_cpus is not None
+                and d.workload_utilisation * self.params.cores > d.workload_quota_cpus)
+
+    def heatfill_cores(self) -> float:
+        """The heat-fill load takes what the paid work leaves, up to its own quota."""
+        p, d = self.params, self.demand
+        if not d.heatfill_running or d.heatfill_frozen:
+            return 0.0
+        return max(0.0, min(p.cores - self.workload_cores(),
+                            p.cores if d.heatfill_quota_cpus is None else d.heatfill_quota_cpus))
+
+    def busy_cores(self) -> float:
+        return self.workload_cores() + self.heatfill_cores()
 
     def core_busy_w(self, mhz: float) -> float:
         """Power of one fully busy core at `mhz`: proportional to f * V^2."""

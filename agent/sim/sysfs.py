@@ -48,6 +48,12 @@ def w1_millidegrees(scratchpad8: bytes) -> int:
     return value if raw >= 0 else -value
 
 
+def cpu_stat_text(usage_usec: int, nr_periods: int, nr_throttled: int) -> str:
+    """A cgroup v2 cpu.stat file (the keys a group with the cpu controller shows)."""
+    return (f"usage_usec {usage_usec}\nuser_usec {usage_usec}\nsystem_usec 0\n"
+            f"nr_periods {nr_periods}\nnr_throttled {nr_throttled}\nthrottled_usec 0\n")
+
+
 class FakeSysfs:
     """Creates the tree under `root` and gives the simulated board its file handles."""
 
@@ -85,6 +91,7 @@ class FakeSysfs:
             self._file(f"{base}/cgroup.events", "populated 1\nfrozen 0")
             self._file(f"{base}/cgroup.procs", "")
             self._file(f"{base}/cpuset.cpus", "")
+            self._file(f"{base}/cpu.stat", cpu_stat_text(0, 0, 0))
 
         self._file("/proc/cpuinfo", f"processor\t: 0\nHardware\t: BCM2835\n"
                                      f"Serial\t\t: {serial}\nModel\t\t: Raspberry Pi "

@@ -1,0 +1,73 @@
+"""`hearth agent`: run the board agent on this board, or on a simulated one with --sim."""
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+from agent.board_agent import BoardAgent, TickReport
+from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.seam import Hardware
+from agent.sim.clock import SimClock
+from agent.sim.harness import SimulatedAgent
+from agent.sim.scratch import scratch_directory
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "agent", help="run the board agent (one per board, under systemd)",
+        description="Run the board's control loop: sample, supervise, control, govern, "
+        "report. With --sim, run it against a simulated oil carrier board instead.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                        help=f"config file (default {DEFAULT_CONFIG_PATH}; ignored with --sim)")
+    parser.add_argument("--sim", action="store_true", help="run on a simulated board")
+    parser.add_argument("--setpoint", type=float, metavar="W",
+                        help="power setpoint in watts (default: the config's fallback)")
+    parser.add_argument("--duration", type=float, metavar="S",
+                        help="stop after this many seconds (default: run until stopped)")
+    parser.add_argument("--quiet", action="store_true", help="print no state lines")
+    parser.set_defaults(run=run)
+
+
+def format_report(report: TickReport) -> str:
+    def show(value, unit):
+        return "-" if value is None else f"{value:.2f} {unit}"
+
+    return (f"mode={report.mode} setpoint={report.setpoint_w:.2f} W "
+            f"power={show(report.power_w, 'W')} soc={show(report.soc_c, 'C')} "
+            f"oil={show(report.oil_c, 'C')} command={report.command_w:.2f} W "
+            f"({report.selected}) freq={report.settings.freq_khz // 1000} MHz")
+
+
+def run(args: argparse.Namespace) -> int:
+    stop_requested = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    publish = None if args.quiet else (lambda report: print(format_report(report), flush=True))
+    started = time.monotonic()
+
+    def should_stop() -> bool:
+        return bool(stop_requested) or (
+            args.duration is not None and time.monotonic() - started >= args.duration)
+
+    if args.sim:
+        with scratch_directory("hearth-agent-sim-") as directory:
+            simulated = SimulatedAgent(Path(directory), SimClock(time.monotonic()),
+                                       publish=publish)
+            _set_setpoint(simulated.agent, args.setpoint)
+            try:
+                simulated.run_realtime(time.monotonic, time.sleep, should_stop)
+            finally:
+                simulated.agent.close()
+        return 0
+    agent = BoardAgent(load_config(args.config), Hardware(), publish=publish)
+    _set_setpoint(agent, args.setpoint)
+    try:
+        agent.run(time.sleep, should_stop)
+    finally:
+        agent.close()
+    return 0
+
+
+def _set_setpoint(agent: BoardAgent, watts: float | None) -> None:
+    if watts is not None:
+        agent.set_setpoint(watts)

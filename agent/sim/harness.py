@@ -1,0 +1,46 @@
+"""A board agent on a simulated board, set up the way a real board is: a config file on disk
+(the oil carrier's definition plus this board's 1-wire ids) and the hardware seam."""
+
+from pathlib import Path
+
+from agent.board_agent import BoardAgent
+from agent.config import load_config
+from agent.sim.board import SimulatedBoard
+from agent.sim.clock import SimClock
+from agent.sim.params import BoardParams
+
+
+class SimulatedAgent:
+    """A SimulatedBoard and the BoardAgent that runs it, stepped together on one clock."""
+
+    def __init__(self, directory: Path, clock: SimClock, seed: int = 0,
+                 params: BoardParams = BoardParams(), extra_config: str = "", **agent_kwargs):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.board = SimulatedBoard(directory / "root", clock, params, seed=seed)
+        self.config_path = directory / "hearth.toml"
+        self.config_path.write_text(
+            'board_type = "oil-carrier"\n' + extra_config + self.board.sensor_config())
+        self.agent = BoardAgent(load_config(self.config_path), self.board.hardware,
+                                **agent_kwargs)
+
+    def run_for(self, seconds: float, on_tick=None) -> None:
+        """Advance the plant and the agent together, one control period at a time."""
+        period_s = self.agent.period_s
+        for _ in range(round(seconds / period_s)):
+            self.clock.advance(period_s)
+            self.board.step(period_s)
+            report = self.agent.tick()
+            if on_tick is not None:
+                on_tick(report)
+
+    def run_realtime(self, wall_clock, sleep, should_stop) -> None:
+        """Step the simulation in real time, one period per deadline, until should_stop()."""
+        period_s = self.agent.period_s
+        next_deadline = wall_clock()
+        while not should_stop():
+            self.clock.advance(period_s)
+            self.board.step(period_s)
+            self.agent.tick()
+            next_deadline += period_s
+            sleep(max(0.0, next_deadline - wall_clock()))

@@ -1,0 +1,1 @@
+"""Built-in scenario timelines (TOML), shipped with the package."""

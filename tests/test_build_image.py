@@ -265,3 +265,47 @@ def test_hardware_config_matches_the_board_definition():
     assert f"dtoverlay=w1-gpio,gpiopin={board['pins']['one_wire_gpio']}" in lines
     assert {"dtparam=i2c_arm=on", "enable_uart=1", "dtparam=watchdog=on"} <= set(lines)
     assert {sensor.get("bus") for sensor in board["sensor"] if "bus" in sensor} == {1}
+
+
+def test_a_leader_image_carries_mosquitto_its_config_and_the_identity_table(tmp_path,
+                                                                            wheelhouse):
+    inventory = tmp_path / "site.toml"
+    inventory.write_text('site = "maple-school"\n[[module]]\nname = "m1"\n'
+                         '[[board]]\nmodule = "m1"\nname = "b01"\nserial = "10000000a1b2c3d4"\n'
+                         '[[leader]]\nmodule = "m1"\nboard = "b01"\nhost = "hearth-m1.local"\n')
+    out = tmp_path / "provisioned"
+    sh(REPO / "scripts/provision", inventory, out)
+    package = tmp_path / "pkg"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN/control").write_text(
+        "Package: mosquitto\nVersion: 2.0.21-1\nArchitecture: arm64\n"
+        "Maintainer: test <test@example.org>\nDescription: stand-in for the real arm64 package\n")
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    sh("dpkg-deb", "--build", "--root-owner-group", package, debs / "mosquitto_2.0.21-1_arm64.deb")
+    stock = make_raspberry_pi_os_image(tmp_path)
+    leader = tmp_path / "leader.img"
+    result = subprocess.run([REPO / "scripts/build-image", stock, leader, "--wheelhouse",
+                             wheelhouse, "--leader", "--mosquitto-debs", debs, "--broker-dir",
+                             out / "leaders/m1", "--identity-table", out / "identity-table.toml"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    _, root = partitions(leader)
+    assert sorted(root.listdir("/etc/systemd/system/multi-user.target.wants")) == [
+        "hearth-agent.service", "hearth-console.service", "hearth-install-debs.service",
+        "hearth-leader.service"]
+    assert root.read("/var/lib/hearth-install/debs/mosquitto_2.0.21-1_arm64.deb") == \
+        (debs / "mosquitto_2.0.21-1_arm64.deb").read_bytes()
+    assert b"password_file /etc/mosquitto/hearth/passwd" in root.read(
+        "/etc/mosquitto/conf.d/hearth.conf")
+    passwd = root.stat("/etc/mosquitto/hearth/passwd")
+    assert (passwd.mode & 0o7777, passwd.uid) == (0o640, 0)
+    assert root.read("/etc/hearth/identity-table.toml") == (out / "identity-table.toml").read_bytes()
+
+
+def test_a_leader_image_without_mosquitto_packages_is_refused(tmp_path):
+    stock = tmp_path / "stock.img"
+    stock.write_bytes(b"")
+    result = subprocess.run([REPO / "scripts/build-image", stock, tmp_path / "leader.img",
+                             "--leader"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--leader needs --mosquitto-debs" in result.stderr

@@ -50,6 +50,7 @@ class Options:
     mosquitto_debs: Path | None = None
     broker_dir: Path | None = None
     python_include: Path | None = None
+    identity_table: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,6 +394,9 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
         for dropin in sorted((REPO / "systemd" / dropin_dir).iterdir()):
             files.append(StagedFile(f"{destination}/{dropin.name}", 0o644, source=dropin))
     add_dir("/etc/hearth")
+    if options.identity_table is not None:
+        files.append(StagedFile("/etc/hearth/identity-table.toml", 0o644,
+                                source=options.identity_table))
     if options.leader:
         add_dir("/var/lib/hearth-install")
         add_dir(DEBS_DIR)

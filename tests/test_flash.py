@@ -1,0 +1,129 @@
+"""scripts/flash: refuses disks it must not touch (not removable, mounted, holding /, a
+partition, a plain file without --to-file) and says why; writes an image file with --to-file,
+verified by read-back hash, with the board's identity file on its boot partition."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_build_image import make_raspberry_pi_os_image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from hearth_deploy.disk import FatPartition, raspberry_pi_layout  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    return make_raspberry_pi_os_image(tmp_path_factory.mktemp("flash-image"))
+
+
+def fake_system(tmp_path: Path, disks: dict[str, str], mounts: list[str]) -> Path:
+    """A /sys and /proc tree: disks maps a name ('sdb') to its removable flag; each disk has
+    partitions 1 and 2; the 'devices' are plain files under dev/."""
+    root = tmp_path / "system"
+    (root / "proc").mkdir(parents=True)
+    (root / "dev").mkdir()
+    for name, removable in disks.items():
+        block = root / "sys/block" / name
+        for part in (f"{name}1", f"{name}2"):
+            (block / part).mkdir(parents=True)
+            (block / part / "partition").write_text("1\n")
+        (block / "removable").write_text(f"{removable}\n")
+        (root / "dev" / name).write_bytes(b"")
+    (root / "proc/mounts").write_text(
+        "\n".join(["sysfs /sys sysfs rw 0 0", "proc /proc proc rw 0 0", *mounts]) + "\n")
+    return root
+
+
+def flash(*arguments) -> subprocess.CompletedProcess:
+    return subprocess.run([REPO / "scripts/flash", *map(str, arguments)], capture_output=True,
+                          text=True, timeout=120)
+
+
+SYSTEM_MOUNTS = ["/dev/nvme0n1p2 / ext4 rw 0 0", "/dev/nvme0n1p1 /boot/efi vfat rw 0 0"]
+
+
+def test_refuses_a_disk_that_is_not_removable(tmp_path, image):
+    root = fake_system(tmp_path, {"sdb": 0, "nvme0n1": 0}, SYSTEM_MOUNTS)
+    result = flash(image, root / "dev/sdb", "--sys-root", root)
+    assert result.returncode == 2
+    assert "/dev/sdb is not removable (sysfs removable = 0)" in result.stderr
+    assert (root / "dev/sdb").read_bytes() == b""
+
+
+def test_refuses_a_disk_with_a_mounted_partition(tmp_path, image):
+    root = fake_system(tmp_path, {"sdc": 1, "nvme0n1": 0},
+                       SYSTEM_MOUNTS + [r"/dev/sdc1 /media/tech/boot\040fs vfat rw 0 0"])
+    result = flash(image, root / "dev/sdc", "--sys-root", root)
+    assert result.returncode == 2
+    assert "/dev/sdc is mounted (/dev/sdc1 on /media/tech/boot fs); unmount it" in result.stderr
+    assert (root / "dev/sdc").read_bytes() == b""
+
+
+def test_refuses_the_disk_holding_the_running_system(tmp_path, image):
+    root = fake_system(tmp_path, {"sda": 1}, ["/dev/sda2 / ext4 rw 0 0"])
+    result = flash(image, root / "dev/sda", "--sys-root", root)
+    assert result.returncode == 2 and "/dev/sda holds the running system's /" in result.stderr
+
+
+def test_refuses_a_partition_and_an_unknown_device(tmp_path, image):
+    root = fake_system(tmp_path, {"sdd": 1}, SYSTEM_MOUNTS)
+    (root / "dev/sdd1").write_bytes(b"")
+    result = flash(image, root / "dev/sdd1", "--sys-root", root)
+    assert result.returncode == 2 and "give the whole device /dev/sdd" in result.stderr
+    (root / "dev/sdq").write_bytes(b"")
+    result = flash(image, root / "dev/sdq", "--sys-root", root)
+    assert result.returncode == 2 and "is not a disk the kernel knows" in result.stderr
+
+
+def test_refuses_a_plain_file_without_to_file(tmp_path, image):
+    target = tmp_path / "card.img"
+    target.write_bytes(b"")
+    result = flash(image, target)
+    assert result.returncode == 2 and "pass --to-file" in result.stderr
+
+
+def test_writes_a_removable_unmounted_disk(tmp_path, image):
+    root = fake_system(tmp_path, {"sde": 1, "nvme0n1": 0}, SYSTEM_MOUNTS)
+    result = flash(image, root / "dev/sde", "--sys-root", root)
+    assert result.returncode == 0, result.stderr
+    assert (root / "dev/sde").read_bytes() == image.read_bytes()
+
+
+def test_writes_a_file_verified_by_hash_with_the_identity_file(tmp_path, image):
+    target = tmp_path / "board.img"
+    result = flash(image, target, "--to-file", "--identity", "maple-school/m1/b07")
+    assert result.returncode == 0, result.stderr
+    expected = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert f"verified by read-back, sha256 {expected}" in result.stderr
+    assert "100%" in result.stderr
+    boot_partition, _ = raspberry_pi_layout(target)
+    text = FatPartition(target, boot_partition).read("hearth-identity.toml").decode()
+    assert '[identity]\nsite = "maple-school"\nmodule = "m1"\nboard = "b07"\n' in text
+    # The identity file is the only difference from the image.
+    assert target.stat().st_size == image.stat().st_size
+
+
+def test_the_identity_written_is_what_the_board_resolves(tmp_path, image):
+    from agent.identity import Identity, resolve
+
+    target = tmp_path / "board.img"
+    assert flash(image, target, "--to-file", "--identity", "maple-school/m2/b31").returncode == 0
+    boot_partition, _ = raspberry_pi_layout(target)
+    board_root = tmp_path / "board-root"
+    (board_root / "boot/firmware").mkdir(parents=True)
+    (board_root / "boot/firmware/hearth-identity.toml").write_bytes(
+        FatPartition(target, boot_partition).read("hearth-identity.toml"))
+    assert resolve(board_root).identity == Identity("maple-school", "m2", "b31")
+
+
+def test_a_bad_identity_is_refused_before_anything_is_written(tmp_path, image):
+    target = tmp_path / "board.img"
+    result = flash(image, target, "--to-file", "--identity", "Maple School/m1/b07")
+    assert result.returncode == 2 and "site = 'Maple School'" in result.stderr
+    assert not target.exists()

@@ -319,7 +319,7 @@ class _Check:
         self.packaged_boards = packaged_boards
         self.problems: list[Problem] = []
         self.board_usable = True
-        self.origins: dict[str, str | None] = {}  # key path -> file that set it, None: default
+        self.written: dict[str, _Entry] = {}  # section key path -> the value as written
 
     def report(self, *args: Any, **kwargs: Any) -> None:
         self.problems.append(Problem(*args, **kwargs))
@@ -452,7 +452,8 @@ class _Check:
                 checked[key] = None
                 continue
             entry = entries.get(key, _Entry(_ABSENT, layers[0][1] or self.file))
-            self.origins[f"{name}.{key}"] = entry.file if key in entries else None
+            if key in entries:
+                self.written[f"{name}.{key}"] = entry
             checked[key] = self.value(field, entry.value, entry.file, f"{name}.{key}")
         return checked
 
@@ -571,15 +572,16 @@ class _Check:
                 if upper > lower or (upper == lower and not strict):
                     continue
                 # Blame the value the operator wrote, not a default they never saw.
-                lower_file, upper_file = self.origins[lower_path], self.origins[upper_path]
-                if upper_file is None and lower_file is not None:
-                    self.report(lower_file, lower_path,
+                if upper_path not in self.written and lower_path in self.written:
+                    entry = self.written[lower_path]
+                    self.report(entry.file, lower_path,
                                 f"a number {'below' if strict else 'at most'} {upper_path} "
-                                f"({upper:g}, the default)", value=lower)
+                                f"({upper:g}, the default)", value=entry.value)
                 else:
-                    self.report(upper_file or self.file, upper_path,
+                    entry = self.written.get(upper_path, _Entry(upper, self.file))
+                    self.report(entry.file, upper_path,
                                 f"a number {'above' if strict else 'at least'} {lower_path} "
-                                f"({lower:g})", value=upper)
+                                f"({lower:g})", value=entry.value)
         actuators = sections.get("actuators") or {}
         workload, heatfill = actuators.get("workload_cgroup"), actuators.get("heatfill_cgroup")
         if workload is not None and workload == heatfill:
@@ -592,11 +594,18 @@ class _Check:
             for gpio in value if isinstance(value, tuple) else (value,):
                 if gpio is None:
                     continue
-                if gpio in used:
-                    self.report(self.origins.get(f"pins.{key}") or self.file, f"pins.{key}",
-                                f"a GPIO no other pin uses (pins.{used[gpio]} is GPIO {gpio})",
-                                value=value)
-                used.setdefault(gpio, key)
+                if gpio not in used:
+                    used[gpio] = key
+                    continue
+                # Blame the site config's override, if it is one of the two, over the board's.
+                other = used[gpio]
+                if self.written[f"pins.{other}"].file == self.file != self.written[
+                        f"pins.{key}"].file:
+                    key, other = other, key
+                entry = self.written[f"pins.{key}"]
+                self.report(entry.file, f"pins.{key}",
+                            f"a GPIO no other pin uses (pins.{other} is GPIO {gpio})",
+                            value=entry.value)
 
     @staticmethod
     def lookup(sections: dict[str, dict | None], key_path: str) -> Any:

@@ -97,13 +97,13 @@ BROKEN = [
      ["expected valid TOML", "(at line 2, column 8)"]),
     ("limits out of order", 'board_type = "oil-carrier"\n[limits]\nsoc_warning_c = 74\n'
      "soc_limit_c = 72\n" + IDS,
-     ["limits.soc_limit_c = 72", "expected a number above limits.soc_warning_c (74)"]),
+     ["limits.soc_limit_c = 72: expected a number above limits.soc_warning_c (74)"]),
     ("limit crosses a default", 'board_type = "oil-carrier"\n[limits]\noil_warning_c = 66\n'
      + IDS, ["limits.oil_warning_c = 66",
              "expected a number below limits.oil_limit_c (65, the default)"]),
     ("power range inverted", 'board_type = "oil-carrier"\n[limits]\npower_min_w = 5\n'
      "power_max_w = 4\n" + IDS,
-     ["limits.power_max_w = 4", "expected a number above limits.power_min_w (5)"]),
+     ["limits.power_max_w = 4: expected a number above limits.power_min_w (5)"]),
     ("fallback outside the power range", 'board_type = "oil-carrier"\n[control]\n'
      "fallback_setpoint_w = 9\n" + IDS,
      ["control.fallback_setpoint_w = 9",
@@ -125,6 +125,12 @@ BROKEN = [
      ["identity.site is missing", "identity.module is missing", "identity.board is missing"]),
     ("same GPIO twice", 'board_type = "oil-carrier"\n[pins]\nstatus_led_gpio = 17\n' + IDS,
      ["pins.status_led_gpio = 17", "a GPIO no other pin uses (pins.flow_gpio is GPIO 17)"]),
+    ("same GPIO as a later board pin", 'board_type = "oil-carrier"\n[pins]\none_wire_gpio = 17\n'
+     + IDS, ["hearth.toml: pins.one_wire_gpio = 17",
+             "a GPIO no other pin uses (pins.flow_gpio is GPIO 17)"]),
+    ("strap on a used GPIO", 'board_type = "oil-carrier"\n[pins]\nslot_id_gpios = [5, 4]\n'
+     + IDS, ["pins.slot_id_gpios = [5, 4]",
+             "a GPIO no other pin uses (pins.one_wire_gpio is GPIO 4)"]),
     ("one cgroup for both loads", 'board_type = "oil-carrier"\n[actuators]\n'
      'heatfill_cgroup = "hearth.slice/workload"\n' + IDS,
      ['actuators.heatfill_cgroup = "hearth.slice/workload"',

@@ -98,9 +98,12 @@ def wheelhouse(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, wheelhouse):
-    """A stock image, built once into first.img, then first.img built again into second.img."""
+    """A stock image as Raspberry Pi publishes it (.img.xz), built once into first.img, then
+    first.img built again into second.img."""
     directory = tmp_path_factory.mktemp("image")
     stock = make_raspberry_pi_os_image(directory)
+    sh("xz", "-k", "-1", stock)
+    stock = stock.with_name(stock.name + ".xz")
     first, second = directory / "first.img", directory / "second.img"
     runs = []
     for source, output in ((stock, first), (first, second)):

@@ -1,0 +1,336 @@
+"""The controllers scripts/bench-control sets against Hearth's: bang-bang, IPA-style, simple-pid.
+
+They replace only the control and govern steps of the board agent: `AlternativeLoop` samples
+the same sensors (built from the same config by agent/drivers/registry.py) and writes the same
+actuators through the agent's own drivers (CpuFreqPolicy, CpuGroup). Without a governor of
+their own they share one static operating-point ladder that reaches as far as Hearth's
+governor does, so the comparison is of control, not of actuator reach:
+
+* below the lowest frequency: the paid work's CPU quota (cpu.max) in quarter-CPU steps;
+* the policy's frequencies (cpufreq scaling_max_freq), paid work unlimited;
+* above the top frequency: the heat-fill group's quota in quarter-CPU steps.
+
+None of them learns a model, measures what the work demands beyond its CPU load, or dithers.
+"""
+
+import dataclasses
+import math
+
+import simple_pid
+
+from agent.drivers.base import DriverContext
+from agent.drivers.cgroup import CpuGroup
+from agent.drivers.cpufreq import CpuFreqPolicy
+from agent.drivers.registry import build_sensors
+
+QUOTA_STEP_CPUS = 0.25
+MIN_HEATFILL_CPUS = 0.02
+"""The heat-fill group's parked quota while frozen, as Hearth's governor leaves it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LadderPoint:
+    freq_khz: int
+    workload_quota_cpus: float | None
+    heatfill_cpus: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """What an alternative controller sees each period."""
+
+    now_s: float
+    setpoint_w: float
+    power_w: float | None
+    soc_c: float | None
+    load_cores: float
+    """The paid work's CPU demand, from cpu.stat (held while a quota throttles it)."""
+
+
+class Ladder:
+    """The operating points, lowest heat first, and writing one of them to the actuators."""
+
+    def __init__(self, policy: CpuFreqPolicy, workload: CpuGroup, heatfill: CpuGroup,
+                 cores: int):
+        self.policy = policy
+        self.workload = workload
+        self.heatfill = heatfill
+        self.cores = cores
+        steps = round(cores / QUOTA_STEP_CPUS)
+        self.points = (
+            [LadderPoint(policy.min_khz, QUOTA_STEP_CPUS * i, 0.0) for i in range(1, steps)]
+            + [LadderPoint(khz, None, 0.0) for khz in policy.available_khz]
+            + [LadderPoint(policy.top_khz, None, QUOTA_STEP_CPUS * i)
+               for i in range(1, steps + 1)])
+
+    def apply(self, index: int) -> LadderPoint:
+        point = self.points[max(0, min(len(self.points) - 1, index))]
+        self.policy.cap(point.freq_khz)
+        self.workload.freeze(False)
+        self.workload.set_quota(point.workload_quota_cpus)
+        running = point.heatfill_cpus >= MIN_HEATFILL_CPUS
+        self.heatfill.set_quota(point.heatfill_cpus if running else MIN_HEATFILL_CPUS)
+        self.heatfill.freeze(not running)
+        return point
+
+
+class StaticPowerModel:
+    """The kernel's cpufreq-cooling power model: P_dyn = C * f * V(f)^2 per busy CPU, with a
+    fixed dynamic-power coefficient and voltage table (what a device tree gives), plus a fixed
+    static (idle) board power. Never corrected by measured power."""
+
+    def __init__(self, idle_w: float, coefficient_w_per_mhz_v2: float,
+                 volts_by_khz: dict[int, float], cores: int):
+        self.idle_w = idle_w
+        self.coefficient = coefficient_w_per_mhz_v2
+        self.volts_by_khz = volts_by_khz
+        self.cores = cores
+
+    def core_w(self, khz: int) -> float:
+        return self.coefficient * (khz / 1000.0) * self.volts_by_khz[khz] ** 2
+
+    def busy_cores(self, point: LadderPoint, load_cores: float) -> float:
+        work = min(load_cores, self.cores if point.workload_quota_cpus is None
+                   else point.workload_quota_cpus)
+        return work + min(point.heatfill_cpus, self.cores - work)
+
+    def dynamic_w(self, point: LadderPoint, load_cores: float) -> float:
+        return self.busy_cores(point, load_cores) * self.core_w(point.freq_khz)
+
+
+class BangBang:
+    """Most heat below the setpoint, least above it (with hysteresis), least at the SoC limit."""
+
+    def __init__(self, ladder_size: int, soc_limit_c: float, hysteresis_w: float = 0.05):
+        self.top = ladder_size - 1
+        self.soc_limit_c = soc_limit_c
+        self.hysteresis_w = hysteresis_w
+        self.index = 0
+
+    def update(self, m: Measurement) -> int:
+        if m.soc_c is None or m.soc_c >= self.soc_limit_c:
+            self.index = 0
+        elif m.power_w is not None and m.power_w < m.setpoint_w - self.hysteresis_w:
+            self.index = self.top
+        elif m.power_w is not None and m.power_w > m.setpoint_w + self.hysteresis_w:
+            self.index = 0
+        return self.index
+
+
+@dataclasses.dataclass(frozen=True)
+class IpaTunables:
+    """power_allocator.rst's tunables. Gains left unset take the kernel's defaults from the
+    trip points and sustainable power (k_po = P_s / dT, k_pu = 2 P_s / dT, k_i = k_pu / 10,
+    k_d = 0, integral_cutoff = 0), with dT = control_temp - switch_on_temp."""
+
+    control_temp_c: float
+    switch_on_temp_c: float
+    sustainable_power_w: float
+    integral_cutoff_c: float = 0.0
+    k_d: float = 0.0
+
+    @property
+    def k_po(self) -> float:
+        return self.sustainable_power_w / (self.control_temp_c - self.switch_on_temp_c)
+
+    @property
+    def k_pu(self) -> float:
+        return 2.0 * self.sustainable_power_w / (self.control_temp_c - self.switch_on_temp_c)
+
+    @property
+    def k_i(self) -> float:
+        return self.k_pu / 10.0
+
+
+class IpaActor:
+    """One power actor (a cooling device): here the board's CPUs over the ladder's points."""
+
+    def __init__(self, points: list[LadderPoint], model: StaticPowerModel, weight: int = 1024):
+        self.points = points
+        self.model = model
+        self.weight = weight
+        self.state = len(points) - 1
+
+    def requested_w(self, load_cores: float) -> float:
+        """get_requested_power: what the current state draws at the current load."""
+        return self.model.dynamic_w(self.points[self.state], load_cores)
+
+    def max_w(self, load_cores: float) -> float:
+        return self.model.dynamic_w(self.points[-1], max(load_cores, 1e-3))
+
+    def power_to_state(self, granted_w: float, load_cores: float) -> int:
+        """power2state: the highest point whose modelled power fits in the grant."""
+        fitting = [i for i, p in enumerate(self.points)
+                   if self.model.dynamic_w(p, load_cores) <= granted_w]
+        self.state = fitting[-1] if fitting else 0
+        return self.state
+
+
+class PowerAllocator:
+    """The kernel's power_allocator governor, from power_allocator.rst: a PID on the SoC
+    temperature against control_temp gives a power budget around sustainable_power; the budget
+    is divided among the actors in proportion to their weighted requests (capped at each
+    actor's maximum, the surplus redistributed); each grant becomes the highest state within
+    it through the static model. The heat setpoint caps the budget (its dynamic part)."""
+
+    def __init__(self, tunables: IpaTunables, actors: list[IpaActor], model: StaticPowerModel,
+                 period_s: float):
+        self.t = tunables
+        self.period_s = period_s
+        self.actors = actors
+        self.model = model
+        self.err_integral = 0.0
+        self.prev_err = 0.0
+
+    def reset(self) -> None:
+        self.err_integral = 0.0
+        self.prev_err = 0.0
+
+    def budget_w(self, soc_c: float, max_w: float, period_s: float) -> float:
+        """pid_controller(): the kernel sums errors per sample and differentiates per period."""
+        t = self.t
+        err = t.control_temp_c - soc_c
+        p = (t.k_po if err < 0 else t.k_pu) * err
+        i = t.k_i * self.err_integral
+        if err < t.integral_cutoff_c:
+            i_next = i + t.k_i * err
+            if abs(i_next) < max_w:
+                i = i_next
+                self.err_integral += err
+        d = t.k_d * (err - self.prev_err) / period_s
+        self.prev_err = err
+        return min(max(t.sustainable_power_w + p + i + d, 0.0), max_w)
+
+    def update(self, m: Measurement) -> int:
+        max_w = sum(actor.max_w(m.load_cores) for actor in self.actors)
+        cap_w = max(0.0, m.setpoint_w - self.model.idle_w)
+        if m.soc_c is None or m.soc_c < self.t.switch_on_temp_c:
+            self.reset()
+            budget_w = max_w
+        else:
+            budget_w = self.budget_w(m.soc_c, max_w, self.period_s)
+        budget_w = min(budget_w, cap_w)
+        grants = self.divide(budget_w, m.load_cores)
+        states = [actor.power_to_state(g, m.load_cores) for actor, g in zip(self.actors, grants)]
+        return states[0]
+
+    def divide(self, budget_w: float, load_cores: float) -> list[float]:
+        """divvy_up_power(): shares by weighted request, capped, surplus to the unsatisfied."""
+        weighted = [a.weight * a.requested_w(load_cores) / 1024.0 for a in self.actors]
+        maxima = [a.max_w(load_cores) for a in self.actors]
+        total = sum(weighted)
+        if total <= 0.0:
+            weighted, total = [1.0] * len(self.actors), float(len(self.actors))
+        grants = [budget_w * w / total for w in weighted]
+        extra = sum(max(0.0, g - top) for g, top in zip(grants, maxima))
+        grants = [min(g, top) for g, top in zip(grants, maxima)]
+        room = [top - g for g, top in zip(grants, maxima)]
+        if extra > 0.0 and sum(room) > 0.0:
+            grants = [g + extra * r / sum(room) for g, r in zip(grants, room)]
+        return grants
+
+
+class SimplePidOnPower:
+    """simple-pid on measured power driving the ladder position (the frequency, in its middle
+    section) directly: no temperature selector, no feed-forward, nearest point, no dithering."""
+
+    def __init__(self, ladder_size: int, kp: float, ki: float, kd: float, period_s: float):
+        self.period_s = period_s
+        self.index = ladder_size - 1
+        self.pid = simple_pid.PID(kp, ki, kd, setpoint=0.0, sample_time=None,
+                                  output_limits=(0.0, float(ladder_size - 1)),
+                                  starting_output=float(ladder_size - 1))
+
+    def update(self, m: Measurement) -> int:
+        if m.power_w is not None:
+            self.pid.setpoint = m.setpoint_w
+            self.index = round(self.pid(m.power_w, dt=self.period_s))
+        return self.index
+
+
+class AlwaysHeard:
+    """Stands in for the agent's setpoint source: the alternatives have no leader timeout."""
+
+    def contact(self, now: float) -> None:
+        """Nothing to track: every offered setpoint is used as it comes."""
+
+
+class AlternativeLoop:
+    """The board agent's sample step, then an alternative controller's choice of ladder point.
+
+    Quacks like BoardAgent where the benchmark and ScenarioPlayer touch it (tick, clock,
+    setpoint_w, set_setpoint, setpoints.contact, period_s, close); the setpoint is taken as
+    given, from whichever source."""
+
+    def __init__(self, config, hardware, make_controller):
+        self.clock = hardware.clock
+        self.context = DriverContext(hardware)
+        self.sensors = build_sensors(config.sensors, self.context)
+        kinds = {sensor.name: sensor.kind for sensor in self.sensors}
+        self.power_reading = next(f"{name}.power_w" for name, kind in kinds.items()
+                                  if kind in ("ina219", "ina226"))
+        self.soc_reading = next(name for name, kind in kinds.items() if kind == "soc")
+        actuators = config.actuators
+        self.policy = CpuFreqPolicy(hardware, actuators.cpufreq_policy)
+        self.workload = CpuGroup(hardware, actuators.workload_cgroup, actuators.cpu_period_us)
+        self.heatfill = CpuGroup(hardware, actuators.heatfill_cgroup, actuators.cpu_period_us)
+        self.cores = len(self.policy.cpus)
+        self.ladder = Ladder(self.policy, self.workload, self.heatfill, self.cores)
+        self.period_s = config.control.period_s
+        self.soc_limit_c = config.limits.soc_limit_c
+        self.setpoint_w = config.control.fallback_setpoint_w
+        self.controller = make_controller(self)
+        self.setpoints = AlwaysHeard()
+        self._last_stat: tuple[float, int, int] | None = None
+        self._load_cores = float(self.cores)
+
+    def set_setpoint(self, watts: float, source: str = "local") -> tuple[bool, str]:
+        self.setpoint_w = watts
+        return True, f"setpoint {watts:g} W from {source}"
+
+    def tick(self) -> LadderPoint:
+        now = self.clock()
+        readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
+
+        def value(name):
+            reading = readings.get(name)
+            return reading.value if reading is not None and reading.ok else None
+
+        measurement = Measurement(now, self.setpoint_w, value(self.power_reading),
+                                  value(self.soc_reading), self._measure_load(now))
+        return self.ladder.apply(self.controller.update(measurement))
+
+    def _measure_load(self, now: float) -> float:
+        stat = self.workload.cpu_stat()
+        sample = (now, stat["usage_usec"], stat["nr_throttled"])
+        previous, self._last_stat = self._last_stat, sample
+        if previous is not None and now > previous[0]:
+            used = (sample[1] - previous[1]) / ((now - previous[0]) * 1e6)
+            throttled = sample[2] > previous[2]
+            self._load_cores = max(self._load_cores, used) if throttled else used
+        return self._load_cores
+
+    def close(self) -> None:
+        for sensor in self.sensors:
+            sensor.close()
+        self.context.close()
+
+
+def static_model_from_datasheet(params, policy: CpuFreqPolicy) -> StaticPowerModel:
+    """The board's nominal figures (what a device tree would carry): idle power, one busy
+    core's power at the top point, and the core voltage table, linear between its ends."""
+    low, top = policy.min_khz, policy.top_khz
+    volts = {khz: params.core_volts_at_min + (params.core_volts_at_top - params.core_volts_at_min)
+             * (khz - low) / (top - low) for khz in policy.available_khz}
+    coefficient = params.core_busy_w_at_top / ((top / 1000.0) * params.core_volts_at_top ** 2)
+    return StaticPowerModel(params.idle_w, coefficient, volts, params.cores)
+
+
+def sustainable_power_w(params, control_temp_c: float, design_inlet_c: float) -> float:
+    """Dynamic power the board can shed at control_temp with water at the design inlet
+    temperature: SoC-to-oil resistance plus the exchanger's oil-to-inlet resistance."""
+    capacity = params.water_flow_l_per_min / 60.0 * params.water_heat_capacity_j_per_kg_k
+    exchanger_w_per_k = (1.0 - math.exp(-params.exchanger_ua_w_per_k / capacity)) * capacity
+    board_w = (control_temp_c - design_inlet_c) / (params.soc_to_oil_k_per_w
+                                                   + 1.0 / exchanger_w_per_k)
+    return max(0.1, board_w - params.idle_w)

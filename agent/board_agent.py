@@ -8,6 +8,7 @@ in one process against simulated boards, and one runs on a Pi against the real t
 
 import dataclasses
 import math
+import os
 from typing import Callable
 
 from agent.control.controller import HeatController, TemperatureLimit, LimitGains
@@ -20,12 +21,20 @@ from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
 from agent.readings import Reading
 from agent.seam import Hardware
-from agent.supervisor_hook import Allowance, PassThroughSupervisor
+from agent.config_watch import ConfigWatch
+from agent.safety.build import build_supervisor
+from agent.safety.checks import Level
+from agent.safety.events import EventLog
+from agent.safety.shutdown import ShutdownPath, run_command
+from agent.setpoints import SetpointSource
+from agent.supervisor_hook import Allowance
+from agent.systemd_notify import Notifier
 
 LIMIT_MARGIN_C = 1.0
 """The limit loops aim this far below the configured limit, so overshoot stays under it."""
 IDLE_PRIOR_W = 2.7
 CORE_PRIOR_W = 0.85
+POWEROFF_COMMAND = ["systemctl", "poweroff"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +55,12 @@ class TickReport:
 
 class BoardAgent:
     def __init__(self, config, hardware: Hardware,
-                 supervisor: PassThroughSupervisor | None = None,
-                 publish: Callable[[TickReport], None] | None = None):
+                 publish: Callable[[TickReport], None] | None = None,
+                 events: EventLog | None = None,
+                 run_command: Callable[[list[str]], None] = run_command,
+                 send_signal: Callable[[int, int], None] = os.kill,
+                 save_latched: Callable[[dict[str, str]], None] = lambda latched: None,
+                 latched: dict[str, str] | None = None):
         self.clock = hardware.clock
         self.context = DriverContext(hardware)
         self.sensors = build_sensors(config.sensors, self.context)
@@ -56,6 +69,9 @@ class BoardAgent:
                                    if kind in ("ina219", "ina226")), None)
         self.soc_reading = next((name for name, kind in kinds.items() if kind == "soc"), None)
         self.oil_reading = "oil" if "oil" in kinds else None
+        self.flow_reading = next((name for name, kind in kinds.items() if kind == "flow"), None)
+        self.throttle_prefix = next((name for name, kind in kinds.items()
+                                     if kind == "throttle"), None)
         limits, actuators, control = config.limits, config.actuators, config.control
         self.policy = CpuFreqPolicy(hardware, actuators.cpufreq_policy)
         self.workload = CpuGroup(hardware, actuators.workload_cgroup, actuators.cpu_period_us)
@@ -72,9 +88,21 @@ class BoardAgent:
                 limits.power_min_w, limits.power_max_w))
         self.controller = HeatController(limits.power_min_w, limits.power_max_w,
                                          temperature_limits)
-        self.supervisor = supervisor or PassThroughSupervisor()
+        now = self.clock()
+        self.events = events if events is not None else EventLog()
+        shutdown = ShutdownPath(self.events, self.workload.dir, save_latched,
+                                POWEROFF_COMMAND, run_command, send_signal)
+        self.supervisor = build_supervisor(
+            limits, {"power": self.power_reading, "soc": self.soc_reading,
+                     "oil": self.oil_reading, "flow": self.flow_reading,
+                     "throttle": self.throttle_prefix,
+                     "advisory": [name for name, kind in kinds.items() if kind == "ds18b20"]},
+            self.events, shutdown, now, latched)
+        self.setpoints = SetpointSource(control.fallback_setpoint_w, control.leader_timeout_s,
+                                        control.setpoint_hold_s, limits.power_min_w,
+                                        limits.power_max_w, self.events, now)
         self.publish = publish
-        self.setpoint_w = control.fallback_setpoint_w
+        self.config_watch = ConfigWatch(config.path, self.events, now)
         self.period_s = control.period_s
         self.report_period_s = control.report_period_s
         self.timer = LoopTimer(self.period_s, self.clock())
@@ -86,8 +114,25 @@ class BoardAgent:
         self._last_cpu_sample: tuple[float, int, int, int] | None = None
         self._demand_cores = float(self.cores)
 
-    def set_setpoint(self, watts: float) -> None:
-        self.setpoint_w = watts
+    @property
+    def setpoint_w(self) -> float:
+        return self.setpoints.current_w(self.clock())
+
+    def set_setpoint(self, watts: object, source: str = "local") -> tuple[bool, str]:
+        """Offer a setpoint; a malformed or out-of-range one is rejected and changes nothing."""
+        return self.setpoints.offer(self.clock(), watts, source)
+
+    def set_interlock(self, reason: str) -> None:
+        """The module leader's interlock (flow lost, oil over-temperature); "" clears it."""
+        self.supervisor.interlock_reason = reason
+
+    def healthy(self) -> bool:
+        """Whether the loop runs on time with its required sensors reading: the condition for
+        petting the systemd watchdog."""
+        report = self.last_report
+        return (report is not None and self.clock() - report.time < 2 * self.period_s
+                and not any(cause.startswith("sensor:") and finding.level >= Level.SAFE
+                            for cause, finding in self.supervisor.active.items()))
 
     def tick(self) -> TickReport:
         """One period: sample, supervise, control, govern, report."""
@@ -95,22 +140,24 @@ class BoardAgent:
         self.readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
         power_w = self._value(self.power_reading)
         busy_cores = self._measure_cpu(now)
-        allowance: Allowance = self.supervisor.supervise(now, self.readings)
+        allowance: Allowance = self.supervisor.supervise(now, self.readings,
+                                                         self._last_command_w)
         if allowance.safe:
             settings = self.governor.safe(freeze_workload=allowance.freeze_workload)
             command_w, selected = 0.0, "safe"
         else:
             temperatures = {"soc": self._value(self.soc_reading),
                             "oil": self._value(self.oil_reading)}
-            decision = self.controller.update(now, self.setpoint_w,
+            decision = self.controller.update(now, self.setpoints.current_w(now),
                                               self._undithered(power_w), temperatures,
                                               allowance.max_power_w)
             settings = self.governor.apply(decision.command_w, self._demand_cores, self.model)
             command_w, selected = decision.command_w, decision.selected
+        self.config_watch.poll(now, allowance.mode)
         self._learn(power_w, busy_cores)
         self._last_settings = settings
         self._last_command_w = command_w
-        report = TickReport(now, self.setpoint_w, power_w, self._value(self.soc_reading),
+        report = TickReport(now, self.setpoints.current_w(now), power_w, self._value(self.soc_reading),
                             self._value(self.oil_reading), command_w, selected, allowance.mode,
                             settings, self._demand_cores)
         self.last_report = report
@@ -161,12 +208,22 @@ class BoardAgent:
             return
         self.model.learn(settings.freq_khz / self.policy.top_khz, busy_cores, power_w)
 
-    def run(self, sleep: Callable[[float], None], should_stop: Callable[[], bool]) -> None:
-        """Run on real time: tick at each deadline until should_stop()."""
+    def run(self, sleep: Callable[[float], None], should_stop: Callable[[], bool],
+            notifier: Notifier) -> None:
+        """Run on real time: tick at each deadline until should_stop(); tell systemd."""
+        mode = ""
         while not should_stop():
-            self.tick()
+            report = self.tick()
+            if not mode:
+                notifier.ready(f"mode {report.mode}")
+            elif report.mode != mode:
+                notifier.status(f"mode {report.mode}")
+            mode = report.mode
+            if self.healthy():
+                notifier.watchdog()
             deadline = self.timer.advance(self.clock())
             sleep(max(0.0, deadline - self.clock()))
+        notifier.stopping()
 
     def close(self) -> None:
         for sensor in self.sensors:

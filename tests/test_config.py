@@ -132,8 +132,8 @@ BROKEN = [
      + IDS, ["pins.slot_id_gpios = [5, 4]",
              "a GPIO no other pin uses (pins.one_wire_gpio is GPIO 4)"]),
     ("one cgroup for both loads", 'board_type = "oil-carrier"\n[actuators]\n'
-     'heatfill_cgroup = "hearth.slice/workload"\n' + IDS,
-     ['actuators.heatfill_cgroup = "hearth.slice/workload"',
+     'heatfill_cgroup = "hearth.slice/hearth-workload.slice"\n' + IDS,
+     ['actuators.heatfill_cgroup = "hearth.slice/hearth-workload.slice"',
       "a different cgroup from actuators.workload_cgroup"]),
     ("cgroup escaping the hierarchy", 'board_type = "oil-carrier"\n[actuators]\n'
      'workload_cgroup = "../etc"\n' + IDS,

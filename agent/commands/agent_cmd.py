@@ -1,16 +1,20 @@
 """`hearth agent`: run the board agent on this board, or on a simulated one with --sim."""
 
 import argparse
+import os
 import signal
 import time
 from pathlib import Path
 
 from agent.board_agent import BoardAgent, TickReport
 from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.errors import ConfigValueError
+from agent.safety.events import EventLog
 from agent.seam import Hardware
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 from agent.sim.scratch import scratch_directory
+from agent.systemd_notify import Notifier
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="power setpoint in watts (default: the config's fallback)")
     parser.add_argument("--duration", type=float, metavar="S",
                         help="stop after this many seconds (default: run until stopped)")
+    parser.add_argument("--sim-dir", type=Path, metavar="DIR",
+                        help="with --sim: keep the simulated board's sysfs tree in DIR "
+                        "(default: a temporary directory, removed at exit)")
     parser.add_argument("--quiet", action="store_true", help="print no state lines")
     parser.set_defaults(run=run)
 
@@ -50,24 +57,35 @@ def run(args: argparse.Namespace) -> int:
             args.duration is not None and time.monotonic() - started >= args.duration)
 
     if args.sim:
+        if args.sim_dir is not None:
+            return _run_sim(args.sim_dir, args, publish, should_stop)
         with scratch_directory("hearth-agent-sim-") as directory:
-            simulated = SimulatedAgent(Path(directory), SimClock(time.monotonic()),
-                                       publish=publish)
-            _set_setpoint(simulated.agent, args.setpoint)
-            try:
-                simulated.run_realtime(time.monotonic, time.sleep, should_stop)
-            finally:
-                simulated.agent.close()
-        return 0
-    agent = BoardAgent(load_config(args.config), Hardware(), publish=publish)
+            return _run_sim(Path(directory), args, publish, should_stop)
+    agent = BoardAgent(load_config(args.config), Hardware(), publish=publish,
+                       events=EventLog())
     _set_setpoint(agent, args.setpoint)
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
     try:
-        agent.run(time.sleep, should_stop)
+        agent.run(time.sleep, should_stop, notifier)
     finally:
         agent.close()
+        notifier.close()
+    return 0
+
+
+def _run_sim(directory: Path, args: argparse.Namespace, publish, should_stop) -> int:
+    simulated = SimulatedAgent(directory, SimClock(time.monotonic()), publish=publish,
+                               events=EventLog())
+    _set_setpoint(simulated.agent, args.setpoint)
+    try:
+        simulated.run_realtime(time.monotonic, time.sleep, should_stop)
+    finally:
+        simulated.agent.close()
     return 0
 
 
 def _set_setpoint(agent: BoardAgent, watts: float | None) -> None:
     if watts is not None:
-        agent.set_setpoint(watts)
+        accepted, reason = agent.set_setpoint(watts)
+        if not accepted:
+            raise ConfigValueError(f"--setpoint {watts:g}: {reason}")

@@ -21,8 +21,8 @@ from agent.sim.sysfs import (
     DS18B20_POWER_ON_SCRATCHPAD, FakeSysfs, cpu_stat_text, ds18b20_scratchpad, w1_millidegrees, w1_slave_text)
 from agent.drivers.ds18b20 import CONVERSION_S
 
-WORKLOAD_CGROUP = "hearth.slice/workload"
-HEATFILL_CGROUP = "hearth.slice/heatfill"
+WORKLOAD_CGROUP = "hearth.slice/hearth-workload.slice"
+HEATFILL_CGROUP = "hearth.slice/hearth-heatfill.slice"
 I2C_BUS = 1
 INA219_ADDRESS = 0x40
 TMP117_ADDRESS = 0x48

@@ -5,13 +5,17 @@ from pathlib import Path
 
 from agent.board_agent import BoardAgent
 from agent.config import load_config
+from agent.safety.events import EventLog
 from agent.sim.board import SimulatedBoard
 from agent.sim.clock import SimClock
 from agent.sim.params import BoardParams
 
 
 class SimulatedAgent:
-    """A SimulatedBoard and the BoardAgent that runs it, stepped together on one clock."""
+    """A SimulatedBoard and the BoardAgent that runs it, stepped together on one clock.
+
+    The poweroff command and workload signals are recorded, not run, and events stay in
+    the agent's RAM ring unless an EventLog with a journal is passed in."""
 
     def __init__(self, directory: Path, clock: SimClock, seed: int = 0,
                  params: BoardParams = BoardParams(), extra_config: str = "", **agent_kwargs):
@@ -21,8 +25,13 @@ class SimulatedAgent:
         self.config_path = directory / "hearth.toml"
         self.config_path.write_text(
             'board_type = "oil-carrier"\n' + extra_config + self.board.sensor_config())
+        self.poweroff_commands: list[list[str]] = []
+        self.signals_sent: list[tuple[int, int]] = []
+        agent_kwargs.setdefault("events", EventLog(journal=None))
         self.agent = BoardAgent(load_config(self.config_path), self.board.hardware,
-                                **agent_kwargs)
+                                run_command=self.poweroff_commands.append,
+                                send_signal=lambda pid, signum: self.signals_sent.append(
+                                    (pid, signum)), **agent_kwargs)
 
     def run_for(self, seconds: float, on_tick=None) -> None:
         """Advance the plant and the agent together, one control period at a time."""

@@ -176,7 +176,11 @@ class ScenarioPlayer:
             self._set(quantity, value)
 
     def apply(self, elapsed_s: float) -> list[str]:
-        """Bring the world to `elapsed_s`; returns descriptions of events that fired."""
+        """Bring the world to `elapsed_s`; returns descriptions of events that fired.
+
+        The scenario stands in for the module leader: its setpoints are the leader's, and it
+        keeps the link alive."""
+        self.agent.setpoints.contact(self.agent.clock())
         fired = []
         while self._pending and self._pending[0].time_s <= elapsed_s:
             event = self._pending.pop(0)
@@ -226,7 +230,7 @@ class ScenarioPlayer:
     def _set(self, quantity: str, value: float) -> None:
         plant = self.board.plant
         if quantity == "setpoint_w":
-            self.agent.set_setpoint(value)
+            self.agent.set_setpoint(value, "leader")
         elif quantity == "workload_utilisation":
             plant.demand.workload_utilisation = value
         elif quantity == "inlet_c":

@@ -1,0 +1,1 @@
+"""The safety supervisor and what it needs: modes, checks, events and the one shutdown path."""

@@ -1,0 +1,45 @@
+"""Builds a board's supervisor from its config: which readings are checked, and how."""
+
+import math
+
+from agent.safety.checks import (
+    FlowLoss, Level, Plausible, SensorHealth, SupplyHealth, TemperatureStages, ThermalRunaway)
+from agent.safety.events import EventLog
+from agent.safety.shutdown import ShutdownPath
+from agent.safety.supervisor import SafetySettings, Supervisor
+
+POWER_PLAUSIBLE = Plausible(0.0, 15.0, math.inf)
+SOC_PLAUSIBLE = Plausible(-20.0, 110.0, 20.0)
+OIL_PLAUSIBLE = Plausible(-20.0, 120.0, 2.0)
+FLOW_PLAUSIBLE = Plausible(0.0, 60.0, math.inf)
+WATER_PLAUSIBLE = Plausible(0.0, 100.0, 5.0)
+STUCK_S = 120.0
+MIN_FLOW_L_PER_MIN = 0.1
+FLOW_GRACE_S = 10.0
+
+
+def build_supervisor(limits, readings: dict[str, str | None], events: EventLog,
+                     shutdown: ShutdownPath, now: float,
+                     latched: dict[str, str] | None = None,
+                     settings: SafetySettings = SafetySettings()) -> Supervisor:
+    """`readings` names the board's power, soc, oil, flow and throttle readings (None: absent)
+    and, under "advisory", readings that only feed reports (the water temperatures)."""
+    checks: list = [SensorHealth(name, WATER_PLAUSIBLE, STUCK_S, Level.NOTICE)
+                    for name in readings.get("advisory", ())]
+    for role, plausible in (("power", POWER_PLAUSIBLE), ("soc", SOC_PLAUSIBLE),
+                            ("oil", OIL_PLAUSIBLE), ("flow", FLOW_PLAUSIBLE)):
+        if readings.get(role):
+            checks.append(SensorHealth(readings[role], plausible, STUCK_S))
+    if readings.get("soc"):
+        checks.append(TemperatureStages("SoC", readings["soc"], limits.soc_warning_c,
+                                        limits.soc_limit_c, limits.soc_critical_c,
+                                        limits.hysteresis_c, limits.power_min_w))
+        checks.append(ThermalRunaway(readings["soc"]))
+    if readings.get("oil"):
+        checks.append(TemperatureStages("oil", readings["oil"], limits.oil_warning_c,
+                                        limits.oil_limit_c, limits.oil_critical_c,
+                                        limits.hysteresis_c, limits.power_min_w))
+    checks.append(FlowLoss(readings.get("flow"), MIN_FLOW_L_PER_MIN, FLOW_GRACE_S))
+    checks.append(SupplyHealth(readings.get("throttle"), limits.power_min_w, limits.power_max_w))
+    return Supervisor(checks, settings, limits.power_min_w, limits.power_max_w, events,
+                      shutdown, now, latched)

@@ -4,10 +4,10 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.commands import agent_cmd, config, failsafe, sensors, sim
+from agent.commands import agent_cmd, config, failsafe, sensors, sim, tune
 from agent.errors import HearthError
 
-COMMAND_MODULES: list = [agent_cmd, config, failsafe, sensors, sim]
+COMMAND_MODULES: list = [agent_cmd, config, failsafe, sensors, sim, tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ import math
 import os
 from typing import Callable
 
-from agent.control.controller import HeatController, TemperatureLimit, LimitGains
+from agent.control.autotune import StoredGains, apply_gains
+from agent.control.controller import HeatController, LimitGains, PowerGains, TemperatureLimit
 from agent.control.governor import DvfsGovernor, Settings
 from agent.control.power_model import PowerModel
 from agent.control.timer import LoopTimer
@@ -60,7 +61,8 @@ class BoardAgent:
                  run_command: Callable[[list[str]], None] = run_command,
                  send_signal: Callable[[int, int], None] = os.kill,
                  save_latched: Callable[[dict[str, str]], None] = lambda latched: None,
-                 latched: dict[str, str] | None = None):
+                 latched: dict[str, str] | None = None,
+                 gains: StoredGains | None = None):
         self.clock = hardware.clock
         self.context = DriverContext(hardware)
         self.sensors = build_sensors(config.sensors, self.context)
@@ -87,7 +89,10 @@ class BoardAgent:
                 "oil", limits.oil_limit_c - LIMIT_MARGIN_C, LimitGains(kp=2.0, ki=0.02, kd=0.0),
                 limits.power_min_w, limits.power_max_w))
         self.controller = HeatController(limits.power_min_w, limits.power_max_w,
-                                         temperature_limits)
+                                         temperature_limits,
+                                         PowerGains.for_period(control.period_s))
+        if gains is not None:
+            apply_gains(self.controller, gains)
         now = self.clock()
         self.events = events if events is not None else EventLog()
         shutdown = ShutdownPath(self.events, self.workload.dir, save_latched,

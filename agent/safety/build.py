@@ -24,22 +24,24 @@ def build_supervisor(limits, readings: dict[str, str | None], events: EventLog,
                      settings: SafetySettings = SafetySettings()) -> Supervisor:
     """`readings` names the board's power, soc, oil, flow and throttle readings (None: absent)
     and, under "advisory", readings that only feed reports (the water temperatures)."""
-    checks: list = [SensorHealth(name, WATER_PLAUSIBLE, STUCK_S, Level.NOTICE)
-                    for name in readings.get("advisory", ())]
+    # The water temperatures rightly hold still while the power moves: no stuck check there.
+    sensor_checks = [SensorHealth(name, WATER_PLAUSIBLE, math.inf, Level.NOTICE)
+                     for name in readings.get("advisory", ())]
     for role, plausible in (("power", POWER_PLAUSIBLE), ("soc", SOC_PLAUSIBLE),
                             ("oil", OIL_PLAUSIBLE), ("flow", FLOW_PLAUSIBLE)):
         if readings.get(role):
-            checks.append(SensorHealth(readings[role], plausible, STUCK_S))
+            sensor_checks.append(SensorHealth(readings[role], plausible, STUCK_S))
+    checks: list = []
     if readings.get("soc"):
         checks.append(TemperatureStages("SoC", readings["soc"], limits.soc_warning_c,
                                         limits.soc_limit_c, limits.soc_critical_c,
                                         limits.hysteresis_c, limits.power_min_w))
-        checks.append(ThermalRunaway(readings["soc"]))
+        checks.append(ThermalRunaway(readings["soc"], limits.soc_warning_c))
     if readings.get("oil"):
         checks.append(TemperatureStages("oil", readings["oil"], limits.oil_warning_c,
                                         limits.oil_limit_c, limits.oil_critical_c,
                                         limits.hysteresis_c, limits.power_min_w))
     checks.append(FlowLoss(readings.get("flow"), MIN_FLOW_L_PER_MIN, FLOW_GRACE_S))
     checks.append(SupplyHealth(readings.get("throttle"), limits.power_min_w, limits.power_max_w))
-    return Supervisor(checks, settings, limits.power_min_w, limits.power_max_w, events,
+    return Supervisor(sensor_checks, checks, settings, limits.power_min_w, limits.power_max_w, events,
                       shutdown, now, latched)

@@ -3,11 +3,16 @@ model). Each looks at this period's readings and says what is wrong, how bad, an
 none of them acts. The supervisor turns their findings into a mode.
 """
 
+import collections
 import dataclasses
 import enum
 import math
 
 from agent.readings import Reading
+
+
+COOL_MARGIN_C = 10.0
+"""A SoC this far below its warning threshold must warm visibly when the board heats hard."""
 
 
 class Level(enum.IntEnum):
@@ -137,7 +142,8 @@ class TemperatureStages:
     The control loop's limiter holds the temperature just under its limit, so in normal
     heavy use only the warning stage shows (LIMITED, no ceiling of its own: the limiter is
     in charge). Reaching the limit means the limiter is losing: power drops to its minimum.
-    Critical latches a FAULT."""
+    Critical latches a FAULT. A stage is left only on a trusted reading: while the reading is
+    missing or suspect, the last stage holds."""
 
     def __init__(self, name: str, reading: str, warning_c: float, limit_c: float,
                  critical_c: float, hysteresis_c: float, power_min_w: float):
@@ -148,67 +154,90 @@ class TemperatureStages:
                        Stage("warning", warning_c, Level.LIMIT, math.inf))
         self.hysteresis_c = hysteresis_c
         self._active: int | None = None
+        self._last_c = math.nan
 
     def check(self, snapshot: Snapshot) -> list[Finding]:
         value = snapshot.value(self.reading)
         if value is None:
-            return []
+            return [self._finding(self._active, self._last_c)] if self._active is not None else []
+        self._last_c = value
         active = next((i for i, stage in enumerate(self.stages) if value >= stage.threshold_c),
                       None)
         held = self._active
         if held is not None and value > self.stages[held].threshold_c - self.hysteresis_c:
             active = held if active is None else min(active, held)
         self._active = active
-        if active is None:
-            return []
-        stage = self.stages[active]
-        return [Finding(f"overtemp:{self.name}:{stage.name}", stage.level, value,
-                        f"{self.name} at {value:.1f} C, at or above its {stage.name} threshold "
-                        f"{stage.threshold_c:g} C; check the oil flow, the inlet water "
-                        "temperature and the heat exchanger", stage.ceiling_w)]
+        return [self._finding(active, value)] if active is not None else []
+
+    def _finding(self, index: int, value: float) -> Finding:
+        stage = self.stages[index]
+        return Finding(f"overtemp:{self.name}:{stage.name}", stage.level, value,
+                       f"{self.name} at {value:.1f} C, at or above its {stage.name} threshold "
+                       f"{stage.threshold_c:g} C; check the oil flow, the inlet water "
+                       "temperature and the heat exchanger", stage.ceiling_w)
 
 
 class ThermalRunaway:
-    """Temperature that does not follow power: rising although power is at its minimum, or
-    not rising although the board heats hard (the sensor no longer sees the heat)."""
+    """Temperature that does not follow power.
 
-    def __init__(self, soc_reading: str, window_s: float = 60.0, rise_c: float = 2.0,
-                 heating_rise_c: float = 1.0):
+    Rising at minimum power: once the SoC is above its warning threshold, it must not climb
+    further while the board draws its minimum (below that, a climb is the harmless settling
+    toward idle temperature after a cold start). Not rising at high power: a cool SoC that
+    does not warm while the board heats hard means the reading no longer sees the heat.
+    """
+
+    def __init__(self, soc_reading: str, hot_c: float, window_s: float = 60.0,
+                 rise_c: float = 2.0, heating_rise_c: float = 1.0):
         self.soc_reading = soc_reading
+        self.hot_c = hot_c
         self.window_s = window_s
         self.rise_c = rise_c
         self.heating_rise_c = heating_rise_c
-        self._low_since: tuple[float, float] | None = None
-        self._high_since: tuple[float, float] | None = None
+        self._hot_at_minimum: collections.deque[tuple[float, float]] = collections.deque()
+        self._heating_since: tuple[float, float] | None = None
 
     def check(self, snapshot: Snapshot) -> list[Finding]:
         soc_c = snapshot.value(self.soc_reading)
         if soc_c is None:
-            self._low_since = self._high_since = None
+            self._hot_at_minimum.clear()
+            self._heating_since = None
             return []
         at_minimum = snapshot.in_safe_state or snapshot.command_w <= snapshot.power_min_w + 0.1
         heating_hard = snapshot.command_w >= 0.8 * snapshot.power_max_w
-        self._low_since = (self._low_since or (snapshot.now, soc_c)) if at_minimum else None
-        self._high_since = (self._high_since or (snapshot.now, soc_c)) if heating_hard else None
-        findings = []
-        if self._low_since is not None:
-            start_s, start_c = self._low_since
-            if snapshot.now - start_s >= self.window_s and soc_c - start_c >= self.rise_c:
-                findings.append(Finding(
-                    "thermal_runaway:rising", Level.FAULT, soc_c,
-                    f"SoC rose {soc_c - start_c:.1f} C in {snapshot.now - start_s:.0f} s with the "
-                    "board at its minimum power: heat is coming from elsewhere (oil flow, "
-                    "a neighbour) or the power is not really capped; check the oil loop"))
-        if self._high_since is not None:
-            start_s, start_c = self._high_since
-            if snapshot.now - start_s >= self.window_s and soc_c - start_c < self.heating_rise_c:
-                if start_c < 60.0:
-                    findings.append(Finding(
-                        "thermal_runaway:not_rising", Level.FAULT, soc_c,
-                        f"SoC rose only {soc_c - start_c:.1f} C in {snapshot.now - start_s:.0f} s "
-                        "at high power: the temperature reading does not see the heat; check "
-                        "the SoC sensor"))
-        return findings
+        return [f for f in (self._rising(snapshot.now, soc_c, at_minimum),
+                            self._not_rising(snapshot.now, soc_c, heating_hard)) if f]
+
+    def _rising(self, now: float, soc_c: float, at_minimum: bool) -> Finding | None:
+        history = self._hot_at_minimum
+        if not (at_minimum and soc_c >= self.hot_c):
+            history.clear()
+            return None
+        history.append((now, soc_c))
+        while len(history) > 1 and now - history[1][0] >= self.window_s:
+            history.popleft()
+        start_s, start_c = history[0]
+        if now - start_s < self.window_s or soc_c - start_c < self.rise_c:
+            return None
+        return Finding("thermal_runaway:rising", Level.FAULT, soc_c,
+                       f"SoC rose {soc_c - start_c:.1f} C to {soc_c:.1f} C in "
+                       f"{now - start_s:.0f} s with the board at its minimum power: heat is "
+                       "coming from elsewhere (the oil, a neighbour) or the power is not "
+                       "really capped; check the oil loop and the cpufreq cap")
+
+    def _not_rising(self, now: float, soc_c: float, heating_hard: bool) -> Finding | None:
+        if not heating_hard:
+            self._heating_since = None
+            return None
+        if self._heating_since is None:
+            self._heating_since = (now, soc_c)
+        start_s, start_c = self._heating_since
+        if (now - start_s < self.window_s or start_c >= self.hot_c - COOL_MARGIN_C
+                or soc_c - start_c >= self.heating_rise_c):
+            return None
+        return Finding("thermal_runaway:not_rising", Level.FAULT, soc_c,
+                       f"SoC rose only {soc_c - start_c:.1f} C in {now - start_s:.0f} s at high "
+                       "power: the temperature reading does not see the heat; check the SoC "
+                       "sensor")
 
 
 class FlowLoss:

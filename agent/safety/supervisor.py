@@ -41,9 +41,11 @@ class SafetySettings:
 
 
 class Supervisor:
-    def __init__(self, checks: list, settings: SafetySettings, power_min_w: float,
+    def __init__(self, sensor_checks: list, checks: list, settings: SafetySettings, power_min_w: float,
                  power_max_w: float, events: EventLog, shutdown: ShutdownPath, now: float,
                  latched: dict[str, str] | None = None):
+        self.sensor_checks = sensor_checks
+        """SensorHealth checks: run first; a reading they flag is hidden from the rest."""
         self.checks = checks
         self.settings = settings
         self.power_min_w = power_min_w
@@ -64,7 +66,12 @@ class Supervisor:
                   command_w: float) -> Allowance:
         snapshot = Snapshot(now, readings, command_w, self.power_min_w, self.power_max_w,
                             self.mode in SAFE_MODES, self.interlock_reason)
-        findings = {f.cause: f for check in self.checks for f in check.check(snapshot)}
+        findings = {f.cause: f for check in self.sensor_checks for f in check.check(snapshot)}
+        suspect = {check.reading for check in self.sensor_checks
+                   if f"sensor:{check.reading}" in findings}
+        trusted = dataclasses.replace(
+            snapshot, readings={k: v for k, v in readings.items() if k not in suspect})
+        findings.update((f.cause, f) for check in self.checks for f in check.check(trusted))
         for cause, finding in findings.items():
             if cause not in self.active:
                 self._raised(now, finding)

@@ -42,6 +42,8 @@ class SensorFaults:
     w1_power_on: set[str] = dataclasses.field(default_factory=set)
     stuck: dict[str, float] = dataclasses.field(default_factory=dict)
     """Sensor name -> the value it keeps showing whatever the plant does."""
+    soc_zone_absent: bool = False
+    """The thermal zone's temp file is gone (a kernel without the thermal driver)."""
     flow_meter_dead: bool = False
     """The meter's pulses stop while water still flows (a seized turbine, a broken wire)."""
 
@@ -93,8 +95,8 @@ class SimulatedBoard:
         self._heatfill_usage_usec = 0.0
         self._conversion_started_at: float | None = None
         self._last_text: dict[Path, str] = {}
-        self._workload = _GroupFiles(self.sysfs.cgroup(WORKLOAD_CGROUP))
-        self._heatfill = _GroupFiles(self.sysfs.cgroup(HEATFILL_CGROUP))
+        self.workload_files = _GroupFiles(self.sysfs.cgroup(WORKLOAD_CGROUP))
+        self.heatfill_files = _GroupFiles(self.sysfs.cgroup(HEATFILL_CGROUP))
         self.hardware = Hardware(root=root, i2c_bus=self._open_i2c,
                                  pin_factory=self.pin_factory, clock=clock)
         self._publish_sensors()
@@ -130,13 +132,13 @@ class SimulatedBoard:
         points = self.params.operating_points_mhz
         self.plant.cap_mhz = max([p for p in points if p * 1000 <= cap_khz] or [points[0]])
         demand = self.plant.demand
-        demand.workload_quota_cpus = _parse_cpu_max(self._workload.cpu_max.read_text(), cores)
-        demand.workload_frozen = self._workload.freeze.read_text().strip() == "1"
-        demand.heatfill_quota_cpus = _parse_cpu_max(self._heatfill.cpu_max.read_text(), cores)
-        demand.heatfill_frozen = self._heatfill.freeze.read_text().strip() == "1"
+        demand.workload_quota_cpus = _parse_cpu_max(self.workload_files.cpu_max.read_text(), cores)
+        demand.workload_frozen = self.workload_files.freeze.read_text().strip() == "1"
+        demand.heatfill_quota_cpus = _parse_cpu_max(self.heatfill_files.cpu_max.read_text(), cores)
+        demand.heatfill_frozen = self.heatfill_files.freeze.read_text().strip() == "1"
         demand.heatfill_running = True
-        for group, frozen in ((self._workload, demand.workload_frozen),
-                              (self._heatfill, demand.heatfill_frozen)):
+        for group, frozen in ((self.workload_files, demand.workload_frozen),
+                              (self.heatfill_files, demand.heatfill_frozen)):
             self._write(group.events, f"populated 1\nfrozen {int(frozen)}\n")
 
     def _account_workload(self, dt_s: float) -> None:
@@ -147,10 +149,10 @@ class SimulatedBoard:
         if self.plant.workload_throttled():
             self._workload_throttled_periods += periods
         self._heatfill_usage_usec += self.plant.heatfill_cores() * dt_s * 1e6
-        self._write(self._workload.stat,
+        self._write(self.workload_files.stat,
                     cpu_stat_text(int(self._workload_usage_usec), int(self._workload_periods),
                                   int(self._workload_throttled_periods)))
-        self._write(self._heatfill.stat,
+        self._write(self.heatfill_files.stat,
                     cpu_stat_text(int(self._heatfill_usage_usec), int(self._workload_periods), 0))
 
     def _emit_flow_pulses(self, dt_s: float) -> None:
@@ -168,7 +170,12 @@ class SimulatedBoard:
 
     def _publish_sensors(self) -> None:
         plant = self.plant
-        self._write(self.sysfs.thermal_temp, f"{round(self._value('soc', plant.soc_c) * 1000)}\n")
+        if self.faults.soc_zone_absent:
+            self.sysfs.thermal_temp.unlink(missing_ok=True)
+            self._last_text.pop(self.sysfs.thermal_temp, None)
+        else:
+            self._write(self.sysfs.thermal_temp,
+                        f"{round(self._value('soc', plant.soc_c) * 1000)}\n")
         self._write(self.sysfs.scaling_cur_freq, f"{plant.effective_mhz() * 1000}\n")
         soc_c = plant.soc_c
         flags = (int(plant.under_voltage) | int(plant.effective_mhz() < plant.cap_mhz) << 1
@@ -176,8 +183,9 @@ class SimulatedBoard:
                  | int(soc_c >= self.params.firmware_soft_limit_c) << 3)
         self._write(self.sysfs.throttled, f"{flags | flags << 16:x}\n")
         self._write(self.sysfs.under_voltage_alarm, f"{int(plant.under_voltage)}\n")
-        self.ina219.set_bus_voltage(plant.bus_voltage_v())
-        self.ina219.set_current(self._value("board_power", plant.current_a()))
+        if "board_power" not in self.faults.stuck:  # a stuck INA keeps its last measurement
+            self.ina219.set_bus_voltage(plant.bus_voltage_v())
+            self.ina219.set_current(plant.current_a())
         self.tmp117.set_temperature(self._value("oil", plant.oil_c))
         bar = self._value("water_pressure",
                           self.params.water_pressure_bar if plant.water_flow_l_per_min else 0.2)

@@ -1,0 +1,356 @@
+"""The fault matrix (DESIGN.md section 4): every safety cause injected through the simulated
+hardware or the process boundary — never by calling the supervisor — with, for each: the
+event naming the cause and its value, safe actuator settings within one loop period of the
+cause becoming visible, the final mode, and at every simulated step no actuator setting
+beyond what the mode allows. The run writes reports/fault-matrix.md."""
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from agent.sim.clock import SimClock
+from agent.sim.harness import SimulatedAgent
+
+PERIOD_S = 0.1
+WARMUP_S = 40.0
+SAFE_MODES = {"STARTING", "SAFE", "FAULT", "SHUTDOWN"}
+REPORT = Path(__file__).resolve().parent.parent / "reports" / "fault-matrix.md"
+
+
+def actuators(sim) -> dict:
+    """What the simulated kernel holds right now, read from the fake sysfs tree."""
+    board = sim.board
+    workload, heatfill = board.workload_files, board.heatfill_files
+    quota, _, period = workload.cpu_max.read_text().strip().partition(" ")
+    return {
+        "freq_khz": int(board.sysfs.scaling_max_freq.read_text()),
+        "workload_cpus": math.inf if quota == "max" else int(quota) / int(period),
+        "workload_frozen": workload.freeze.read_text().strip() == "1",
+        "heatfill_frozen": heatfill.freeze.read_text().strip() == "1",
+    }
+
+
+def is_safe(sim) -> bool:
+    """SAFE settings: lowest frequency, workload frozen or at minimum quota, heat-fill stopped."""
+    state = actuators(sim)
+    return (state["freq_khz"] == sim.agent.policy.min_khz and state["heatfill_frozen"]
+            and (state["workload_frozen"] or state["workload_cpus"] <= 0.05))
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    injected_by: str
+    inject: Callable
+    cause: str
+    final: str                       # recovered | latched | shutdown | limited | unchanged
+    visible: Callable = None         # the agent's readings show the cause (None: a check's window)
+    clear: Callable = None
+    detect_within_s: float = 1.0
+    run_s: float = 30.0
+    safe: bool = True
+    setpoint_w: float = 5.5
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    cause: str
+    injected_by: str
+    detection_s: float
+    reaction_periods: int | None
+    final_mode: str
+
+
+def set_plant(**values):
+    def inject(sim):
+        for key, value in values.items():
+            setattr(sim.board.plant, key, value)
+    return inject
+
+
+def ramp_oil(to_c, k_per_s):
+    """Heat arriving through the oil at a physical rate (a neighbour, a hot return)."""
+    def drive(sim):
+        plant = sim.board.plant
+        plant.oil_c = min(to_c, plant.oil_c + k_per_s * PERIOD_S)
+    return drive
+
+
+def chip_fault(chip, kind):
+    def inject(sim):
+        getattr(getattr(sim.board, chip), f"inject_{kind}")()
+    return inject
+
+
+def chip_clear(chip):
+    return lambda sim: getattr(sim.board, chip).clear_faults()
+
+
+def fault_flag(name, value):
+    return lambda sim: setattr(sim.board.faults, name, value)
+
+
+def set_add(name, member):
+    return lambda sim: getattr(sim.board.faults, name).add(member)
+
+
+def stuck(sensor, value=None):
+    def inject(sim):
+        sim.board.faults.stuck[sensor] = (sim.board.current_value(sensor) if value is None
+                                          else value)
+    return inject
+
+
+def unstuck(sensor):
+    return lambda sim: sim.board.faults.stuck.pop(sensor, None)
+
+
+def reads_at_or_above(reading, celsius):
+    """The cause is visible once the agent's own reading of the sensor shows it."""
+    def visible(sim):
+        value = sim.agent.readings.get(reading)
+        return value is not None and value.ok and value.value >= celsius
+    return visible
+
+
+def always(sim):
+    return True
+
+
+def offer(value):
+    def inject(sim):
+        sim.agent.set_setpoint(value, "leader")
+    return inject
+
+
+def low_then_heat_hard(sim):
+    sim.agent.set_setpoint(3.0)
+    sim.run_for(20)
+    stuck("soc")(sim)
+    sim.agent.set_setpoint(5.5)
+
+
+def runaway_at_minimum(sim):
+    """Oil heated from outside pushes the SoC past its warning while the board is at its
+    minimum power (the oil's own limit stage holds it there)."""
+    sim.board.plant.water_inlet_c = 90.0
+    return ramp_oil(64.0, 0.5)
+
+
+def config_edit(sim):
+    path = sim.config_path
+    path.write_text(path.read_text() + "\n[limits]\nsoc_warning_c = 68.0\n")
+
+
+CASES = [
+    Case("SoC critical", "plant: heat burst in the SoC", set_plant(soc_c=78.5),
+         "overtemp:SoC:critical", "latched", visible=reads_at_or_above("soc", 78.0)),
+    Case("SoC warning", "plant: hot inlet water 52 C", set_plant(water_inlet_c=52.0, oil_c=52.0),
+         "overtemp:SoC:warning", "limited", safe=False, detect_within_s=60.0, run_s=70.0,
+         clear=set_plant(water_inlet_c=30.0, oil_c=30.0)),
+    Case("oil critical", "plant: oil heated from outside",
+         lambda sim: (set_plant(water_inlet_c=85.0)(sim), ramp_oil(72.0, 1.5))[1],
+         "overtemp:oil:critical", "latched", detect_within_s=30.0,
+         visible=reads_at_or_above("oil", 70.0),
+         clear=set_plant(water_inlet_c=30.0, oil_c=30.0)),
+    Case("thermal runaway (rising at minimum power)", "plant: hot oil while capped",
+         runaway_at_minimum, "thermal_runaway:rising", "latched", detect_within_s=150.0,
+         run_s=160.0, clear=set_plant(water_inlet_c=30.0, oil_c=30.0)),
+    Case("thermal runaway (not rising at high power)", "SoC reading frozen before a step up",
+         low_then_heat_hard, "thermal_runaway:not_rising", "latched", detect_within_s=85.0,
+         run_s=90.0, clear=unstuck("soc")),
+    Case("water flow lost (pump off)", "plant: pump off", set_plant(water_flow_l_per_min=0.0),
+         "flow_lost", "recovered", detect_within_s=16.0,
+         clear=set_plant(water_flow_l_per_min=0.5)),
+    Case("flow meter dead", "GPIO: pulses stop", fault_flag("flow_meter_dead", True),
+         "flow_lost", "recovered", detect_within_s=16.0,
+         clear=fault_flag("flow_meter_dead", False)),
+    Case("leader interlock", "leader interlock input",
+         lambda sim: sim.agent.set_interlock("module flow lost"), "interlock", "recovered",
+         visible=always, clear=lambda sim: sim.agent.set_interlock("")),
+    Case("power sensor NACK", "I2C: INA219 stops acknowledging", chip_fault("ina219", "nack"),
+         "sensor:board_power.power_w", "recovered", visible=always,
+         clear=chip_clear("ina219")),
+    Case("oil sensor I2C timeout", "I2C: TMP117 holds the bus", chip_fault("tmp117", "timeout"),
+         "sensor:oil", "recovered", visible=always, clear=chip_clear("tmp117")),
+    Case("SoC thermal zone missing", "sysfs: thermal_zone0/temp gone",
+         fault_flag("soc_zone_absent", True), "sensor:soc", "recovered",
+         visible=always, clear=fault_flag("soc_zone_absent", False)),
+    Case("SoC reading implausible", "sysfs: thermal zone reads 150 C", stuck("soc", 150.0),
+         "sensor:soc", "recovered", visible=always, clear=unstuck("soc")),
+    Case("power reading stuck", "I2C: INA219 current frozen, then a setpoint change",
+         lambda sim: (stuck("board_power")(sim), sim.agent.set_setpoint(3.0, "leader"))[0],
+         "sensor:board_power.power_w", "recovered", detect_within_s=125.0, run_s=140.0,
+         clear=unstuck("board_power")),
+    Case("DS18B20 CRC error", "1-wire: crc=.. NO", set_add("w1_crc_error", "water_in"),
+         "sensor:water_in", "unchanged", safe=False, detect_within_s=2.0),
+    Case("DS18B20 85.000 power-on value", "1-wire: power-on scratchpad",
+         set_add("w1_power_on", "water_out"), "sensor:water_out", "unchanged", safe=False,
+         detect_within_s=2.0),
+    Case("DS18B20 absent", "1-wire: device gone", set_add("w1_absent", "water_in"),
+         "sensor:water_in", "unchanged", safe=False, detect_within_s=2.0),
+    Case("under-voltage", "firmware: get_throttled bit 0", set_plant(under_voltage=True),
+         "under_voltage", "limited", safe=False, clear=set_plant(under_voltage=False)),
+    Case("leader silent", "link: no contact", lambda sim: None, "setpoint_source", "unchanged",
+         safe=False, detect_within_s=40.0, run_s=45.0),
+    Case("malformed setpoint", "command: setpoint 'lots'",
+         offer("lots"), "setpoint_rejected", "unchanged",
+         safe=False),
+    Case("out-of-range setpoint", "command: setpoint 99 W",
+         offer(99.0), "setpoint_rejected", "unchanged",
+         safe=False),
+    Case("critical temperature that SAFE cannot clear", "sysfs: SoC reads 79 C for minutes",
+         stuck("soc", 79.0), "shutdown", "shutdown", detect_within_s=125.0, run_s=140.0),
+    Case("config changed on disk", "file: site config edited", config_edit, "config_changed",
+         "unchanged", safe=False, detect_within_s=6.0),
+]
+
+
+def run_case(case: Case, directory: Path, **agent_kwargs) -> tuple[SimulatedAgent, Outcome]:
+    sim = SimulatedAgent(directory, SimClock(), seed=11, **agent_kwargs)
+    sim.agent.set_setpoint(case.setpoint_w, "leader")
+    sim.run_for(WARMUP_S, lambda report: sim.agent.setpoints.contact(sim.clock()))
+    assert sim.agent.last_report.mode == "NORMAL", "healthy before the fault"
+    events_before = len(sim.agent.events.events)
+    injected_at = sim.clock()
+    keep_alive = case.name != "leader silent"
+    driver = case.inject(sim)
+    visible_at = event_at = None
+    safe_ticks = []
+    for _ in range(round(case.run_s / PERIOD_S)):
+        if keep_alive:
+            sim.agent.setpoints.contact(sim.clock())
+        if driver is not None:
+            driver(sim)
+        sim.clock.advance(PERIOD_S)
+        sim.board.step(PERIOD_S)
+        report = sim.agent.tick()
+        if visible_at is None and case.visible is not None and case.visible(sim):
+            visible_at = sim.clock()
+        assert_mode_respected(sim, report)
+        new = list(sim.agent.events.events)[events_before:]
+        if event_at is None and any(e.cause.startswith(case.cause) for e in new):
+            event_at = sim.clock()
+        if is_safe(sim):
+            safe_ticks.append(sim.clock())
+    events = [e for e in list(sim.agent.events.events)[events_before:]
+              if e.cause.startswith(case.cause)]
+    assert events, f"no event for {case.cause}"
+    assert events[0].value is not None, "the event carries the value"
+    assert event_at - injected_at <= case.detect_within_s + 1e-9
+    reaction = None
+    if case.safe:
+        start = visible_at if visible_at is not None else event_at
+        safe_at = next((t for t in safe_ticks if t >= start - 1e-9), None)
+        assert safe_at is not None, "SAFE settings applied"
+        reaction = round((safe_at - start) / PERIOD_S)
+        assert reaction <= 1, f"SAFE settings {reaction} periods after the cause was visible"
+    return sim, Outcome(case.name, case.cause, case.injected_by, event_at - injected_at,
+                        reaction, sim.agent.last_report.mode)
+
+
+def assert_mode_respected(sim, report) -> None:
+    """At every step: nothing beyond what the mode allows."""
+    if report.mode in SAFE_MODES:
+        assert is_safe(sim), f"{report.mode} with actuators {actuators(sim)}"
+    if report.mode == "LIMITED":
+        ceilings = [f.max_power_w for f in sim.agent.supervisor.active.values()]
+        assert report.command_w <= min(ceilings + [math.inf]) + 1e-9
+
+
+def finish(case: Case, sim: SimulatedAgent) -> str:
+    """Clear the cause and see how the board ends: recovered, latched (until reset), ..."""
+    if case.clear is not None:
+        case.clear(sim)
+    sim.run_for(60, lambda report: (sim.agent.setpoints.contact(sim.clock()),
+                                    assert_mode_respected(sim, report)))
+    mode = sim.agent.last_report.mode
+    if case.final == "recovered":
+        assert mode == "NORMAL"
+    elif case.final == "latched":
+        assert mode == "FAULT", "a latched fault outlives its cause"
+        accepted, reason = sim.agent.supervisor.reset(sim.clock())
+        assert accepted, reason
+        sim.run_for(30, lambda report: sim.agent.setpoints.contact(sim.clock()))
+        assert sim.agent.last_report.mode == "NORMAL"
+        return "latched, cleared by reset"
+    elif case.final == "shutdown":
+        assert mode == "SHUTDOWN"
+        assert sim.poweroff_commands == [["systemctl", "poweroff"]]
+    elif case.final == "limited":
+        assert mode in ("NORMAL", "LIMITED")
+    elif case.final == "unchanged":
+        assert mode == "NORMAL"
+    return case.final
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    collected: list[Outcome] = []
+    yield collected
+    REPORT.parent.mkdir(exist_ok=True)
+    lines = ["# Fault matrix", "",
+             f"Written by tests/test_fault_matrix.py on {time.strftime('%Y-%m-%d')} "
+             f"(loop period {PERIOD_S} s). Detection: from injection to the supervisor's event "
+             "(the check's own window included). Reaction: loop periods from the cause being "
+             "visible to SAFE actuator settings.", "",
+             "| cause | injected through | event | detection (s) | reaction (periods) | final |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for o in collected:
+        reaction = "-" if o.reaction_periods is None else str(o.reaction_periods)
+        lines.append(f"| {o.name} | {o.injected_by} | `{o.cause}` | {o.detection_s:.1f} | "
+                     f"{reaction} | {o.final_mode} |")
+    REPORT.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fault_matrix(case, sim_dir, outcomes):
+    sim, outcome = run_case(case, sim_dir)
+    final = finish(case, sim)
+    outcomes.append(dataclasses.replace(outcome, final_mode=final))
+    sim.agent.close()
+
+
+def test_poweroff_command_failing_leaves_the_board_safe(sim_dir, outcomes):
+    def failing_poweroff(argv):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    case = Case("poweroff command failing", "process: poweroff cannot run", stuck("soc", 79.0),
+                "poweroff_failed", "shutdown", detect_within_s=135.0, run_s=140.0)
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=11)
+    sim.agent.supervisor.shutdown.run = failing_poweroff
+    sim.agent.set_setpoint(case.setpoint_w, "leader")
+    sim.run_for(WARMUP_S, lambda report: sim.agent.setpoints.contact(sim.clock()))
+    injected_at = sim.clock()
+    case.inject(sim)
+    sim.run_for(case.run_s, lambda report: assert_mode_respected(sim, report))
+    failed = [e for e in sim.agent.events.events if e.cause == "poweroff_failed"]
+    assert failed and "by hand" in failed[0].message
+    assert sim.agent.last_report.mode == "SHUTDOWN" and is_safe(sim)
+    assert actuators(sim)["workload_frozen"]
+    outcomes.append(Outcome(case.name, case.cause, case.injected_by,
+                            failed[0].time - injected_at, 0, "shutdown, board left SAFE"))
+
+
+def test_wall_clock_jump_changes_nothing(sim_dir, monkeypatch, outcomes):
+    """The agent runs on the monotonic clock only: a wall-clock jump (NTP, an RTC-less boot)
+    must not look like a stale sensor, a silent leader or an expired setpoint."""
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=11)
+    sim.agent.set_setpoint(5.5, "leader")
+    sim.run_for(WARMUP_S, lambda report: sim.agent.setpoints.contact(sim.clock()))
+    events_before = len(sim.agent.events.events)
+    real_time = time.time
+    for jump_s in (86400.0 * 365, -3600.0 * 5):
+        monkeypatch.setattr(time, "time", lambda: real_time() + jump_s)
+        reports = []
+        sim.run_for(10, lambda report: (sim.agent.setpoints.contact(sim.clock()),
+                                        reports.append(report)))
+        assert all(r.mode == "NORMAL" for r in reports)
+    assert list(sim.agent.events.events)[events_before:] == []
+    outcomes.append(Outcome("wall clock jump (+1 year, -5 h)", "-", "process: time.time",
+                            0.0, None, "unchanged, no event"))

@@ -22,6 +22,7 @@ from agent.drivers.base import DriverContext
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
+from agent.supervisor_hook import Allowance
 
 QUOTA_STEP_CPUS = 0.25
 MIN_HEATFILL_CPUS = 0.02
@@ -334,3 +335,11 @@ def sustainable_power_w(params, control_temp_c: float, design_inlet_c: float) ->
     board_w = (control_temp_c - design_inlet_c) / (params.soc_to_oil_k_per_w
                                                    + 1.0 / exchanger_w_per_k)
     return max(0.1, board_w - params.idle_w)
+
+
+class PassThroughSupervisor:
+    """Allows everything: put in place of a BoardAgent's supervisor to see its control loop
+    alone (a diagnostic run, labelled as such; never how the agent ships)."""
+
+    def supervise(self, now: float, readings: dict, last_command_w: float = 0.0) -> Allowance:
+        return Allowance(mode="NORMAL", max_power_w=math.inf)

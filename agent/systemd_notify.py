@@ -15,11 +15,15 @@ class Notifier:
         self._socket: socket.socket | None = None
 
     def send(self, *assignments: str) -> bool:
-        """Send `KEY=value` lines in one datagram; False if there is no systemd to tell."""
+        """Send `KEY=value` lines in one datagram; False if there is no systemd to tell.
+
+        Never blocks: the control loop must not wait on systemd. A full socket queue drops
+        the message (a missed watchdog pet is caught by the next one)."""
         if self.address is None:
             return False
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket.setblocking(False)
         try:
             self._socket.sendto("\n".join(assignments).encode(), self.address)
         except OSError:

@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from agent.board_agent import BoardAgent, TickReport
+from agent.board_state import BoardState
 from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.errors import ConfigValueError
 from agent.safety.events import EventLog
 from agent.seam import Hardware
@@ -32,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sim-dir", type=Path, metavar="DIR",
                         help="with --sim: keep the simulated board's sysfs tree in DIR "
                         "(default: a temporary directory, removed at exit)")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help="latched faults and tuned gains (default "
+                        f"{DEFAULT_STATE_DIR}; ignored with --sim)")
     parser.add_argument("--quiet", action="store_true", help="print no state lines")
     parser.set_defaults(run=run)
 
@@ -61,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
             return _run_sim(args.sim_dir, args, publish, should_stop)
         with scratch_directory("hearth-agent-sim-") as directory:
             return _run_sim(Path(directory), args, publish, should_stop)
-    agent = BoardAgent(load_config(args.config), Hardware(), publish=publish,
-                       events=EventLog())
+    events = EventLog()
+    state = BoardState(StateStore(args.state_dir), events, time.monotonic())
+    agent = BoardAgent(load_config(args.config), Hardware(), publish=publish, events=events,
+                       save_latched=state.save_latched, latched=state.latched,
+                       gains=state.gains)
     _set_setpoint(agent, args.setpoint)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
     try:

@@ -14,31 +14,11 @@ import pytest
 
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
+from safety_invariants import actuators, assert_mode_respected, is_safe
 
 PERIOD_S = 0.1
 WARMUP_S = 40.0
-SAFE_MODES = {"STARTING", "SAFE", "FAULT", "SHUTDOWN"}
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "fault-matrix.md"
-
-
-def actuators(sim) -> dict:
-    """What the simulated kernel holds right now, read from the fake sysfs tree."""
-    board = sim.board
-    workload, heatfill = board.workload_files, board.heatfill_files
-    quota, _, period = workload.cpu_max.read_text().strip().partition(" ")
-    return {
-        "freq_khz": int(board.sysfs.scaling_max_freq.read_text()),
-        "workload_cpus": math.inf if quota == "max" else int(quota) / int(period),
-        "workload_frozen": workload.freeze.read_text().strip() == "1",
-        "heatfill_frozen": heatfill.freeze.read_text().strip() == "1",
-    }
-
-
-def is_safe(sim) -> bool:
-    """SAFE settings: lowest frequency, workload frozen or at minimum quota, heat-fill stopped."""
-    state = actuators(sim)
-    return (state["freq_khz"] == sim.agent.policy.min_khz and state["heatfill_frozen"]
-            and (state["workload_frozen"] or state["workload_cpus"] <= 0.05))
 
 
 @dataclasses.dataclass
@@ -252,15 +232,6 @@ def run_case(case: Case, directory: Path, **agent_kwargs) -> tuple[SimulatedAgen
         assert reaction <= 1, f"SAFE settings {reaction} periods after the cause was visible"
     return sim, Outcome(case.name, case.cause, case.injected_by, event_at - injected_at,
                         reaction, sim.agent.last_report.mode)
-
-
-def assert_mode_respected(sim, report) -> None:
-    """At every step: nothing beyond what the mode allows."""
-    if report.mode in SAFE_MODES:
-        assert is_safe(sim), f"{report.mode} with actuators {actuators(sim)}"
-    if report.mode == "LIMITED":
-        ceilings = [f.max_power_w for f in sim.agent.supervisor.active.values()]
-        assert report.command_w <= min(ceilings + [math.inf]) + 1e-9
 
 
 def finish(case: Case, sim: SimulatedAgent) -> str:

@@ -112,8 +112,9 @@ class SensorHealth:
                        "physics allows): noise or a loose connection")
 
     def _stuck(self, snapshot: Snapshot, value: float, cause: str) -> Finding | None:
-        """The same exact value for stuck_s while the power command moved by over 1 W."""
-        if self._last is None or value != self._last[1]:
+        """The same exact value for stuck_s while the power command moved by over 1 W.
+        Not judged in SAFE settings: nothing moves then, so a still reading is expected."""
+        if self._last is None or value != self._last[1] or snapshot.in_safe_state:
             self._unchanged_since = snapshot.now
             self._command_span = [snapshot.command_w, snapshot.command_w]
             return None

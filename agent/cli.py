@@ -4,10 +4,10 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.commands import agent_cmd, config, failsafe, sensors, sim, tune
+from agent.commands import agent_cmd, broker_config, config, failsafe, sensors, sim, tune
 from agent.errors import HearthError
 
-COMMAND_MODULES: list = [agent_cmd, config, failsafe, sensors, sim, tune]
+COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

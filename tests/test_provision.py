@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from hearth_deploy.provision import check_mosquitto_hash, mosquitto_hash  # noqa: E402
+from agent.broker_config import check_mosquitto_hash, mosquitto_hash  # noqa: E402
 
 from agent.identity import Identity, resolve  # noqa: E402
 
@@ -141,11 +141,11 @@ def test_acl_keeps_each_board_to_its_own_topics(tmp_path, inventory):
     out = tmp_path / "out"
     assert provision(inventory, out).returncode == 0
     acl = (out / "leaders/m1/acl").read_text()
-    assert ("user m1.b02\ntopic readwrite hearth/v1/maple-school/m1/b02/#\n"
-            "topic read hearth/v1/maple-school/m1/leader/#") in acl
-    assert "m2.b01" not in acl and "user leader.m1\ntopic readwrite hearth/v1/maple-school/m1/#" in acl
+    assert ("user m1.b02\ntopic write hearth/v1/maple-school/m1/b02/status\n") in acl
+    assert "topic read hearth/v1/maple-school/m1/leader/setpoint/b02\n" in acl
+    assert "m2.b01" not in acl and "user leader.m1\ntopic read hearth/v1/maple-school/m1/#" in acl
     users = [line.split(":")[0] for line in (out / "leaders/m1/passwd").read_text().splitlines()]
-    assert users == ["m1.b01", "m1.b02", "leader.m1", "site"]
+    assert users == ["m1.b01", "m1.b02", "leader.m1", "site", "operator"]
     assert (out / "credentials/m1.b01.toml").stat().st_mode & 0o777 == 0o600
 
 

@@ -1,0 +1,497 @@
+"""Mosquitto configuration for a Hearth site from its inventory: accounts, ACLs, TLS, bridge.
+
+The broker is the only thing that can stop a board from writing another board's topics or a
+leader's setpoints, so the ACLs here are the security boundary of the MQTT contract
+(docs/mqtt.md): a board writes only its own status/state/event/reply and reads only its own
+`cmd/#`, its own setpoint and its module's interlock; nobody connects anonymously. One leader
+board per module runs the module's Mosquitto; this module writes, for each of them, the
+password file (mosquitto_passwd's `$7$` PBKDF2-SHA512 format), the ACL file, the broker
+config and, on request, TLS material (via the openssl tool) and a bridge to a central broker.
+Used by `hearth broker-config` and by scripts/provision, so there is one definition.
+"""
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import secrets
+import subprocess
+import tomllib
+from collections.abc import Collection
+from pathlib import Path
+
+from agent.errors import ConfigFileError, ConfigValueError
+from agent.identity import Identity, identity_from_mapping
+
+# mosquitto_passwd's "$7$" hash: PBKDF2-HMAC-SHA512, 101 iterations and a 12-byte salt by
+# default (mosquitto's password_mosq.h), written as $7$<iterations>$<base64 salt>$<base64 hash>.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+TOPIC_ROOT = "hearth/v1"
+DEFAULT_BROKER_ETC = "/etc/mosquitto/hearth"
+SITE_USER = "site"
+OPERATOR_USER = "operator"
+DEFAULT_BRIDGE_QUEUE = 10000
+RESERVED_BOARD_NAMES = frozenset({"leader"})
+"""`<module>/leader/...` is the leader's subtree: a board called `leader` would own it."""
+RESERVED_MODULE_NAMES = frozenset({"site"})
+"""`hearth/v1/<site>/site/...` holds the site topics: a module called `site` would own them."""
+KNOWN_KEYS = {
+    "": {"site", "tls", "port", "bind_address", "module", "board", "leader"},
+    "module": {"name"},
+    "board": {"module", "name", "serial", "slot"},
+    "leader": {"module", "board", "host"},
+}
+
+
+class InventoryError(ConfigValueError):
+    """The inventory cannot be used; the message names the file, entry, key and value."""
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None,
+                   iterations: int = PBKDF2_ITERATIONS) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_mosquitto_hash(password: str, encoded: str) -> bool:
+    parts = encoded.split("$")
+    if len(parts) != 5 or parts[1] != "7":
+        return False
+    _, _, iterations, salt, digest = parts
+    expected = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt),
+                                   int(iterations))
+    return hmac.compare_digest(expected, base64.b64decode(digest))
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+    identity: Identity
+    serial: str | None
+    slot: int | None
+
+    @property
+    def username(self) -> str:
+        """'.' cannot occur in a name, so module.board is unambiguous; ':' would break the
+        password file."""
+        return f"{self.identity.module}.{self.identity.board}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Leader:
+    module: str
+    board: str
+    host: str
+
+    @property
+    def username(self) -> str:
+        return f"leader.{self.module}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    site: str
+    modules: tuple[str, ...]
+    boards: tuple[Board, ...]
+    leaders: tuple[Leader, ...]
+    tls: bool
+    port: int | None
+    bind_address: str | None
+
+    @property
+    def listener_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls else 1883
+
+    def bridge_username(self, module: str) -> str:
+        """Unique across a fleet on the central broker: names cannot contain '.'."""
+        return f"bridge.{self.site}.{module}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bridge:
+    """Where a site's brokers forward their topics: the central broker, optionally over TLS."""
+
+    host: str
+    port: int
+    cafile: Path | None = None
+    queue: int = DEFAULT_BRIDGE_QUEUE
+
+
+def parse_bridge_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InventoryError(f"--bridge {text!r} is not HOST:PORT (e.g. "
+                             "'central.example.net:8883')")
+    return host, int(port)
+
+
+def _check_keys(table: object, kind: str, at: str) -> dict:
+    if not isinstance(table, dict):
+        raise InventoryError(f"{at}: expected a table, got {table!r}")
+    unknown = set(table) - KNOWN_KEYS[kind]
+    if unknown:
+        raise InventoryError(f"{at}: unknown key {', '.join(sorted(unknown))}; known keys here: "
+                             f"{', '.join(sorted(KNOWN_KEYS[kind]))}")
+    return table
+
+
+def _entries(document: dict, kind: str, where: str) -> list[tuple[str, dict]]:
+    entries = document.get(kind, [])
+    if not isinstance(entries, list):
+        raise InventoryError(f"{where}: {kind} must be written [[{kind}]] (an array of tables)")
+    return [(f"{where} [[{kind}]] #{number}", _check_keys(entry, kind, f"{where} [[{kind}]] "
+                                                          f"#{number}"))
+            for number, entry in enumerate(entries, start=1)]
+
+
+def _identity(mapping: dict, at: str) -> Identity:
+    try:
+        return identity_from_mapping(mapping, at)
+    except ValueError as error:
+        raise InventoryError(str(error)) from None
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Read and check a site inventory; every error names the file, entry, key and value."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigFileError(f"{path}: cannot read the inventory ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigFileError(f"{path}: not valid TOML ({error})") from None
+    where = str(path)
+    _check_keys(document, "", where)
+    site = _identity({"site": document.get("site"), "module": "m", "board": "b"}, where).site
+    modules = []
+    for at, entry in _entries(document, "module", where):
+        name = _identity({"site": site, "module": entry.get("name"), "board": "b"}, at).module
+        if name in RESERVED_MODULE_NAMES:
+            raise InventoryError(f"{at}: name = {name!r} is reserved (hearth/v1/<site>/{name}/ "
+                                 "holds the site topics); choose another module name")
+        if name in modules:
+            raise InventoryError(f"{at}: name = {name!r} is already a [[module]]")
+        modules.append(name)
+    if not modules:
+        raise InventoryError(f"{where}: no [[module]]; add one per oil loop, e.g. "
+                             "[[module]] name = \"m1\"")
+    boards, seen_serials, seen_slots = [], {}, {}
+    for at, entry in _entries(document, "board", where):
+        identity = _identity({"site": site, "module": entry.get("module"),
+                              "board": entry.get("name")}, at)
+        if identity.module not in modules:
+            raise InventoryError(f"{at}: module = {identity.module!r} is not a [[module]] name "
+                                 f"({', '.join(modules)})")
+        if identity.board in RESERVED_BOARD_NAMES:
+            raise InventoryError(f"{at}: name = {identity.board!r} is reserved (<module>/"
+                                 f"{identity.board}/ holds the leader's topics); choose another "
+                                 "board name")
+        if any(board.identity == identity for board in boards):
+            raise InventoryError(f"{at}: name = {identity.board!r} appears twice in module "
+                                 f"{identity.module}")
+        serial, slot = entry.get("serial"), entry.get("slot")
+        if serial is not None:
+            try:
+                key = int(serial, 16)
+            except (TypeError, ValueError):
+                raise InventoryError(f"{at}: serial = {serial!r} is not hexadecimal") from None
+            if key in seen_serials:
+                raise InventoryError(f"{at}: serial {serial} is also board "
+                                     f"{seen_serials[key]}")
+            seen_serials[key] = identity
+        if slot is not None:
+            if not isinstance(slot, int) or isinstance(slot, bool) or not 1 <= slot <= 63:
+                raise InventoryError(f"{at}: slot = {slot!r} is not an integer from 1 to 63")
+            if (identity.module, slot) in seen_slots:
+                raise InventoryError(f"{at}: slot {slot} of module {identity.module} is also "
+                                     f"board {seen_slots[identity.module, slot]}")
+            seen_slots[identity.module, slot] = identity
+        boards.append(Board(identity, serial, slot))
+    leaders = []
+    for at, entry in _entries(document, "leader", where):
+        leader = Leader(entry.get("module"), entry.get("board"), entry.get("host", ""))
+        if not any(board.identity == Identity(site, leader.module, leader.board)
+                   for board in boards):
+            raise InventoryError(f"{at}: module {leader.module!r} board {leader.board!r} is "
+                                 "not a [[board]]")
+        if not isinstance(leader.host, str) or not leader.host:
+            raise InventoryError(f"{at}: host is missing; give the name boards connect to, "
+                                 "e.g. 'hearth-m1.local'")
+        leaders.append(leader)
+    led = [leader.module for leader in leaders]
+    if sorted(led) != sorted(modules):
+        raise InventoryError(f"{where}: every module needs exactly one [[leader]]; modules "
+                             f"{modules}, leaders for {led}")
+    tls = document.get("tls", False)
+    if not isinstance(tls, bool):
+        raise InventoryError(f"{where}: tls = {tls!r} is not true or false")
+    port = document.get("port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 1 <= port <= 65535):
+        raise InventoryError(f"{where}: port = {port!r} is not a TCP port from 1 to 65535")
+    bind_address = document.get("bind_address")
+    if bind_address is not None and (not isinstance(bind_address, str) or not bind_address
+                                     or any(c.isspace() for c in bind_address)):
+        raise InventoryError(f"{where}: bind_address = {bind_address!r} is not an address "
+                             "like '192.168.1.10'")
+    return Inventory(site, tuple(modules), tuple(boards), tuple(leaders), tls, port,
+                     bind_address)
+
+
+def acl_text(inventory: Inventory, module: str) -> str:
+    """Per-user blocks, because the username `m1.b07` cannot be turned into the topic levels
+    `m1/b07` by a `%u` pattern. Mosquitto denies whatever no line grants."""
+    site_root = f"{TOPIC_ROOT}/{inventory.site}"
+    module_root = f"{site_root}/{module}"
+    blocks = [f"# Mosquitto ACL of module {module}, site {inventory.site}. Generated by hearth "
+              "broker-config;\n# re-run it instead of editing. Anything not granted is denied."]
+    for board in inventory.boards:
+        if board.identity.module != module:
+            continue
+        own = f"{module_root}/{board.identity.board}"
+        blocks.append("\n".join([
+            f"user {board.username}",
+            *(f"topic write {own}/{kind}" for kind in ("status", "state", "event", "reply")),
+            f"topic read {own}/cmd/#",
+            f"topic read {module_root}/leader/setpoint/{board.identity.board}",
+            f"topic read {module_root}/leader/interlock",
+            f"topic read {module_root}/leader/status"]))
+    leader = next(leader for leader in inventory.leaders if leader.module == module)
+    blocks.append("\n".join([
+        f"user {leader.username}",
+        f"topic read {module_root}/#",
+        f"topic write {module_root}/leader/setpoint/+",
+        *(f"topic write {module_root}/leader/{kind}" for kind in ("interlock", "status",
+                                                                   "state")),
+        f"topic write {module_root}/+/cmd/#",
+        f"topic read {site_root}/site/#",
+        "topic readwrite homeassistant/#"]))
+    blocks.append("\n".join([
+        f"user {SITE_USER}",
+        f"topic read {site_root}/#",
+        f"topic write {site_root}/+/leader/budget",
+        f"topic readwrite {site_root}/site/#",
+        "topic readwrite homeassistant/#"]))
+    blocks.append("\n".join([
+        f"user {OPERATOR_USER}",
+        f"topic read {site_root}/#",
+        "topic read homeassistant/#",
+        f"topic write {site_root}/+/+/cmd/#",
+        f"topic write {site_root}/site/demand"]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def mosquitto_conf(inventory: Inventory, leader: Leader, etc: str, bridge: Bridge | None) -> str:
+    listener = f"listener {inventory.listener_port}"
+    if inventory.bind_address is not None:
+        listener += f" {inventory.bind_address}"
+    lines = [f"# Mosquitto for module {leader.module} of site {inventory.site}, on board "
+             f"{leader.board}. Generated by hearth broker-config; re-run it instead of editing.",
+             "per_listener_settings false", "allow_anonymous false",
+             f"password_file {etc}/passwd", f"acl_file {etc}/acl", listener]
+    if inventory.tls:
+        lines += [f"cafile {etc}/tls/ca.crt", f"certfile {etc}/tls/server.crt",
+                  f"keyfile {etc}/tls/server.key", "tls_version tlsv1.2"]
+    if bridge is not None:
+        lines += ["# The bridge to the central broker holds a password: it lives in a file only "
+                  "root and mosquitto read.", f"include_dir {etc}/bridge"]
+    return "\n".join(lines) + "\n"
+
+
+def bridge_conf(inventory: Inventory, leader: Leader, bridge: Bridge, password: str,
+                etc: str) -> str:
+    """See docs/bridge.md for why each setting is what it is."""
+    module_root = f"{TOPIC_ROOT}/{inventory.site}/{leader.module}"
+    name = f"hearth-{inventory.site}-{leader.module}"
+    lines = [
+        f"# Bridge of module {leader.module}, site {inventory.site} to the central broker. "
+        "Generated by hearth broker-config.",
+        f"# Every client's queue on this broker is bounded by this (the bridge's too): beyond "
+        "it, QoS 1 messages are dropped.",
+        f"max_queued_messages {bridge.queue}",
+        f"connection {name}",
+        f"address {bridge.host}:{bridge.port}",
+        f"topic {module_root}/# out 1",
+        f"topic {TOPIC_ROOT}/{inventory.site}/site/# out 1",
+        f"remote_clientid {name}",
+        f"local_clientid {name}-local",
+        f"remote_username {inventory.bridge_username(leader.module)}",
+        f"remote_password {password}",
+        "cleansession false",
+        "local_cleansession false",
+        "bridge_attempt_unsubscribe false",
+        "bridge_protocol_version mqttv311",
+        "try_private false",
+        "restart_timeout 1 60",
+        "keepalive_interval 30",
+        "notifications true",
+        f"notification_topic {module_root}/leader/bridge",
+    ]
+    if bridge.cafile is not None:
+        lines += [f"bridge_cafile {etc}/bridge/central-ca.crt", "bridge_insecure false",
+                  "bridge_tls_version tlsv1.2"]
+    return "\n".join(lines) + "\n"
+
+
+def central_acl_text(inventory: Inventory) -> str:
+    """Each bridge may write only its own module's subtree and the site topics at the central
+    broker, so one compromised leader cannot speak for other modules or sites."""
+    blocks = [f"# Central broker ACL lines for site {inventory.site}'s bridges; merge into the "
+              "central broker's acl_file. Generated by hearth broker-config."]
+    for module in inventory.modules:
+        root = f"{TOPIC_ROOT}/{inventory.site}"
+        blocks.append(f"user {inventory.bridge_username(module)}\n"
+                      f"topic write {root}/{module}/#\n"
+                      f"topic write {root}/site/#")
+    return "\n\n".join(blocks) + "\n"
+
+
+def write_atomic(path: Path, text: str | bytes, mode: int = 0o644) -> None:
+    """Temp file and rename: a reader (or a broker reloading on SIGHUP) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    if isinstance(text, bytes):
+        temporary.write_bytes(text)
+    else:
+        temporary.write_text(text)
+    temporary.chmod(mode)
+    temporary.replace(path)
+
+
+def _password(path: Path, rotate: bool) -> str:
+    """Keep a password once made: a re-run must not lock boards out."""
+    if path.exists() and not rotate:
+        try:
+            return tomllib.loads(path.read_text())["mqtt"]["password"]
+        except (tomllib.TOMLDecodeError, KeyError, TypeError):
+            raise ConfigFileError(f"{path}: no [mqtt] password in it; delete the file to make "
+                                  "a new password, or restore it from a backup") from None
+    return secrets.token_urlsafe(24)
+
+
+def _existing_hashes(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+    return {user: encoded for user, encoded in pairs}
+
+
+def passwd_text(passwords: dict[str, str], existing: dict[str, str]) -> str:
+    """An unchanged password keeps its hash (and salt), so a re-run rewrites identical files."""
+    lines = []
+    for user, password in passwords.items():
+        encoded = existing.get(user)
+        if encoded is None or not check_mosquitto_hash(password, encoded):
+            encoded = mosquitto_hash(password)
+        lines.append(f"{user}:{encoded}\n")
+    return "".join(lines)
+
+
+def openssl(*arguments: str) -> None:
+    subprocess.run(["openssl", *arguments], check=True, capture_output=True)
+
+
+def make_tls(out: Path, inventory: Inventory, ca_cert: Path | None = None,
+             ca_key: Path | None = None) -> None:
+    """A site CA (made here, or the operator's own given as ca_cert/ca_key) signs one server
+    certificate per leader, named for the host boards connect to. Existing keys are kept."""
+    ca = out / "ca"
+    ca.mkdir(parents=True, exist_ok=True)
+    if ca_cert is not None and ca_key is not None:
+        write_atomic(ca / "ca.crt", ca_cert.read_bytes())
+        write_atomic(ca / "ca.key", ca_key.read_bytes(), 0o600)
+    elif not (ca / "ca.crt").exists():
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.crt"),
+                "-days", "3650", "-subj", f"/CN=Hearth {inventory.site} CA")
+        (ca / "ca.key").chmod(0o600)
+    for leader in inventory.leaders:
+        tls = out / "leaders" / leader.module / "tls"
+        tls.mkdir(parents=True, exist_ok=True)
+        if (tls / "server.crt").exists() and (tls / "ca.crt").read_bytes() == \
+                (ca / "ca.crt").read_bytes():
+            continue
+        extensions = tls / "server.ext"
+        extensions.write_text(f"subjectAltName=DNS:{leader.host}\n"
+                              "extendedKeyUsage=serverAuth\n")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(tls / "server.key"), "-out", str(tls / "server.csr"),
+                "-subj", f"/CN={leader.host}")
+        openssl("x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(ca / "ca.crt"),
+                "-CAkey", str(ca / "ca.key"), "-CAcreateserial", "-out", str(tls / "server.crt"),
+                "-days", "1825", "-extfile", str(extensions))
+        (tls / "server.key").chmod(0o600)
+        (tls / "server.csr").unlink()
+        extensions.unlink()
+        (tls / "ca.crt").write_bytes((ca / "ca.crt").read_bytes())
+
+
+def usernames(inventory: Inventory, bridge: Bridge | None) -> list[str]:
+    names = [board.username for board in inventory.boards]
+    names += [leader.username for leader in inventory.leaders]
+    names += [SITE_USER, OPERATOR_USER]
+    if bridge is not None:
+        names += [inventory.bridge_username(module) for module in inventory.modules]
+    return names
+
+
+def write_broker_configs(inventory: Inventory, out: Path, etc: str = DEFAULT_BROKER_ETC, *,
+                         rotate: Collection[str] | None = None, bridge: Bridge | None = None,
+                         ca_cert: Path | None = None, ca_key: Path | None = None) -> list[Path]:
+    """Write credentials/, leaders/<module>/ (and central/ with a bridge) under `out`; returns
+    the files written. `etc` is where a leader's passwd, acl, tls/ and bridge/ live on the board.
+    `rotate`: None keeps every existing password, an empty collection renews all, else the
+    named users'. Re-running with the same inputs rewrites identical files."""
+    names = usernames(inventory, bridge)
+    if rotate:
+        unknown = set(rotate) - set(names)
+        if unknown:
+            raise InventoryError(f"--rotate {', '.join(sorted(unknown))}: no such MQTT user; "
+                                 f"users are {', '.join(names)}")
+    written = []
+    passwords = {}
+    for username in names:
+        path = out / "credentials" / f"{username}.toml"
+        renew = rotate is not None and (not rotate or username in rotate)
+        passwords[username] = _password(path, renew)
+        write_atomic(path, f"# MQTT login of {username}; keep secret, install in /etc/hearth/ "
+                           "of that board (mode 0640, group hearth).\n"
+                           f'[mqtt]\nusername = "{username}"\n'
+                           f'password = "{passwords[username]}"\n', 0o600)
+        written.append(path)
+    if inventory.tls:
+        make_tls(out, inventory, ca_cert, ca_key)
+    for leader in inventory.leaders:
+        directory = out / "leaders" / leader.module
+        module_users = [board.username for board in inventory.boards
+                        if board.identity.module == leader.module]
+        module_users += [leader.username, SITE_USER, OPERATOR_USER]
+        write_atomic(directory / "passwd",
+                     passwd_text({user: passwords[user] for user in module_users},
+                                 _existing_hashes(directory / "passwd")), 0o600)
+        write_atomic(directory / "acl", acl_text(inventory, leader.module))
+        write_atomic(directory / "mosquitto.conf",
+                     mosquitto_conf(inventory, leader, etc, bridge))
+        written += [directory / "passwd", directory / "acl", directory / "mosquitto.conf"]
+        if bridge is not None:
+            if bridge.cafile is not None:
+                write_atomic(directory / "bridge" / "central-ca.crt",
+                             bridge.cafile.read_bytes())
+                written.append(directory / "bridge" / "central-ca.crt")
+            user = inventory.bridge_username(leader.module)
+            write_atomic(directory / "bridge" / "central.conf",
+                         bridge_conf(inventory, leader, bridge, passwords[user], etc), 0o600)
+            written.append(directory / "bridge" / "central.conf")
+    if bridge is not None:
+        central = out / "central"
+        bridge_users = {inventory.bridge_username(m): passwords[inventory.bridge_username(m)]
+                        for m in inventory.modules}
+        write_atomic(central / "passwd",
+                     passwd_text(bridge_users, _existing_hashes(central / "passwd")), 0o600)
+        write_atomic(central / "acl", central_acl_text(inventory))
+        written += [central / "passwd", central / "acl"]
+    return written
+

@@ -5,9 +5,11 @@ import sys
 
 from agent import __version__
 from agent.commands import agent_cmd, broker_config, config, failsafe, sensors, sim, tune
+from agent.commands import console, ctl, term
 from agent.errors import HearthError
 
-COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, tune]
+COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, tune,
+                          console, ctl, term]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from pathlib import Path
 from agent.board_agent import BoardAgent, TickReport
 from agent.board_state import BoardState
 from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.console.transports import DEFAULT_BAUD, DEFAULT_SOCKET, ConsoleService
 from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.errors import ConfigValueError
 from agent.safety.events import EventLog
@@ -38,6 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="latched faults and tuned gains (default "
                         f"{DEFAULT_STATE_DIR}; ignored with --sim)")
     parser.add_argument("--quiet", action="store_true", help="print no state lines")
+    # Technician console transports (agent/console; docs/console.md).
+    parser.add_argument("--console-socket", metavar="PATH",
+                        help=f"local console socket for `hearth ctl` and `hearth console` "
+                        f"(default {DEFAULT_SOCKET}; with --sim none unless given; '' for none)")
+    parser.add_argument("--console-serial", metavar="DEVICE",
+                        help="also serve the console on this serial port in-process (default "
+                        "none: hearth-console.service owns /dev/serial0)")
+    parser.add_argument("--console-baud", type=int, default=DEFAULT_BAUD, metavar="BAUD",
+                        help=f"with --console-serial (default {DEFAULT_BAUD}, 8N1)")
     parser.set_defaults(run=run)
 
 
@@ -68,14 +78,17 @@ def run(args: argparse.Namespace) -> int:
             return _run_sim(Path(directory), args, publish, should_stop)
     events = EventLog()
     state = BoardState(StateStore(args.state_dir), events, time.monotonic())
-    agent = BoardAgent(load_config(args.config), Hardware(), publish=publish, events=events,
+    config = load_config(args.config)
+    agent = BoardAgent(config, Hardware(), publish=publish, events=events,
                        save_latched=state.save_latched, latched=state.latched,
                        gains=state.gains)
     _set_setpoint(agent, args.setpoint)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
+    console = _start_console(agent, config, args, DEFAULT_SOCKET, args.state_dir)
     try:
-        agent.run(time.sleep, should_stop, notifier)
+        agent.run(time.sleep, console.loop_hook(should_stop), notifier)
     finally:
+        console.close()
         agent.close()
         notifier.close()
     return 0
@@ -85,11 +98,26 @@ def _run_sim(directory: Path, args: argparse.Namespace, publish, should_stop) ->
     simulated = SimulatedAgent(directory, SimClock(time.monotonic()), publish=publish,
                                events=EventLog())
     _set_setpoint(simulated.agent, args.setpoint)
+    console = _start_console(simulated.agent, load_config(simulated.config_path), args, None,
+                             None)
     try:
-        simulated.run_realtime(time.monotonic, time.sleep, should_stop)
+        simulated.run_realtime(time.monotonic, time.sleep, console.loop_hook(should_stop))
     finally:
+        console.close()
         simulated.agent.close()
     return 0
+
+
+def _start_console(agent: BoardAgent, config, args: argparse.Namespace,
+                   default_socket: Path | None, state_dir: Path | None) -> ConsoleService:
+    """The technician console's socket and serial transports, on their own threads; the loop
+    runs queued console work between periods through the hook around should_stop."""
+    socket_path = args.console_socket if args.console_socket is not None else default_socket
+    console = ConsoleService(agent, config, socket_path=Path(socket_path) if socket_path else None,
+                             serial_device=args.console_serial, baud=args.console_baud,
+                             state_dir=state_dir)
+    console.start()
+    return console
 
 
 def _set_setpoint(agent: BoardAgent, watts: float | None) -> None:

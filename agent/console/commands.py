@@ -1,0 +1,248 @@
+"""The technician commands, declared once, and the processor every transport runs them through.
+
+Serial console, `hearth ctl` (local socket) and the MQTT command path all call the same
+`CommandProcessor.execute`, so a command cannot behave differently depending on how it
+arrived, and a remote caller gets exactly the subset declared remote here.
+
+API (for transports, including the MQTT command path)
+-----------------------------------------------------
+    from agent.console.commands import COMMANDS, CommandProcessor, command_named, remote_commands
+    processor = CommandProcessor(agent, config, run_in_loop=mailbox.call, state_dir=...)
+    result = processor.execute("setpoint", {"watts": 4.5}, source="leader", confirmed=True)
+
+* `execute(name, args, source, confirmed=False) -> Result` never raises. `args` is a dict of
+  JSON values (or strings typed on a line); each is checked by its `Arg` (type, bounds,
+  choices) and unknown names are refused. `Result.ok`, `.data` (JSON-able dict), `.text` (for
+  people), `.reason` (why nothing was done: what was wrong and what to type instead).
+  `Result.as_dict()` is the reply payload; `Result.render(as_json)` the console's output.
+* `execute_line(line, source, confirmed=False) -> (Result, as_json)` parses a typed line
+  (`setpoint 4.5 for 30 --json`) with `parse_line` and executes it.
+* Sources: "serial" and "socket" are local and may run every command. Anything else is remote
+  ("leader", "operator" on MQTT) and may run only commands whose `remote` names it (docs/mqtt.md
+  "Commands": setpoint, mode, reset, identify, tune); others are refused, changing nothing.
+  For `setpoint`, source "leader" offers the leader's setpoint; any other source sets a local
+  override that expires (`minutes`, default 60).
+* Destructive commands (`Command.destructive` is the question) return ok=False with `confirm`
+  set unless confirmed=True: the console asks and re-executes; a remote command message is
+  itself the deliberate act, so the MQTT path passes confirmed=True.
+* One processor per agent. It owns the console's state (a technician's SAFE request, a local
+  setpoint's expiry, a running tune or flow calibration), so every transport, MQTT included,
+  must share the agent's one processor (`ConsoleService.processor`).
+* Threads: execute() may be called from any thread. What touches the agent runs in the loop's
+  thread through `run_in_loop` (a LoopMailbox's `call`), between two periods; the loop calls
+  `LoopMailbox.service()` and `poll()` once per period (ConsoleService.loop_hook does both).
+  Without `run_in_loop` (a test stepping a SimulatedAgent itself) calls are direct.
+* `CommandProcessor(None, None, config_path=...)` is the processor of `hearth console` while
+  the agent is down: commands with needs_agent=False still work, the rest say the agent is
+  not running.
+"""
+
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.config import DEFAULT_CONFIG_PATH, BoardConfig, load_config
+from agent.console import handlers
+from agent.console.handlers import TechnicianRequest
+from agent.console.loop import LoopUnavailable
+from agent.console.spec import (
+    LOCAL_SOURCES, Arg, Command, CommandRefused, ParsedLine, Result, parse_line)
+from agent.errors import ConfigError
+from agent.persist import StateStore
+
+OVERRIDE_MAX_MIN = 24 * 60.0
+OVERRIDE_DEFAULT_MIN = 60.0
+"""A local setpoint or hold lasts this long unless told otherwise: a forgotten override must not
+keep a board off the leader's plan for good."""
+
+CONFIRM_TAIL = " Type yes to go ahead; anything else cancels."
+
+COMMANDS: tuple[Command, ...] = (
+    Command("help", "List the commands, or explain one.", handlers.help_,
+            (Arg("command", str, "a command name", default="", rest=True),), needs_agent=False),
+    Command("status", "Mode, setpoint and where it comes from, power, temperatures, faults.",
+            handlers.status),
+    Command("sensors", "Every reading of the last control period with its validity and reason.",
+            handlers.sensors),
+    Command("limits", "The configured safety limits and the power ceiling in force now.",
+            handlers.limits),
+    Command("faults", "Latched faults and the supervisor's active findings.", handlers.faults),
+    Command("events", "The latest safety and console events, oldest first.", handlers.events,
+            (Arg("count", int, "how many", min=1, max=256, default=10),)),
+    Command("setpoint", "Set the board's power setpoint as a local override that expires "
+            "(the leader's setpoint over MQTT).", handlers.setpoint,
+            (Arg("watts", float, "power setpoint", unit="W", min=0.0, max=15.0),
+             Arg("minutes", float, "how long the local override lasts", unit="min", min=1.0,
+                 max=OVERRIDE_MAX_MIN, default=OVERRIDE_DEFAULT_MIN, keyword="for")),
+            remote=("leader", "operator")),
+    Command("mode", "auto: the leader decides; safe: hold the board in SAFE; hold: keep the "
+            "present setpoint whatever the leader says.", handlers.mode,
+            (Arg("mode", str, "the control mode", choices=("auto", "safe", "hold")),),
+            remote=("operator",)),
+    Command("reset", "Clear latched faults, only once their causes are gone.", handlers.reset,
+            destructive="reset clears the latched faults and lets the board heat again.",
+            remote=("operator",)),
+    Command("tune", "Relay-autotune the power or SoC loop on the running board; `tune stop` "
+            "aborts.", handlers.tune,
+            (Arg("loop", str, "which loop", choices=("power", "soc", "stop"),
+                 default="power"),),
+            destructive="tune drives the board with a relay (power swinging around 4.5 W) for "
+            "up to 60 s (power) or 15 min (soc), then applies the new gains.",
+            remote=("operator",)),
+    Command("identify", "Blink the board's status LED so you can find it in the rack.",
+            handlers.identify,
+            (Arg("seconds", float, "how long", unit="s", min=1.0, max=600.0, default=10.0),),
+            remote=("leader", "operator")),
+    Command("i2c scan", "Probe I2C addresses 0x03-0x77 and name the configured chips that "
+            "answer (or do not).", handlers.i2c_scan,
+            (Arg("bus", int, "I2C bus number (default: the sensors' bus)", min=0, max=31,
+                 default=-1),)),
+    Command("w1 list", "The DS18B20 sensors on the 1-wire bus, with their configured names.",
+            handlers.w1_list, needs_agent=False),
+    Command("config show", "The effective config (board definition and site merged).",
+            handlers.config_show, needs_agent=False),
+    Command("config check", "Check the config file on disk; every problem with key, value and "
+            "expectation.", handlers.config_check, needs_agent=False),
+    Command("calibrate flow", "Flow meter K factor: `calibrate flow start`, run a known volume "
+            "through the meter, then `calibrate flow <litres>`.", handlers.calibrate_flow,
+            (Arg("litres", float, "the volume that ran through", unit="L", min=0.1,
+                 max=10000.0, choices=("start", "cancel")),)),
+    Command("selftest", "Exercise every sensor and actuator through the agent's drivers; "
+            "pass/fail per item.", handlers.selftest),
+    Command("reboot", "Put the board in SAFE and reboot it.", handlers.reboot,
+            destructive="reboot stops heating and restarts the board (about a minute)."),
+    Command("shutdown", "Stop the workload and power the board off through the agent's "
+            "shutdown path.", handlers.shutdown,
+            destructive="shutdown powers the board off; it stays off until someone powers it "
+            "on again."),
+)
+
+
+def command_named(name: str) -> Command | None:
+    return next((command for command in COMMANDS if command.name == name), None)
+
+
+def remote_commands(source: str) -> list[Command]:
+    """The commands a remote source (MQTT "leader" or "operator") may send."""
+    return [command for command in COMMANDS if source in command.remote]
+
+
+def default_board_id(config: BoardConfig | None) -> str:
+    """The board's name in the prompt: its configured identity, else the host name."""
+    if config is not None and config.identity is not None:
+        return config.identity.board
+    return socket.gethostname()
+
+
+class CommandProcessor:
+    def __init__(self, agent, config: BoardConfig | None, *, config_path: Path | None = None,
+                 board_id: str | None = None,
+                 run_in_loop: Callable[[Callable[[], Any]], Any] | None = None,
+                 state_dir: Path | None = None,
+                 run_command: Callable[[list[str]], None] | None = None,
+                 root: Path | None = None, hold_minutes: float = OVERRIDE_DEFAULT_MIN):
+        self.agent = agent
+        self.config = config
+        self.config_path = config_path or (config.path if config else DEFAULT_CONFIG_PATH)
+        self.board_id = board_id or default_board_id(config)
+        self.run_in_loop = run_in_loop
+        self.state_store = StateStore(state_dir) if state_dir is not None else None
+        self.run_command = run_command or (agent.supervisor.shutdown.run if agent else None)
+        self.root = root or (agent.context.hardware.root if agent else Path("/"))
+        self.hold_minutes = hold_minutes
+        self.request = TechnicianRequest()
+        self.override_until: float | None = None
+        self.tune: handlers.TuneJob | None = None
+        self.calibration: handlers.FlowCalibration | None = None
+        self.led = None
+        if agent is not None:
+            agent.supervisor.checks.append(self.request)
+
+    @classmethod
+    def without_agent(cls, config_path: Path, board_id: str | None = None,
+                      root: Path = Path("/")) -> "CommandProcessor":
+        """For `hearth console` while the agent is down: what works without it."""
+        try:
+            config = load_config(config_path)
+        except (ConfigError, OSError):
+            config = None
+        return cls(None, config, config_path=config_path, board_id=board_id, root=root)
+
+    def in_loop(self, action: Callable[[], Any]) -> Any:
+        return action() if self.run_in_loop is None else self.run_in_loop(action)
+
+    def console_mode(self) -> str:
+        if self.request.source:
+            return "safe"
+        if self.override_until is not None:
+            return "local"
+        return "auto"
+
+    def prompt(self) -> str:
+        mode = self.agent.supervisor.mode.value if self.agent is not None else "NO-AGENT"
+        return f"hearth {self.board_id} {mode}> "
+
+    def execute(self, name: str, args: Any, source: str, confirmed: bool = False) -> Result:
+        command = command_named(name) if isinstance(name, str) else None
+        if command is None:
+            return Result(False, str(name)[:40], reason=f"unknown command {str(name)[:40]!r}: "
+                          "`help` lists them")
+        if source not in LOCAL_SOURCES and source not in command.remote:
+            allowed = ", ".join(c.name for c in remote_commands(source)) or "none"
+            return Result(False, command.name, reason=f"{command.name} is not allowed from "
+                          f"{source!r}; allowed from there: {allowed}. Use the board's console")
+        try:
+            values = command.coerce_args(args if args is not None else {})
+        except CommandRefused as error:
+            return Result(False, command.name, reason=f"{error}; usage: {command.usage()}")
+        if command.needs_agent and self.agent is None:
+            return Result(False, command.name, reason="the agent is not running, so "
+                          f"{command.name} cannot be done; `systemctl status hearth-agent` and "
+                          "`journalctl -u hearth-agent` say why")
+        if command.destructive and not confirmed:
+            return Result(False, command.name, reason="needs confirmation",
+                          confirm=command.destructive + CONFIRM_TAIL)
+        try:
+            text, data = command.handler(self, values, source)
+        except (CommandRefused, LoopUnavailable) as error:
+            return Result(False, command.name, reason=str(error))
+        except Exception as error:  # a console command must never take a transport down
+            return Result(False, command.name, reason=f"{command.name} failed: "
+                          f"{type(error).__name__}: {error}; see `events` and the journal")
+        return Result(True, command.name, text, data)
+
+    def execute_line(self, line: str, source: str,
+                     confirmed: bool = False) -> tuple[Result, bool]:
+        try:
+            parsed: ParsedLine = parse_line(line, COMMANDS)
+        except CommandRefused as error:
+            return Result(False, "", reason=str(error)), "--json" in line.split()
+        result = self.execute(parsed.command.name, parsed.args, source,
+                              confirmed or parsed.confirmed)
+        return result, parsed.as_json
+
+    def poll(self) -> None:
+        """Once per period in the loop's thread: expire a local override, watch a tune, count
+        flow pulses."""
+        agent = self.agent
+        if agent is None:
+            return
+        now = agent.clock()
+        if self.override_until is not None and now >= self.override_until:
+            self.override_until = None
+            agent.setpoints.clear_local()
+            handlers._event(self, "console:override_expired", None,
+                            "the console's local setpoint expired; the leader's setpoint (or "
+                            "the fallback) applies again", "info")
+        if self.tune is not None:
+            handlers.finish_tune(self)
+        if self.calibration is not None:
+            self.calibration.poll(now, agent.readings.get(self.calibration.reading))
+
+    def close(self) -> None:
+        if self.tune is not None:
+            self.tune.restore()
+            self.tune = None
+        if self.led is not None:
+            self.led.close()
+            self.led = None

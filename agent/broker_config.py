@@ -284,7 +284,7 @@ def acl_text(inventory: Inventory, module: str) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def mosquitto_conf(inventory: Inventory, leader: Leader, etc: str, bridge: Bridge | None) -> str:
+def mosquitto_conf(inventory: Inventory, leader: Leader, etc: str) -> str:
     listener = f"listener {inventory.listener_port}"
     if inventory.bind_address is not None:
         listener += f" {inventory.bind_address}"
@@ -295,15 +295,14 @@ def mosquitto_conf(inventory: Inventory, leader: Leader, etc: str, bridge: Bridg
     if inventory.tls:
         lines += [f"cafile {etc}/tls/ca.crt", f"certfile {etc}/tls/server.crt",
                   f"keyfile {etc}/tls/server.key", "tls_version tlsv1.2"]
-    if bridge is not None:
-        lines += ["# The bridge to the central broker holds a password: it lives in a file only "
-                  "root and mosquitto read.", f"include_dir {etc}/bridge"]
     return "\n".join(lines) + "\n"
 
 
 def bridge_conf(inventory: Inventory, leader: Leader, bridge: Bridge, password: str,
                 etc: str) -> str:
-    """See docs/bridge.md for why each setting is what it is."""
+    """Appended to mosquitto.conf rather than kept in a file of its own: Mosquitto reads
+    `include_dir` only in its main config file, and ours is already an included conf.d file, so
+    a nested include_dir would be ignored without a word. See docs/bridge.md for each setting."""
     module_root = f"{TOPIC_ROOT}/{inventory.site}/{leader.module}"
     name = f"hearth-{inventory.site}-{leader.module}"
     lines = [
@@ -473,18 +472,18 @@ def write_broker_configs(inventory: Inventory, out: Path, etc: str = DEFAULT_BRO
                      passwd_text({user: passwords[user] for user in module_users},
                                  _existing_hashes(directory / "passwd")), 0o600)
         write_atomic(directory / "acl", acl_text(inventory, leader.module))
-        write_atomic(directory / "mosquitto.conf",
-                     mosquitto_conf(inventory, leader, etc, bridge))
-        written += [directory / "passwd", directory / "acl", directory / "mosquitto.conf"]
+        config = mosquitto_conf(inventory, leader, etc)
         if bridge is not None:
+            # The bridge's password makes the config a secret: 0600 here, and the leader image
+            # should install it readable by root and the mosquitto group only.
+            config += bridge_conf(inventory, leader, bridge,
+                                  passwords[inventory.bridge_username(leader.module)], etc)
             if bridge.cafile is not None:
                 write_atomic(directory / "bridge" / "central-ca.crt",
                              bridge.cafile.read_bytes())
                 written.append(directory / "bridge" / "central-ca.crt")
-            user = inventory.bridge_username(leader.module)
-            write_atomic(directory / "bridge" / "central.conf",
-                         bridge_conf(inventory, leader, bridge, passwords[user], etc), 0o600)
-            written.append(directory / "bridge" / "central.conf")
+        write_atomic(directory / "mosquitto.conf", config, 0o600 if bridge else 0o644)
+        written += [directory / "passwd", directory / "acl", directory / "mosquitto.conf"]
     if bridge is not None:
         central = out / "central"
         bridge_users = {inventory.bridge_username(m): passwords[inventory.bridge_username(m)]

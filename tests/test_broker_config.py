@@ -314,7 +314,7 @@ def test_rerun_rewrites_identical_files_and_rotate_renews_only_whom_it_names(tmp
     assert hearth(command) == 0
     assert {path: path.read_bytes() for path in files} == before
     assert (out / "leaders/m1/passwd").stat().st_mode & 0o777 == 0o600
-    assert (out / "leaders/m1/bridge/central.conf").stat().st_mode & 0o777 == 0o600
+    assert (out / "leaders/m1/mosquitto.conf").stat().st_mode & 0o777 == 0o600   # bridge secret
     assert hearth(command + ["--rotate", "m1.b02"]) == 0
     changed = {path for path in files if path.read_bytes() != before[path]}
     assert changed == {out / "credentials/m1.b02.toml", out / "leaders/m1/passwd"}

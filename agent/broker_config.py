@@ -32,6 +32,9 @@ DEFAULT_BROKER_ETC = "/etc/mosquitto/hearth"
 SITE_USER = "site"
 OPERATOR_USER = "operator"
 DEFAULT_BRIDGE_QUEUE = 10000
+LEADER_COMMANDS = ("setpoint", "identify")
+"""docs/mqtt.md's commands a leader may send; the rest are the operator's. Enforced here, by
+topic, because the payload's `by` field is only what the sender claims."""
 RESERVED_BOARD_NAMES = frozenset({"leader"})
 """`<module>/leader/...` is the leader's subtree: a board called `leader` would own it."""
 RESERVED_MODULE_NAMES = frozenset({"site"})
@@ -266,7 +269,7 @@ def acl_text(inventory: Inventory, module: str) -> str:
         f"topic write {module_root}/leader/setpoint/+",
         *(f"topic write {module_root}/leader/{kind}" for kind in ("interlock", "status",
                                                                    "state")),
-        f"topic write {module_root}/+/cmd/#",
+        *(f"topic write {module_root}/+/cmd/{name}" for name in LEADER_COMMANDS),
         f"topic read {site_root}/site/#",
         "topic readwrite homeassistant/#"]))
     blocks.append("\n".join([

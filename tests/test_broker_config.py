@@ -252,6 +252,9 @@ def test_leader_site_and_operator_write_what_their_role_owns_only(site):
         (leader, f"{ROOT}/m1/leader/setpoint/b02", True),
         (leader, f"{ROOT}/m1/leader/interlock", True),
         (leader, f"{ROOT}/m1/b02/cmd/identify", True),
+        (leader, f"{ROOT}/m1/b02/cmd/setpoint", True),
+        (leader, f"{ROOT}/m1/b02/cmd/reset", False),      # operator-only commands
+        (leader, f"{ROOT}/m1/b02/cmd/mode", False),
         (leader, f"{ROOT}/m1/b02/state", False),          # cannot speak for a board
         (leader, f"{ROOT}/m1/leader/budget", False),      # the site sets budgets
         (leader, f"{ROOT}/m2/leader/setpoint/b01", False),

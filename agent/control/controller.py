@@ -92,7 +92,7 @@ class HeatController:
         candidates = [(setpoint_w + trim_w, "power")]
         candidates += [(limit.ceiling_w(now, temperatures_c.get(limit.name)), limit.name)
                        for limit in self.limits]
-        command_w, selected = min(candidates)
+        command_w, selected = min(candidates, key=lambda candidate: candidate[0])
         ceiling_w = min(self.power_max_w, allowed_max_w)
         if command_w > ceiling_w or command_w < self.power_min_w:
             command_w, selected = min(max(command_w, self.power_min_w), ceiling_w), "range"

@@ -27,10 +27,14 @@ def build_supervisor(limits, readings: dict[str, str | None], events: EventLog,
     # The water temperatures rightly hold still while the power moves: no stuck check there.
     sensor_checks = [SensorHealth(name, WATER_PLAUSIBLE, math.inf, Level.NOTICE)
                      for name in readings.get("advisory", ())]
-    for role, plausible in (("power", POWER_PLAUSIBLE), ("soc", SOC_PLAUSIBLE),
-                            ("oil", OIL_PLAUSIBLE), ("flow", FLOW_PLAUSIBLE)):
+    # Stuck is judged only on what answers a power change within seconds (power, SoC): the
+    # oil bath's time constant is many minutes, and a quantised slow reading rightly holds.
+    for role, plausible, stuck_s in (("power", POWER_PLAUSIBLE, STUCK_S),
+                                     ("soc", SOC_PLAUSIBLE, STUCK_S),
+                                     ("oil", OIL_PLAUSIBLE, math.inf),
+                                     ("flow", FLOW_PLAUSIBLE, math.inf)):
         if readings.get(role):
-            sensor_checks.append(SensorHealth(readings[role], plausible, STUCK_S))
+            sensor_checks.append(SensorHealth(readings[role], plausible, stuck_s))
     checks: list = []
     if readings.get("soc"):
         checks.append(TemperatureStages("SoC", readings["soc"], limits.soc_warning_c,

@@ -184,16 +184,20 @@ class ThermalRunaway:
     Rising at minimum power: once the SoC is above its warning threshold, it must not climb
     further while the board draws its minimum (below that, a climb is the harmless settling
     toward idle temperature after a cold start). Not rising at high power: a cool SoC that
-    does not warm while the board heats hard means the reading no longer sees the heat.
+    does not warm after the board steps up to heating hard (by at least `step_w` over the
+    last window) means the reading no longer sees the heat. High power held steady is not
+    judged: the SoC rightly stays put at its equilibrium then.
     """
 
     def __init__(self, soc_reading: str, hot_c: float, window_s: float = 60.0,
-                 rise_c: float = 2.0, heating_rise_c: float = 1.0):
+                 rise_c: float = 2.0, heating_rise_c: float = 1.0, step_w: float = 1.5):
         self.soc_reading = soc_reading
         self.hot_c = hot_c
         self.window_s = window_s
         self.rise_c = rise_c
         self.heating_rise_c = heating_rise_c
+        self.step_w = step_w
+        self._recent_commands: collections.deque[tuple[float, float]] = collections.deque()
         self._hot_at_minimum: collections.deque[tuple[float, float]] = collections.deque()
         self._heating_since: tuple[float, float] | None = None
 
@@ -205,8 +209,13 @@ class ThermalRunaway:
             return []
         at_minimum = snapshot.in_safe_state or snapshot.command_w <= snapshot.power_min_w + 0.1
         heating_hard = snapshot.command_w >= 0.8 * snapshot.power_max_w
+        commands = self._recent_commands
+        commands.append((snapshot.now, snapshot.command_w))
+        while commands and snapshot.now - commands[0][0] > self.window_s:
+            commands.popleft()
         return [f for f in (self._rising(snapshot.now, soc_c, at_minimum),
-                            self._not_rising(snapshot.now, soc_c, heating_hard)) if f]
+                            self._not_rising(snapshot.now, soc_c, heating_hard,
+                                             snapshot.command_w)) if f]
 
     def _rising(self, now: float, soc_c: float, at_minimum: bool) -> Finding | None:
         history = self._hot_at_minimum
@@ -225,12 +234,14 @@ class ThermalRunaway:
                        "coming from elsewhere (the oil, a neighbour) or the power is not "
                        "really capped; check the oil loop and the cpufreq cap")
 
-    def _not_rising(self, now: float, soc_c: float, heating_hard: bool) -> Finding | None:
+    def _not_rising(self, now: float, soc_c: float, heating_hard: bool,
+                    command_w: float) -> Finding | None:
         if not heating_hard:
             self._heating_since = None
             return None
         if self._heating_since is None:
-            self._heating_since = (now, soc_c)
+            stepped_up = command_w - min(c for _, c in self._recent_commands) >= self.step_w
+            self._heating_since = (now, soc_c) if stepped_up else (now, math.inf)
         start_s, start_c = self._heating_since
         if (now - start_s < self.window_s or start_c >= self.hot_c - COOL_MARGIN_C
                 or soc_c - start_c >= self.heating_rise_c):

@@ -1,0 +1,22 @@
+"""Healthy boards must not trip: the false positives the simulated-day benchmark found."""
+
+from agent.sim.clock import SimClock
+from agent.sim.harness import SimulatedAgent
+
+
+def test_steady_high_power_for_minutes_trips_nothing(sim_dir):
+    """SoC at equilibrium under steady heavy heat (no rise expected) and a slow, quantised oil
+    reading that holds its value for minutes are both normal."""
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=4)
+    sim.agent.set_setpoint(5.9, "leader")
+    modes = set()
+    sim.run_for(900, lambda report: (sim.agent.setpoints.contact(sim.clock()),
+                                     modes.add(report.mode)))
+    sim.board.plant.demand.workload_utilisation = 0.6  # the power loop moves, the oil barely
+    sim.run_for(300, lambda report: (sim.agent.setpoints.contact(sim.clock()),
+                                     modes.add(report.mode)))
+    causes = [e.cause for e in sim.agent.events.events
+              if e.severity in ("error", "critical") and e.mode != "STARTING"]
+    assert causes == []
+    assert modes <= {"STARTING", "NORMAL", "LIMITED"}
+    sim.agent.close()

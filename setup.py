@@ -20,7 +20,7 @@ setup(
     description="Site controller for Raspberry Pi boards that heat buildings",
     python_requires=">=3.11",
     packages=["agent", "agent.commands", "agent.drivers", "agent.sim", "agent.sim.scenarios",
-              "agent.control", "agent.boards"],
+              "agent.control", "agent.boards", "agent.leader", "agent.site"],
     # Board definitions live in hardware/boards/ beside the wiring docs, and ship inside the package.
     package_dir={"agent.boards": "hardware/boards"},
     package_data={"agent.boards": ["*.toml"], "agent.sim.scenarios": ["*.toml"]},

@@ -1,0 +1,1 @@
+"""The site role (`hearth site`): building demand in watts, split into module budgets."""

@@ -52,6 +52,8 @@ class TickReport:
     mode: str
     settings: Settings
     demand_cores: float
+    allowed_w: float | None = None
+    """The most power the supervisor allowed this period (None: not known)."""
 
 
 class BoardAgent:
@@ -107,6 +109,9 @@ class BoardAgent:
                                         control.setpoint_hold_s, limits.power_min_w,
                                         limits.power_max_w, self.events, now)
         self.publish = publish
+        self.inputs: list[Callable[[], None]] = []
+        """Called at the start of every tick, on the loop's thread: how messages received on
+        other threads (MQTT) reach the agent without racing the loop."""
         self.config_watch = ConfigWatch(config.path, self.events, now)
         self.period_s = control.period_s
         self.report_period_s = control.report_period_s
@@ -141,6 +146,8 @@ class BoardAgent:
 
     def tick(self) -> TickReport:
         """One period: sample, supervise, control, govern, report."""
+        for poll in self.inputs:
+            poll()
         now = self.clock()
         self.readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
         power_w = self._value(self.power_reading)
@@ -164,7 +171,7 @@ class BoardAgent:
         self._last_command_w = command_w
         report = TickReport(now, self.setpoints.current_w(now), power_w, self._value(self.soc_reading),
                             self._value(self.oil_reading), command_w, selected, allowance.mode,
-                            settings, self._demand_cores)
+                            settings, self._demand_cores, allowance.max_power_w)
         self.last_report = report
         if self.publish is not None and now >= self._next_report_s:
             self._next_report_s = now + self.report_period_s

@@ -94,6 +94,82 @@ ACTUATORS_SCHEMA: Schema = {
                            min=1000, max=1000000),
 }
 
+_FILE_RULE = "an absolute path, or empty for none"
+_FILE_PATTERN = r"(/[^\x00]*)?"
+
+MQTT_SCHEMA: Schema = {
+    "host": Field(str, "the module's broker (the leader board runs it): host name or address",
+                  pattern=r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?",
+                  example="leader.m1.local"),
+    "port": Field(int, "the broker's port (8883 is MQTT over TLS)", default=8883, min=1,
+                  max=65535),
+    "keepalive_s": Field(int, "seconds between pings when idle; the broker publishes the Last "
+                         "Will (`offline`) about 1.5 times this after the board goes silent",
+                         default=30, min=5, max=3600),
+    "ca_file": Field(str, "CA certificate that signed the broker's certificate; TLS is used when "
+                     "this is set: " + _FILE_RULE, default="", pattern=_FILE_PATTERN,
+                     example="/etc/hearth/tls/ca.crt"),
+    "cert_file": Field(str, "this board's client certificate, if the broker asks for one: "
+                       + _FILE_RULE, default="", pattern=_FILE_PATTERN,
+                       example="/etc/hearth/tls/board.crt"),
+    "key_file": Field(str, "the client certificate's private key: " + _FILE_RULE, default="",
+                      pattern=_FILE_PATTERN, example="/etc/hearth/tls/board.key"),
+    "username": Field(str, "this board's broker account (provisioning names it after the "
+                      "board); empty for none", default="", pattern=r"[A-Za-z0-9_.@-]{0,64}",
+                      example="school-7.m1.b07"),
+    "password_file": Field(str, "file holding the account's password on its first line (kept "
+                           "out of hearth.toml so the config can be shown): " + _FILE_RULE,
+                           default="", pattern=_FILE_PATTERN,
+                           example="/etc/hearth/mqtt-password"),
+}
+
+_READING_NAME = r"([a-z][a-z0-9_]*(\.[a-z_]+)?)?"
+_READING_RULE = ("a reading of a [[sensor]] in this file (its name, or name.quantity such as "
+                 "`module_power.power_w`), or empty for none")
+
+# The module leader's own settings and the module sensors on its board (docs/leader.md).
+LEADER_SCHEMA: Schema = {
+    "period_s": Field(float, "leader period: setpoints (the boards' heartbeat), module totals and "
+                      "the interlock check", default=5.0, min=0.5, max=60.0),
+    "silence_timeout_s": Field(float, "a board without a state message for this long counts as "
+                               "silent and gets no share", default=15.0, min=2.0, max=600.0),
+    "budget_w": Field(float, "module heat budget until the site sends one", default=0.0,
+                      min=0.0, max=100000.0),
+    "water_in_reading": Field(str, "module water inlet temperature: " + _READING_RULE,
+                              default="", pattern=_READING_NAME, example="module_in"),
+    "water_out_reading": Field(str, "module water outlet temperature: " + _READING_RULE,
+                               default="", pattern=_READING_NAME, example="module_out"),
+    "flow_reading": Field(str, "module water flow (L/min): " + _READING_RULE, default="",
+                          pattern=_READING_NAME, example="module_flow"),
+    "oil_reading": Field(str, "module oil temperature: " + _READING_RULE, default="",
+                         pattern=_READING_NAME, example="module_oil"),
+    "flow_min_l_per_min": Field(float, "module flow below this sets the interlock (all boards "
+                                "SAFE); checked only when flow_reading is set", default=2.0,
+                                min=0.0, max=1000.0),
+    "oil_max_c": Field(float, "module oil at or above this sets the interlock; checked only when "
+                       "oil_reading is set", default=68.0, min=20.0, max=90.0),
+    "interlock_clear_s": Field(float, "the causes must be gone this long before the interlock "
+                               "clears", default=30.0, min=0.0, max=3600.0),
+    "metrics_port": Field(int, "Prometheus endpoint port (/metrics); 0 for none", default=9105,
+                          min=0, max=65535),
+}
+
+SITE_SCHEMA: Schema = {
+    "period_s": Field(float, "how often module budgets are sent", default=10.0, min=1.0,
+                      max=600.0),
+    "target_c": Field(float, "tank/loop temperature target (Home Assistant can change it)",
+                      default=55.0, min=20.0, max=75.0),
+    "loop_reading": Field(str, "tank/loop temperature: " + _READING_RULE + "; without it demand "
+                          "comes only from `site/demand`", default="", pattern=_READING_NAME,
+                          example="tank"),
+    "kp_w_per_k": Field(float, "demand PI: watts per kelvin below target", default=50.0,
+                        min=0.0, max=100000.0),
+    "ki_w_per_k_s": Field(float, "demand PI: integral gain, watts per kelvin-second",
+                          default=0.05, min=0.0, max=1000.0),
+    "demand_timeout_s": Field(float, "an external `site/demand` older than this is forgotten",
+                              default=120.0, min=1.0, max=86400.0),
+}
+
 _GPIO = Field(int, "BCM GPIO number", min=0, max=27)
 
 PINS_SCHEMA: Schema = {
@@ -119,6 +195,11 @@ SECTIONS: tuple[tuple[str, Schema, str, bool], ...] = (
     ("actuators", ACTUATORS_SCHEMA, "Where the governor writes: cpufreq policy and cgroups.", True),
     ("pins", PINS_SCHEMA, "GPIO wiring. The board definition declares all of them; the site "
      "config may override any.", True),
+    ("mqtt", MQTT_SCHEMA, "The module's MQTT broker (docs/mqtt.md). Optional: without it the "
+     "board runs on its own, on its fallback setpoint. If present, `host` is required.", False),
+    ("leader", LEADER_SCHEMA, "Only on the board that runs `hearth leader` for its module: the "
+     "leader's timing and the module's own sensors, named by reading (docs/leader.md).", False),
+    ("site", SITE_SCHEMA, "Only where `hearth site` runs: how building demand is found.", False),
 )
 
 SENSOR_NAME_FIELD = Field(str, "unique sensor name, used in readings and MQTT state: lowercase "
@@ -161,6 +242,9 @@ Limits = _dataclass_from("Limits", LIMITS_SCHEMA, SECTIONS[1][2])
 Control = _dataclass_from("Control", CONTROL_SCHEMA, SECTIONS[2][2])
 Actuators = _dataclass_from("Actuators", ACTUATORS_SCHEMA, SECTIONS[3][2])
 Pins = _dataclass_from("Pins", PINS_SCHEMA, SECTIONS[4][2])
+Mqtt = _dataclass_from("Mqtt", MQTT_SCHEMA, SECTIONS[5][2])
+Leader = _dataclass_from("Leader", LEADER_SCHEMA, SECTIONS[6][2])
+Site = _dataclass_from("Site", SITE_SCHEMA, SECTIONS[7][2])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +271,9 @@ class BoardConfig:
     actuators: Actuators
     pins: Pins
     sensors: tuple[SensorConfig, ...]
+    mqtt: Mqtt | None = None  # None: no broker, the board runs on its own
+    leader: Leader | None = None  # None: this board runs no leader
+    site: Site | None = None  # None: no site role here
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain TOML/JSON values (what `hearth config show` prints)."""
@@ -366,7 +453,9 @@ class _Check:
             identity=Identity(**sections["identity"]) if sections["identity"] else None,
             limits=Limits(**sections["limits"]), control=Control(**sections["control"]),
             actuators=Actuators(**sections["actuators"]), pins=Pins(**sections["pins"]),
-            sensors=tuple(sensors))
+            sensors=tuple(sensors), mqtt=Mqtt(**sections["mqtt"]) if sections["mqtt"] else None,
+            leader=Leader(**sections["leader"]) if sections["leader"] else None,
+            site=Site(**sections["site"]) if sections["site"] else None)
 
     def unknown_keys(self, table: dict, known: Mapping, file: str, key_path: Any,
                      where: str) -> None:
@@ -588,6 +677,19 @@ class _Check:
             self.report(self.file, "actuators.heatfill_cgroup",
                         "a different cgroup from actuators.workload_cgroup", value=heatfill,
                         hint="the heat-fill load is throttled separately from the paid workload")
+        mqtt = sections.get("mqtt") or {}
+        if bool(mqtt.get("cert_file")) != bool(mqtt.get("key_file")):
+            present, absent = (("cert_file", "key_file") if mqtt.get("cert_file")
+                               else ("key_file", "cert_file"))
+            self.report(self.file, f"mqtt.{absent}", f"a file, because mqtt.{present} is set",
+                        value=mqtt.get(absent), hint="a client certificate needs its key")
+        if mqtt.get("cert_file") and not mqtt.get("ca_file"):
+            self.report(self.file, "mqtt.ca_file", "a CA file, because mqtt.cert_file is set",
+                        value=mqtt.get("ca_file"), hint="client certificates are only sent over "
+                        "TLS, which needs the CA that signed the broker's certificate")
+        if mqtt.get("password_file") and not mqtt.get("username"):
+            self.report(self.file, "mqtt.username", "an account name, because "
+                        "mqtt.password_file is set", value=mqtt.get("username"))
         pins = sections.get("pins") or {}
         used: dict[int, str] = {}
         for key, value in pins.items():
@@ -659,6 +761,8 @@ def reference_markdown(sensor_classes: Mapping[str, type] | None = None) -> str:
     lines += [
         "* `actuators.workload_cgroup` and `actuators.heatfill_cgroup` differ.",
         "* No GPIO appears twice in `[pins]`.",
+        "* `mqtt.cert_file` and `mqtt.key_file` come together, and need `mqtt.ca_file`; "
+        "`mqtt.password_file` needs `mqtt.username`.",
         "* Sensor names are unique within a file; no two sensors share an I2C bus and address.",
         "",
     ]

@@ -38,3 +38,8 @@ class DeviceFailedError(HardwareError):
 
 class DeviceIdentityError(HardwareError):
     """A device answered with the wrong identity (e.g. a TMP117 whose ID register is not 0x0117)."""
+
+
+class MessageError(HearthError, ValueError):
+    """An MQTT payload that cannot be used (not UTF-8, not a JSON object, wrong schema version);
+    the message says what was wrong, for the rejection reason or the log."""

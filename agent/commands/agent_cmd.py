@@ -12,6 +12,9 @@ from agent.config import DEFAULT_CONFIG_PATH, load_config
 from agent.console.transports import DEFAULT_BAUD, DEFAULT_SOCKET, ConsoleService
 from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.errors import ConfigValueError
+from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board, link_settings
+from agent.mqtt.link import LinkSettings
+from agent.mqtt.topics import BoardTopics
 from agent.safety.events import EventLog
 from agent.seam import Hardware
 from agent.sim.clock import SimClock
@@ -39,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="latched faults and tuned gains (default "
                         f"{DEFAULT_STATE_DIR}; ignored with --sim)")
     parser.add_argument("--quiet", action="store_true", help="print no state lines")
+    parser.add_argument("--mqtt", metavar="HOST:PORT",
+                        help="with --sim: connect the simulated board to this broker "
+                        "(anonymous, no TLS); a real board reads [mqtt] from its config")
+    parser.add_argument("--identity", default="sim/m1/b01", metavar="SITE/MODULE/BOARD",
+                        help="with --sim --mqtt: the board's topic names (default sim/m1/b01)")
     # Technician console transports (agent/console; docs/console.md).
     parser.add_argument("--console-socket", metavar="PATH",
                         help=f"local console socket for `hearth ctl` and `hearth console` "
@@ -85,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
     _set_setpoint(agent, args.setpoint)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
     console = _start_console(agent, config, args, DEFAULT_SOCKET, args.state_dir)
+    board_link = _connect(agent, config, args.state_dir, console)
     try:
         agent.run(time.sleep, console.loop_hook(should_stop), notifier)
     finally:
+        if board_link is not None:
+            board_link.close()
         console.close()
         agent.close()
         notifier.close()
@@ -100,9 +111,19 @@ def _run_sim(directory: Path, args: argparse.Namespace, publish, should_stop) ->
     _set_setpoint(simulated.agent, args.setpoint)
     console = _start_console(simulated.agent, load_config(simulated.config_path), args, None,
                              None)
+    board_link = None
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":")
+        site, module, board = (args.identity.split("/") + ["", ""])[:3]
+        board_link = connect_board(simulated.agent, BoardConnection(
+            LinkSettings(host, int(port), keepalive_s=5, reconnect_max_s=5),
+            BoardTopics(site, module, board), directory / "outbox", time.time),
+            commands=console.processor)
     try:
         simulated.run_realtime(time.monotonic, time.sleep, console.loop_hook(should_stop))
     finally:
+        if board_link is not None:
+            board_link.close()
         console.close()
         simulated.agent.close()
     return 0
@@ -118,6 +139,22 @@ def _start_console(agent: BoardAgent, config, args: argparse.Namespace,
                              state_dir=state_dir)
     console.start()
     return console
+
+
+def _connect(agent: BoardAgent, config, state_dir: Path,
+             console: ConsoleService) -> BoardLink | None:
+    """The board's MQTT link if the config has [mqtt] and [identity]; else it runs alone."""
+    if config.mqtt is None:
+        return None
+    if config.identity is None:
+        print("<4>mqtt: the config has [mqtt] but no [identity]; running without the broker "
+              "until the board knows its name (add [identity] to the config)", flush=True)
+        return None
+    identity = config.identity
+    return connect_board(agent, BoardConnection(
+        link_settings(config.mqtt), BoardTopics(identity.site, identity.module, identity.board),
+        state_dir / "outbox", time.time), commands=console.processor,
+        energy_store=StateStore(state_dir))
 
 
 def _set_setpoint(agent: BoardAgent, watts: float | None) -> None:

@@ -1,0 +1,311 @@
+"""The link to an MQTT broker: the only module that imports paho; everyone else sends messages.
+
+One Link is one connection (a board, a leader, a test's listener); hundreds live in one process
+in the simulator, so everything it needs - broker, credentials, boot id, clock, outbox - comes
+in through the constructor. paho runs its network loop on its own thread (`loop_start`) and
+reconnects with exponential backoff; its callbacks only record what happened (connected, a
+message arrived, a publish was acknowledged). Handlers run in `poll()`, on the caller's thread:
+a board calls it from its control loop, so the agent is only ever touched by that thread.
+
+Delivery: kept messages (QoS 1) are handed to paho a window at a time and forgotten only when the
+broker acknowledges them. paho itself re-sends what was in flight when a connection dropped, so
+after a reconnect nothing new is handed over until that re-send is acknowledged: order holds
+and no message is sent twice by us (QoS 1 can still duplicate on the wire; receivers drop a
+(boot, seq) they have seen).
+"""
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from agent.errors import MessageError
+from agent.mqtt import envelope
+from agent.mqtt.outbox import Outbox, Pending
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkSettings:
+    """Where the broker is and how to prove who we are (the config's [mqtt] section)."""
+
+    host: str
+    port: int = 1883
+    keepalive_s: int = 60
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: str = ""
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """A message as received; `data()` checks the envelope, `text()` is for plain payloads."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+    def data(self) -> dict[str, Any]:
+        return envelope.decode(self.payload)
+
+    def text(self) -> str:
+        try:
+            return self.payload.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise MessageError(f"payload is not UTF-8 ({error.reason})")
+
+
+Handler = Callable[[Message], None]
+
+
+class Link:
+    def __init__(self, settings: LinkSettings, *, client_id: str, outbox: Outbox, boot: str,
+                 wall_clock: Callable[[], float] = time.time, status_topic: str = "",
+                 log: logging.Logger | None = None, window: int = 10, inbox_max: int = 1000):
+        self.settings = settings
+        self.client_id = client_id
+        self.outbox = outbox
+        self.envelope = envelope.Envelope(boot, wall_clock)
+        self.status_topic = status_topic
+        self.log = log or logging.getLogger("hearth.mqtt")
+        self.window = window
+        self.handler_errors = 0
+        """Exceptions raised by handlers (each logged, none stopped the link)."""
+        self.inbox_dropped = 0
+        """Received messages dropped because poll() fell behind by inbox_max."""
+        self.connects = 0
+        """Successful connections so far (1 after the first; more after reconnects)."""
+        self._connected = False
+        self._generation = 0
+        self._pumped_generation = 0
+        self._lock = threading.RLock()
+        self._subscriptions: list[tuple[str, Handler]] = []
+        self._subscriptions_lock = threading.Lock()
+        self._in_flight: dict[int, tuple[int, Pending]] = {}
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=inbox_max)
+        self._started = False
+        self._client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        settings = self.settings
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=True, protocol=paho.MQTTv311)
+        # A second guard: our callbacks catch their own errors, paho's must not kill its thread.
+        client.suppress_exceptions = True
+        client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        client.max_inflight_messages_set(self.window * 2)
+        if settings.ca_file:
+            client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file or None,
+                           keyfile=settings.key_file or None)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password or None)
+        if self.status_topic:
+            client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> None:
+        """Connect in the background; a broker that is not there yet is retried with backoff."""
+        if self._started:
+            return
+        self._started = True
+        self._client.connect_async(self.settings.host, self.settings.port,
+                                   self.settings.keepalive_s)
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: dict[str, Any], qos: int = 0, retain: bool = False,
+                keep: bool | None = None) -> dict[str, Any]:
+        """Stamp `payload` with the envelope and queue it; returns the stamped message.
+
+        `keep` (default: QoS 1 and above) puts it in the never-dropped class; otherwise it is
+        telemetry, dropped oldest first while the broker is away.
+        """
+        keep = qos >= 1 if keep is None else keep
+        if keep and qos < 1:
+            raise ValueError(f"a kept message needs QoS 1 or 2, not {qos}: paho drops QoS 0 "
+                             "while disconnected")
+        with self._lock:
+            self._pump()  # first, so a reconnect marks only what waited through it as hist
+            message = self.envelope.stamp(topic, payload)
+            self.outbox.put(Pending(topic, message, qos, retain), keep)
+            self._pump()
+        return message
+
+    def subscribe(self, pattern: str, handler: Handler) -> None:
+        """Call handler(message) from poll() for each message matching pattern (MQTT wildcards);
+        the subscription is renewed on every reconnect."""
+        with self._subscriptions_lock:
+            self._subscriptions.append((pattern, handler))
+        if self._connected:
+            self._client.subscribe(pattern, qos=1)
+
+    def poll(self, timeout_s: float = 0.0, max_messages: int = 100) -> int:
+        """Send what waits, then run handlers for received messages; returns how many.
+
+        Waits up to timeout_s for the first message. Never raises because of a handler.
+        """
+        with self._lock:
+            self._pump()
+        handled = 0
+        wait_s = timeout_s
+        while handled < max_messages:
+            try:
+                message = self._inbox.get(timeout=wait_s) if wait_s > 0 else (
+                    self._inbox.get_nowait())
+            except queue.Empty:
+                break
+            wait_s = 0.0
+            handled += 1
+            self._dispatch(message)
+        return handled
+
+    def idle(self) -> bool:
+        """Nothing waiting and nothing unacknowledged: what a clean stop or a test waits for."""
+        with self._lock:
+            self._pump()
+            return not self._in_flight and len(self.outbox) == 0
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Say `offline`, disconnect cleanly (no Last Will), and keep unsent kept messages."""
+        if self._started:
+            if self._connected and self.status_topic:
+                info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+                try:
+                    info.wait_for_publish(timeout_s)
+                except (RuntimeError, ValueError) as error:
+                    self.log.warning("%s: offline status not confirmed: %s", self.client_id,
+                                     error)
+            self._started = False
+            self._client.disconnect()
+            self._client.loop_stop()
+        with self._lock:
+            self._drain_acks()
+            self.outbox.persist([pending for _, pending in self._in_flight.values()])
+            self._in_flight.clear()
+
+    # -- the loop side -------------------------------------------------------------------
+
+    def _dispatch(self, message: Message) -> None:
+        with self._subscriptions_lock:
+            handlers = [handler for pattern, handler in self._subscriptions
+                        if paho.topic_matches_sub(pattern, message.topic)]
+        for handler in handlers:
+            try:
+                handler(message)
+            except Exception:
+                self.handler_errors += 1
+                self.log.exception("%s: handler for %s failed; the link goes on",
+                                   self.client_id, message.topic)
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            self._in_flight.pop(mid, None)
+
+    def _pump(self) -> None:
+        """Hand waiting messages to paho while connected (caller holds self._lock)."""
+        self._drain_acks()
+        if not self._connected:
+            return
+        generation = self._generation
+        if generation != self._pumped_generation:
+            self._pumped_generation = generation
+            self.outbox.mark_backlog()
+        # paho re-sends what was in flight before the reconnect; newer messages wait for it.
+        resending = any(sent != generation for sent, _ in self._in_flight.values())
+        while not resending and len(self._in_flight) < self.window:
+            pending = self.outbox.peek_kept()
+            if pending is None:
+                break
+            info = self._client.publish(pending.topic, envelope.encode(pending.message,
+                                                                        pending.hist),
+                                        pending.qos, pending.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self.log.warning("%s: paho refused a message (%s); retrying later",
+                                 self.client_id, paho.error_string(info.rc))
+                break
+            # On NO_CONN paho has queued it and sends it after the reconnect.
+            self.outbox.pop_kept()
+            self._in_flight[info.mid] = (generation, pending)
+        telemetry = self.outbox.take_telemetry()
+        for index, pending in enumerate(telemetry):
+            info = self._client.publish(pending.topic, envelope.encode(pending.message,
+                                                                        pending.hist),
+                                        pending.qos, pending.retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.outbox.return_telemetry(telemetry[index:])
+                break
+
+    # -- paho's thread: record and return; never let an exception escape -------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        try:
+            if reason_code.is_failure:
+                self.log.warning("%s: broker %s:%d refused the connection: %s", self.client_id,
+                                 self.settings.host, self.settings.port, reason_code)
+                return
+            self.connects += 1
+            if self.status_topic:
+                client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            with self._subscriptions_lock:
+                patterns = sorted({pattern for pattern, _ in self._subscriptions})
+            if patterns:
+                client.subscribe([(pattern, 1) for pattern in patterns])
+            self._generation += 1
+            self._connected = True
+        except Exception:
+            self.log.exception("%s: on_connect failed", self.client_id)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        try:
+            was_connected, self._connected = self._connected, False
+            if was_connected and self._started:
+                self.log.warning("%s: lost the broker (%s); reconnecting with backoff",
+                                 self.client_id, reason_code)
+        except Exception:
+            self.log.exception("%s: on_disconnect failed", self.client_id)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # paho holds its message lock here: only a lock-free hand-over, never self._lock.
+        try:
+            self._acks.put(mid)
+        except Exception:
+            self.log.exception("%s: on_publish failed", self.client_id)
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            received = Message(message.topic, bytes(message.payload), bool(message.retain))
+            while True:
+                try:
+                    self._inbox.put_nowait(received)
+                    return
+                except queue.Full:
+                    try:
+                        self._inbox.get_nowait()
+                        self.inbox_dropped += 1
+                    except queue.Empty:
+                        pass
+        except Exception:
+            self.log.exception("%s: on_message failed", self.client_id)

@@ -1,0 +1,269 @@
+"""The board's side of the MQTT contract on a real Mosquitto: state and events out, setpoint,
+interlock and commands in, the Last Will on a SIGKILL, and a 10-minute (simulated) broker outage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from agent.config import load_config
+from agent.console.commands import CommandProcessor
+from agent.console.loop import LoopMailbox
+from agent.mqtt.board_link import BoardConnection, connect_board
+from agent.mqtt.link import LinkSettings
+from agent.mqtt.topics import BoardTopics
+from agent.sim.clock import SimClock
+from agent.sim.harness import SimulatedAgent
+from test_mqtt_link import Listener, _link
+
+EPOCH = 1_790_000_000.0
+
+
+class Board:
+    """A simulated board with its MQTT link and the console's command processor, stepped by
+    the test; the processor's mailbox is serviced in the agent's tick, as in `hearth agent`."""
+
+    def __init__(self, broker, directory, name="b01", keep_ram=256):
+        self.clock = SimClock()
+        self.sim = SimulatedAgent(directory / name, self.clock)
+        self.agent = self.sim.agent
+        mailbox = LoopMailbox()
+        self.processor = CommandProcessor(self.agent, load_config(self.sim.config_path),
+                                          run_in_loop=mailbox.call)
+        self.agent.inputs.append(mailbox.service)
+        self.topics = BoardTopics("s1", "m1", name)
+        self.raised = []
+        self.agent.events.listeners.append(self.raised.append)
+        self.link = connect_board(self.agent, BoardConnection(
+            LinkSettings(broker.host, broker.port, keepalive_s=5, reconnect_max_s=1),
+            self.topics, directory / name / "outbox", lambda: EPOCH + self.clock(),
+            keep_ram=keep_ram), commands=self.processor)
+
+    def step(self, seconds=0.1):
+        self.sim.run_for(seconds)
+
+
+def _board_and_listener(mosquitto, tmp_path, **kwargs):
+    broker = mosquitto()
+    listener = Listener(broker, tmp_path, "hearth/#")
+    listener.ready("hearth/probe")
+    board = Board(broker, tmp_path, **kwargs)
+    listener.wait(lambda: board.link.link.connected, step=board.step)
+    return broker, listener, board
+
+
+def test_state_events_and_status_follow_the_contract(mosquitto, tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    board.step(20.0)
+    listener.wait(lambda: board.link.link.idle() and len(listener.on(board.topics.state)) >= 15,
+                  step=board.step)
+    state = listener.on(board.topics.state)[-1]
+    contract = {"mode", "setpoint_w", "setpoint_source", "power_w", "command_w", "selected",
+                "soc_c", "oil_c", "water_in_c", "water_out_c", "flow_l_per_min", "heat_w",
+                "min_w", "max_w", "faults", "energy_electric_wh", "energy_heat_wh", "overruns"}
+    assert contract <= state.keys() and {"v", "boot", "seq", "ts"} <= state.keys()
+    assert state["mode"] == "NORMAL" and state["setpoint_source"] == "fallback"
+    assert 2.0 < state["power_w"] < 6.5 and state["energy_electric_wh"] > 0
+    events = listener.on(board.topics.event)
+    assert [e["cause"] for e in events] == [e.cause for e in board.raised]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert (board.topics.status, b"online") in listener.received
+    board.link.close()
+    listener.wait(lambda: listener.received[-1] == (board.topics.status, b"offline"))
+    listener.close()
+
+
+def test_leader_setpoint_and_interlock_reach_the_agent(mosquitto, tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    leader = _link(broker, tmp_path, "leader")
+    leader.start()
+    board.step(30.0)
+    assert board.agent.supervisor.mode.value == "NORMAL"
+    leader.publish(board.topics.setpoint, {"setpoint_w": 4.5}, qos=1)
+    listener.wait(lambda: board.agent.setpoints.status == "leader", step=board.step)
+    assert board.agent.setpoint_w == 4.5
+    leader.publish(board.topics.interlock, {"active": True, "reason": "module flow lost"},
+                   qos=1, retain=True)
+    reports = []
+    while not board.agent.supervisor.interlock_reason:
+        assert len(reports) < 100, "the interlock never reached the agent"
+        reports.append(board.agent.tick())
+        time.sleep(0.01)
+    # The tick that took the message in was already SAFE: within one loop period.
+    assert board.agent.supervisor.interlock_reason == "module flow lost"
+    assert reports[-1].mode == "SAFE" and reports[-1].command_w == 0.0
+    assert all(report.mode == "NORMAL" for report in reports[:-1])
+    leader.publish(board.topics.interlock, {"active": False, "reason": ""}, qos=1, retain=True)
+    listener.wait(lambda: not board.agent.supervisor.interlock_reason, step=board.step)
+    for link in (leader, board.link, listener):
+        link.close()
+
+
+def test_sigkill_leaves_offline_from_the_last_will(mosquitto, tmp_path):
+    broker = mosquitto()
+    status = BoardTopics("sim", "m1", "b09").status
+    listener = Listener(broker, tmp_path, status)
+    listener.wait(lambda: listener.link.connected)
+    time.sleep(0.2)  # the subscription goes out on connect
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "agent", "--sim", "--quiet", "--mqtt",
+         f"{broker.host}:{broker.port}", "--identity", "sim/m1/b09", "--sim-dir",
+         str(tmp_path / "sim")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        listener.wait(lambda: listener.received[-1:] == [(status, b"online")], timeout_s=30)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=10)
+        killed_at = time.monotonic()
+        listener.wait(lambda: listener.received[-1] == (status, b"offline"), timeout_s=15)
+        print(f"Last Will seen {time.monotonic() - killed_at:.2f} s after SIGKILL")
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    late = Listener(broker, tmp_path, status, name="late")
+    late.wait(lambda: late.received == [(status, b"offline")])  # retained
+    assert agent.returncode == -signal.SIGKILL
+    listener.close()
+    late.close()
+
+
+def test_ten_minute_broker_outage_loses_no_event_and_shows_telemetry_gaps(mosquitto, tmp_path):
+    broker = mosquitto()
+    listener = Listener(broker, tmp_path, "hearth/#")
+    listener.ready("hearth/probe")
+    boards = [Board(broker, tmp_path, f"b{n:02d}", keep_ram=16) for n in (1, 2)]
+
+    def step_all(seconds=0.1):
+        for board in boards:
+            board.step(seconds)
+
+    listener.wait(lambda: all(b.link.link.connected for b in boards), step=step_all)
+    step_all(10.0)
+    listener.wait(lambda: all(b.link.link.idle() for b in boards), step=step_all)
+    broker.stop()
+    listener.wait(lambda: not any(b.link.link.connected for b in boards), step=step_all)
+    outage_start = [EPOCH + b.clock() for b in boards]
+    for second in range(600):
+        step_all(1.0)
+        if second % 10 == 0:
+            for board in boards:  # each a real "setpoint_rejected" safety event
+                board.agent.set_setpoint(99.0, "leader")
+    assert all(b.link.link.outbox.spilled > 0 for b in boards)  # RAM held 16, the rest spilled
+    outage_end = [EPOCH + b.clock() for b in boards]
+    broker.start()
+    listener.ready("hearth/probe2")
+    listener.wait(lambda: all(b.link.link.idle() for b in boards), step=step_all, timeout_s=60)
+    for board, start, end in zip(boards, outage_start, outage_end):
+        events = listener.on(board.topics.event)
+        assert [e["cause"] for e in events] == [e.cause for e in board.raised]
+        assert [e["seq"] for e in events] == list(range(1, len(board.raised) + 1))
+        during = [e for e in events if start < e["ts"] <= end]
+        assert len(during) >= 60 and all(e.get("hist") is True for e in during)
+        states = listener.on(board.topics.state)
+        seqs = [s["seq"] for s in states]
+        assert seqs == sorted(set(seqs))
+        gaps = [b - a - 1 for a, b in zip(seqs, seqs[1:]) if b - a > 1]
+        # Telemetry RAM holds the newest 64 states; each dropped one is a gap in seq, no more.
+        dropped = board.link.link.outbox.telemetry_dropped
+        assert sum(gaps) == dropped > 400
+        assert any(s.get("hist") for s in states)
+        print(f"{board.topics.board}: {len(events)} events, {len(during)} raised during the "
+              f"outage, all delivered once in order; {len(states)} states received, "
+              f"{sum(gaps)} missing by seq")
+    for link in [b.link for b in boards] + [listener]:
+        link.close()
+
+
+_BASE = {"v": 1, "boot": "fuzz", "seq": 1, "ts": 0.0, "id": "c1", "by": "operator"}
+_NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.text(),
+                     st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
+
+
+@st.composite
+def _bad_commands(draw):
+    """(command name, raw payload) pairs that must each be rejected, never run."""
+    kind = draw(st.sampled_from(["garbage", "json", "envelope", "sender", "args", "range",
+                                 "unknown", "hist"]))
+    name = draw(st.sampled_from(["setpoint", "mode", "reset", "identify", "tune"]))
+    body = dict(_BASE)
+    if kind == "garbage":
+        return name, draw(st.binary(max_size=64))
+    if kind == "json":
+        return name, json.dumps(draw(st.one_of(_NUMBERS, st.lists(_NUMBERS)))).encode()
+    if kind == "envelope":
+        key = draw(st.sampled_from(["v", "id"]))
+        bad = draw(_NUMBERS.filter(lambda value: value != 1 and not isinstance(value, str)
+                                   or key == "v" and value != 1))
+        if key == "id" and isinstance(bad, str):
+            bad = None
+        body[key] = bad
+        if key == "v" and bad is None:
+            del body["v"]
+    elif kind == "sender":
+        body["by"] = draw(st.one_of(st.sampled_from(["leader", "site", "", "serial"]), _NUMBERS))
+        if body["by"] == "leader":
+            name = draw(st.sampled_from(["mode", "reset", "tune"]))  # operator-only
+    elif kind == "args":
+        body["args"] = draw(st.one_of(_NUMBERS, st.lists(_NUMBERS)))
+    elif kind == "range":
+        name, args = draw(st.sampled_from([
+            ("setpoint", {"watts": draw(st.one_of(st.floats(min_value=15.01, max_value=1e9),
+                                                  st.floats(max_value=-0.01, min_value=-1e9),
+                                                  st.text(max_size=5), st.booleans()))}),
+            ("setpoint", {"watts": 4.0, "extra": draw(_NUMBERS)}),
+            ("mode", {"mode": draw(st.text(max_size=8).filter(
+                lambda text: text not in ("auto", "safe", "hold")))}),
+            ("tune", {"loop": draw(st.text(max_size=8).filter(
+                lambda text: text not in ("power", "soc", "stop")))}),
+            ("identify", {"seconds": draw(st.one_of(st.floats(min_value=600.5, max_value=1e9),
+                                                    st.floats(max_value=0.99,
+                                                              min_value=-1e9)))}),
+        ]))
+        body["args"] = args
+    elif kind == "unknown":
+        name = draw(st.sampled_from(["shutdown", "reboot", "selftest", "help", "nope",
+                                     "config show"]))
+        body["args"] = {}
+    else:
+        body["args"] = {"watts": 4.0}
+        body["hist"] = True
+    return name, json.dumps(body).encode()
+
+
+def _board_state(board):
+    agent, processor = board.agent, board.processor
+    return (agent.setpoints._leader_w, agent.setpoints._local_w, agent.supervisor.interlock_reason,
+            dict(agent.supervisor.latched), processor.request.source, processor.override_until,
+            processor.tune is None, processor.led is None)
+
+
+def test_fuzzed_commands_are_each_rejected_with_a_reason_and_change_nothing(mosquitto,
+                                                                           tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    sender = listener.link
+    board.step(10.0)
+    before = _board_state(board)
+    counted = [0]
+
+    @settings(max_examples=80, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_bad_commands())
+    def check(command):
+        name, payload = command
+        sender._client.publish(board.topics.command(name), payload, qos=1)
+        counted[0] += 1
+        listener.wait(lambda: len(listener.on(board.topics.reply)) == counted[0],
+                      step=board.step)
+        reply = listener.on(board.topics.reply)[-1]
+        assert reply["status"] == "rejected", (name, payload, reply)
+        assert len(reply["reason"]) > 5
+        assert _board_state(board) == before
+
+    check()
+    assert board.link.link.connected and board.agent.supervisor.mode.value == "NORMAL"
+    for link in (board.link, listener):
+        link.close()

@@ -1,7 +1,7 @@
 """Packaging for Hearth: the `agent` package, its board definitions and the compiled control core."""
 
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 # The PID core, built for CPython's stable ABI (abi3) so one build loads on Bookworm's 3.11 and
 # Trixie's 3.13. -ffp-contract=off keeps the C compiler from fusing multiply-adds (aarch64 would),
@@ -19,8 +19,8 @@ setup(
     version="0.1.0",
     description="Site controller for Raspberry Pi boards that heat buildings",
     python_requires=">=3.11",
-    packages=["agent", "agent.commands", "agent.drivers", "agent.sim", "agent.sim.scenarios",
-              "agent.control", "agent.boards", "agent.leader", "agent.site"],
+    # Every package under agent/ (a new one cannot be forgotten), plus the board definitions.
+    packages=find_packages(include=["agent", "agent.*"]) + ["agent.boards"],
     # Board definitions live in hardware/boards/ beside the wiring docs, and ship inside the package.
     package_dir={"agent.boards": "hardware/boards"},
     package_data={"agent.boards": ["*.toml"], "agent.sim.scenarios": ["*.toml"]},

@@ -70,16 +70,14 @@ class LineDiscipline:
         events: list[tuple[str, object]] = []
         for byte in data:
             after_cr, self._after_cr = self._after_cr, False
-            if self._escape == 1:
-                self._escape = 2 if byte == ord("[") else 0
-                continue
-            if self._escape == 2:
-                if 0x40 <= byte <= 0x7E:
+            if self._escape and 0x20 <= byte <= 0x7E:
+                # ESC x, or ESC [ parameters final-byte: a terminal's key, not text.
+                if self._escape == 1:
+                    self._escape = 2 if byte == ord("[") else 0
+                elif 0x40 <= byte <= 0x7E:
                     self._escape = 0
-                elif not 0x20 <= byte <= 0x3F:
-                    self._escape = 0
-                    self._noise += 1
                 continue
+            self._escape = 0  # a control byte ends any escape and counts as itself
             if byte in (CR, LF):
                 if byte == LF and after_cr:
                     continue

@@ -1,0 +1,63 @@
+"""docs/console.md, generated from the command definitions so the page cannot drift from them.
+
+Regenerate with `python -m agent.console.docs > docs/console.md`; a test checks it matches.
+"""
+
+from agent.console.commands import COMMANDS, OVERRIDE_DEFAULT_MIN
+from agent.console.session import BURST, MAX_LINE, RATE_PER_S
+from agent.console.transports import DEFAULT_BAUD, DEFAULT_SERIAL, DEFAULT_SOCKET
+
+INTRO = f"""# Technician console
+
+A technician with a USB-serial cable, or a shell on the board, sees what the board is doing and
+acts on it without the network. The same commands are reached three ways, all through one
+`CommandProcessor` (`agent/console/commands.py`, whose docstring is the API):
+
+* **serial**: `hearth console` (hearth-console.service) on `{DEFAULT_SERIAL}` at {DEFAULT_BAUD}
+  8N1 passes lines to the agent over its socket and keeps answering when the agent is down
+  (prompt `NO-AGENT`; `help`, `config`, `w1 list` still work). `hearth agent --console-serial
+  DEV` serves a port from inside the agent instead (no separate service, used by the tests).
+  From a laptop: `hearth term /dev/ttyUSB0` (history, tab completion), or picocom/screen.
+* **local socket**: `hearth ctl <command>` talks to `{DEFAULT_SOCKET}` (mode 0660 in the
+  agent's 0750 runtime directory: group `hearth` only); it exits 0 when done, 1 when refused,
+  2 with one line when the agent does not answer.
+* **MQTT**: the remote subset below (docs/mqtt.md "Commands"), same definitions and checks.
+
+Every command takes `--json` (one JSON object per line: `{{"ok": true, "command": ..., "data":
+...}}` or `{{"ok": false, "command": ..., "reason": ...}}`). Destructive commands ask for
+confirmation (type `yes`; `--yes` skips the question). A rejected command changes nothing and
+says what was wrong and what to type.
+
+The prompt shows the board and its mode: `hearth b07 NORMAL> `. Lines end with CR, LF or CRLF;
+backspace/DEL edit, Ctrl-U clears the line, Ctrl-C cancels it (and a pending confirmation).
+A line longer than {MAX_LINE} characters is discarded; a line with any byte that is not text
+(line noise, a wrong baud rate) is dropped whole, never executed; at most {RATE_PER_S:g} lines
+per second are taken (bursts of {BURST}).
+
+A local setpoint or `mode hold` lasts {OVERRIDE_DEFAULT_MIN:g} minutes unless told otherwise,
+then the leader's setpoint (or the fallback) applies again; `mode auto` ends it at once.
+`mode safe` holds the board in SAFE through the safety supervisor until `mode auto`.
+"""
+
+
+def reference_markdown() -> str:
+    lines = [INTRO, "## Commands", "",
+             "| command | what it does | confirmation | over MQTT from |",
+             "| --- | --- | --- | --- |"]
+    for command in COMMANDS:
+        usage = command.usage().replace("|", "\\|")  # a bare | would end the table cell
+        lines.append(f"| `{usage}` | {command.help} | "
+                     f"{'yes' if command.destructive else ''} | "
+                     f"{', '.join(command.remote)} |")
+    lines += ["", "## Arguments", "", "| command | argument | meaning | accepted values |",
+              "| --- | --- | --- | --- |"]
+    for command in COMMANDS:
+        for arg in command.args:
+            default = f" (default {arg.default:g})" if isinstance(arg.default, float) else ""
+            lines.append(f"| `{command.name}` | `{arg.name}` | {arg.help}{default} | "
+                         f"{arg.expected()} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -6,10 +6,11 @@ import sys
 from agent import __version__
 from agent.commands import agent_cmd, broker_config, config, failsafe, sensors, sim, tune
 from agent.commands import console, ctl, term
+from agent.commands import leader, site
 from agent.errors import HearthError
 
 COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, tune,
-                          console, ctl, term]
+                          console, ctl, term, leader, site]
 
 
 def build_parser() -> argparse.ArgumentParser:

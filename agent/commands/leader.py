@@ -1,0 +1,115 @@
+"""`hearth leader`: run one module's leader (and, with --site, the site role in the same process)."""
+
+import argparse
+import logging
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.drivers.base import DriverContext
+from agent.drivers.registry import build_sensors
+from agent.errors import ConfigValueError
+from agent.ha_discovery import leader_discovery
+from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
+from agent.metrics import MetricsServer, exposition
+from agent.mqtt.board_link import link_settings
+from agent.mqtt.link import Link
+from agent.mqtt.outbox import Outbox
+from agent.persist import DEFAULT_STATE_DIR, StateStore
+from agent.seam import Hardware
+
+READINGS = ("water_in", "water_out", "flow", "oil")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "leader", help="run the module leader (one per module, next to its broker)",
+        description="Split the module's heat budget into board setpoints, watch the boards, "
+        "hold the module interlock, keep the energy ledger, serve /metrics (docs/leader.md).")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                        help=f"config file with [identity], [mqtt] and [leader] (default "
+                        f"{DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help=f"where the energy ledger is kept (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--duration", type=float, metavar="S",
+                        help="stop after this many seconds (default: run until stopped)")
+    parser.set_defaults(run=run)
+
+
+class ModuleSensors:
+    """The module's sensors named in [leader], read once per leader period."""
+
+    def __init__(self, config, names: dict[str, str], hardware: Hardware):
+        wanted = {name.split(".")[0] for name in names.values() if name}
+        self.names = names
+        self.context = DriverContext(hardware)
+        self.sensors = build_sensors([s for s in config.sensors if s.name in wanted],
+                                     self.context)
+        missing = wanted - {s.name for s in self.sensors}
+        if missing:
+            raise ConfigValueError(f"{config.path}: [leader] names sensor(s) "
+                                   f"{', '.join(sorted(missing))} that no [[sensor]] table "
+                                   "declares; add them or fix the names")
+
+    def read(self) -> ModuleReadings:
+        readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
+
+        def value(key: str) -> float | None:
+            reading = readings.get(self.names[key]) if self.names[key] else None
+            return reading.value if reading is not None and reading.ok else None
+
+        return ModuleReadings(value("water_in"), value("water_out"), value("flow"), value("oil"))
+
+    def close(self) -> None:
+        for sensor in self.sensors:
+            sensor.close()
+        self.context.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    config = load_config(args.config)
+    if config.identity is None or config.mqtt is None or config.leader is None:
+        raise ConfigValueError(f"{args.config}: `hearth leader` needs [identity] (site, module), "
+                               "[mqtt] (the module's broker) and [leader]; see docs/leader.md")
+    site, module = config.identity.site, config.identity.module
+    options = config.leader
+    sensors = ModuleSensors(config, {"water_in": options.water_in_reading,
+                                     "water_out": options.water_out_reading,
+                                     "flow": options.flow_reading, "oil": options.oil_reading},
+                            Hardware())
+    settings = LeaderSettings(
+        period_s=options.period_s, silence_timeout_s=options.silence_timeout_s,
+        budget_w=options.budget_w,
+        flow_min_l_per_min=options.flow_min_l_per_min if options.flow_reading else None,
+        oil_max_c=options.oil_max_c if options.oil_reading else None,
+        interlock_clear_s=options.interlock_clear_s)
+    topics = module_topics(site, module)
+    link = Link(link_settings(config.mqtt), client_id=f"hearth-{site}-{module}-leader",
+                outbox=Outbox(args.state_dir / "leader-outbox"), boot=str(uuid.uuid4()),
+                status_topic=topics["status"])
+    role = LeaderRole(site, module, link, time.monotonic, settings, sensors.read,
+                      StateStore(args.state_dir))
+    role.start()
+    link.start()
+    discovery_topic, discovery = leader_discovery(site, module)
+    link.publish(discovery_topic, discovery, qos=1, retain=True)
+    metrics = None
+    if options.metrics_port:
+        metrics = MetricsServer(lambda: exposition(site, module, role.snapshot),
+                                port=options.metrics_port).start()
+    stop_requested: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    started = time.monotonic()
+    try:
+        role.run(lambda: bool(stop_requested) or (
+            args.duration is not None and time.monotonic() - started >= args.duration))
+    finally:
+        role.close()
+        link.close()
+        sensors.close()
+        if metrics is not None:
+            metrics.close()
+    return 0

@@ -1,0 +1,83 @@
+"""`hearth site`: turn building demand into module budgets (docs/leader.md)."""
+
+import argparse
+import logging
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.drivers.base import DriverContext
+from agent.drivers.registry import build_sensors
+from agent.errors import ConfigValueError
+from agent.ha_discovery import site_discovery
+from agent.mqtt.board_link import link_settings
+from agent.mqtt.link import Link
+from agent.mqtt.outbox import Outbox
+from agent.persist import DEFAULT_STATE_DIR
+from agent.seam import Hardware
+from agent.site.role import SiteRole, SiteSettings, site_topics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "site", help="run the site role: building demand into module budgets",
+        description="Find the building's demand (tank/loop temperature against a target, or "
+        "site/demand in watts), split it across modules by capacity, publish site totals.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                        help=f"config with [identity], [mqtt] and [site] (default "
+                        f"{DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help=f"where the outbox spills (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--duration", type=float, metavar="S",
+                        help="stop after this many seconds (default: run until stopped)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    config = load_config(args.config)
+    if config.identity is None or config.mqtt is None or config.site is None:
+        raise ConfigValueError(f"{args.config}: `hearth site` needs [identity] (site), [mqtt] "
+                               "and [site]; see docs/leader.md")
+    options = config.site
+    site = config.identity.site
+    context = DriverContext(Hardware())
+    sensors = []
+    read_loop_c = None
+    if options.loop_reading:
+        name = options.loop_reading.split(".")[0]
+        sensors = build_sensors([s for s in config.sensors if s.name == name], context)
+        if not sensors:
+            raise ConfigValueError(f"{args.config}: site.loop_reading = {options.loop_reading!r}"
+                                   " names no [[sensor]] in this file; add it or fix the name")
+
+        def read_loop_c() -> float | None:
+            readings = {r.sensor: r for sensor in sensors for r in sensor.read()}
+            reading = readings.get(options.loop_reading)
+            return reading.value if reading is not None and reading.ok else None
+
+    link = Link(link_settings(config.mqtt), client_id=f"hearth-{site}-site",
+                outbox=Outbox(args.state_dir / "site-outbox"), boot=str(uuid.uuid4()),
+                status_topic=site_topics(site)["status"])
+    settings = SiteSettings(period_s=options.period_s, target_c=options.target_c,
+                            kp_w_per_k=options.kp_w_per_k, ki_w_per_k_s=options.ki_w_per_k_s,
+                            demand_timeout_s=options.demand_timeout_s)
+    role = SiteRole(site, link, time.monotonic, settings, read_loop_c)
+    role.start()
+    link.start()
+    topic, payload = site_discovery(site, settings.target_min_c, settings.target_max_c)
+    link.publish(topic, payload, qos=1, retain=True)
+    stop_requested: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    started = time.monotonic()
+    try:
+        role.run(lambda: bool(stop_requested) or (
+            args.duration is not None and time.monotonic() - started >= args.duration))
+    finally:
+        link.close()
+        for sensor in sensors:
+            sensor.close()
+        context.close()
+    return 0

@@ -1,0 +1,264 @@
+"""The module leader role: wires the tracker, heat meter, splitter, trim loop, interlock and
+energy ledger to MQTT through a Link (agent/mqtt/link.py).
+
+Why one object per module with everything passed in (link, clocks, module readings, state
+store): the simulator runs many leaders in one process, and tests drive one on a SimClock.
+Handlers run on the caller's thread inside `link.poll()`, so nothing here needs a lock. A change
+of availability (a Last Will, a board going SAFE) re-splits the budget at once, so a dead
+board's share reaches the others well within one leader period; the periodic tick publishes
+setpoints to every board (they double as the leader's heartbeat), the module totals, and the
+retained interlock whenever it changes.
+"""
+
+import dataclasses
+import logging
+import math
+from typing import Any, Callable
+
+from agent.errors import MessageError
+from agent.leader.heat import HeatMeter
+from agent.leader.interlock import ModuleInterlock
+from agent.leader.ledger import LEDGER_FILE, EnergyLedger
+from agent.leader.split import BudgetSplitter, Split, capacity_from_state
+from agent.leader.tracker import BoardTracker
+from agent.leader.trim import TrimLoop
+from agent.mqtt.topics import LEADER, ROOT
+from agent.persist import StateStore
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderSettings:
+    """The `[leader]` config section's values that the role uses (see agent/config.py)."""
+
+    period_s: float = 5.0
+    silence_timeout_s: float = 15.0
+    budget_w: float = 0.0
+    flow_min_l_per_min: float | None = None
+    oil_max_c: float | None = None
+    interlock_clear_s: float = 30.0
+    heat_smoothing_s: float = 60.0
+    ledger_save_s: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleReadings:
+    """The module's own sensors on the leader's board, None when unknown or not configured."""
+
+    inlet_c: float | None = None
+    outlet_c: float | None = None
+    flow_l_per_min: float | None = None
+    oil_c: float | None = None
+
+
+def module_topics(site: str, module: str) -> dict[str, str]:
+    base = f"{ROOT}/{site}/{module}"
+    return {"base": base, "leader": f"{base}/{LEADER}", "status": f"{base}/{LEADER}/status",
+            "interlock": f"{base}/{LEADER}/interlock", "state": f"{base}/{LEADER}/state",
+            "budget": f"{base}/{LEADER}/budget", "setpoint": f"{base}/{LEADER}/setpoint"}
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class LeaderRole:
+    def __init__(self, site: str, module: str, link, clock: Callable[[], float],
+                 settings: LeaderSettings, read_module: Callable[[], ModuleReadings],
+                 store: StateStore | None = None, log: logging.Logger | None = None):
+        self.site = site
+        self.module = module
+        self.link = link
+        self.clock = clock
+        self.settings = settings
+        self.read_module = read_module
+        self.store = store
+        self.log = log or logging.getLogger("hearth.leader")
+        self.topics = module_topics(site, module)
+        self.tracker = BoardTracker(settings.silence_timeout_s)
+        self.meter = HeatMeter(settings.heat_smoothing_s)
+        self.splitter = BudgetSplitter()
+        self.trim = TrimLoop()
+        self.interlock = ModuleInterlock(settings.flow_min_l_per_min, settings.oil_max_c,
+                                         clear_after_s=settings.interlock_clear_s)
+        self.ledger = EnergyLedger(settings.ledger_save_s)
+        self.budget_w = settings.budget_w
+        self.electric_budget_w = settings.budget_w
+        self.split = Split({}, 0.0)
+        self.readings = ModuleReadings()
+        self.rejected_messages = 0
+        self.resplits = 0
+        self.snapshot: dict[str, Any] = {}
+        """The last `leader/state` payload; read by the metrics endpoint's thread (replaced
+        whole each period, never mutated, so no lock is needed)."""
+        self.ledger_problem = self.ledger.load(store) if store is not None else None
+        self._availability_changed = False
+        self._interlock_published = False
+        self._next_tick_s: float | None = None
+
+    # -- MQTT ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        base = self.topics["base"]
+        for kind, handler in (("status", self._on_status), ("state", self._on_state),
+                              ("event", self._on_event)):
+            self.link.subscribe(f"{base}/+/{kind}", handler)
+        self.link.subscribe(self.topics["budget"], self._on_budget)
+        if self.ledger_problem and self.store is not None and self.store.path(
+                LEDGER_FILE).exists():
+            self.log.warning("%s/%s: %s", self.site, self.module, self.ledger_problem)
+
+    def _board_of(self, topic: str) -> str | None:
+        board = topic.split("/")[-2]
+        return None if board == LEADER else board
+
+    def _on_status(self, message) -> None:
+        board = self._board_of(message.topic)
+        if board is not None and self.tracker.on_status(self.clock(), board, message.text()):
+            self._availability_changed = True
+
+    def _on_state(self, message) -> None:
+        board = self._board_of(message.topic)
+        if board is None:
+            return
+        try:
+            data = message.data()
+        except MessageError as error:
+            self.rejected_messages += 1
+            self.log.warning("%s: state rejected: %s", message.topic, error)
+            return
+        notes = self.tracker.on_state(self.clock(), board, data)
+        if "online" in notes or "mode" in notes:
+            self._availability_changed = True
+        self.ledger.board_sample(board, data.get("boot"), data)
+
+    def _on_event(self, message) -> None:
+        board = self._board_of(message.topic)
+        try:
+            data = message.data()
+        except MessageError:
+            self.rejected_messages += 1
+            return
+        if board is not None:
+            self.tracker.on_event(self.clock(), board, data)
+
+    def _on_budget(self, message) -> None:
+        try:
+            budget = _finite(message.data().get("budget_w"))
+        except MessageError:
+            budget = None
+        if budget is None or budget < 0:
+            self.rejected_messages += 1
+            self.log.warning("%s: budget rejected, keeping %.1f W", message.topic, self.budget_w)
+            return
+        self.budget_w = budget
+
+    # -- the work -------------------------------------------------------------------------
+
+    def redistribute(self, now: float) -> None:
+        """Split the electric budget over the usable boards and send every online board its
+        setpoint; boards not given a share get their floor, which keeps the heartbeat going."""
+        self._availability_changed = False
+        self.resplits += 1
+        usable = []
+        for view in self.tracker.usable():
+            capacity = capacity_from_state(view.board, view.state)
+            if capacity is not None:
+                usable.append(capacity)
+        budget = 0.0 if self.interlock.state.active else self.electric_budget_w
+        self.split = self.splitter.split(budget, usable)
+        for view in self.tracker.boards.values():
+            if view.status != "online":
+                continue
+            setpoint = self.split.setpoints_w.get(view.board)
+            if setpoint is None:
+                setpoint = _finite(view.state.get("min_w"))
+            if setpoint is not None:
+                self.link.publish(f"{self.topics['setpoint']}/{view.board}",
+                                  {"setpoint_w": round(setpoint, 4)}, qos=1, keep=False)
+
+    def react(self, now: float) -> None:
+        """Between ticks: re-split at once when a board's availability changed."""
+        if self._availability_changed:
+            self.redistribute(now)
+
+    def tick(self, now: float) -> None:
+        """One leader period."""
+        for board in self.tracker.check(now):
+            self.log.warning("%s: no state for %.0f s; counted as silent", board,
+                             self.settings.silence_timeout_s)
+        self.readings = self.read_module()
+        state, changed = self.interlock.update(now, self.readings.flow_l_per_min,
+                                               self.readings.oil_c)
+        if changed or not self._interlock_published:
+            self.link.publish(self.topics["interlock"], state.payload(), qos=1, retain=True)
+            self._interlock_published = True
+        online_power = [_finite(v.state.get("power_w")) for v in self.tracker.boards.values()
+                        if v.status == "online"]
+        electric_w = sum(p for p in online_power if p is not None) if online_power else None
+        heat = self.meter.update(now, self.readings.inlet_c, self.readings.outlet_c,
+                                 self.readings.flow_l_per_min, electric_w)
+        self.ledger.meter_sample(now, heat.heat_w)
+        self.electric_budget_w = self.trim.update(now, self.budget_w, heat.heat_w)
+        self.redistribute(now)
+        self.snapshot = self.state_payload(electric_w)
+        self.link.publish(self.topics["state"], self.snapshot, qos=0)
+        if self.store is not None:
+            self.ledger.save_if_due(now, self.store)
+
+    def state_payload(self, electric_w: float | None) -> dict[str, Any]:
+        usable = [capacity_from_state(v.board, v.state) for v in self.tracker.usable()]
+        usable = [c for c in usable if c is not None]
+        totals = self.ledger.totals_wh()
+        heat = self.meter.last
+        return {
+            "budget_w": self.budget_w,
+            "electric_budget_w": self.electric_budget_w,
+            "setpoint_w": self.split.total_w,
+            "unallocated_w": self.split.unallocated_w,
+            "capacity_w": sum(c.max_w for c in usable),
+            "floor_w": sum(c.min_w for c in usable),
+            "power_w": electric_w,
+            "heat_w": heat.heat_w,
+            "efficiency": heat.efficiency,
+            "water_in_c": self.readings.inlet_c,
+            "water_out_c": self.readings.outlet_c,
+            "flow_l_per_min": self.readings.flow_l_per_min,
+            "oil_c": self.readings.oil_c,
+            "interlock": self.interlock.state.payload(),
+            "boards_online": sum(v.status == "online" for v in self.tracker.boards.values()),
+            "boards_usable": len(usable),
+            "energy_electric_wh": totals["electric"],
+            "energy_heat_wh": totals["heat"],
+            "energy_heat_metered_wh": self.ledger.module_heat_metered_wh,
+            "boards": {
+                v.board: {"status": v.status, "mode": v.mode, "faults": list(v.faults),
+                          "setpoint_w": self.split.setpoints_w.get(v.board),
+                          "power_w": _finite(v.state.get("power_w")),
+                          "restarts": v.restarts, "lost_states": v.lost_states,
+                          "lost_events": v.lost_events,
+                          "energy_electric_wh": self.ledger.boards[v.board].total_wh["electric"]
+                          if v.board in self.ledger.boards else 0.0,
+                          "energy_heat_wh": self.ledger.boards[v.board].total_wh["heat"]
+                          if v.board in self.ledger.boards else 0.0}
+                for v in sorted(self.tracker.boards.values(), key=lambda v: v.board)},
+        }
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Tick on deadlines that never drift; between them, handle messages as they come."""
+        next_s = self.clock()
+        while not should_stop():
+            self.link.poll(timeout_s=max(0.0, min(next_s - self.clock(), 0.05)))
+            now = self.clock()
+            self.react(now)
+            if now >= next_s:
+                self.tick(now)
+                next_s += self.settings.period_s
+                if next_s <= now:
+                    next_s = now + self.settings.period_s
+
+    def close(self) -> None:
+        """Keep the ledger (a clean stop loses nothing)."""
+        if self.store is not None:
+            self.ledger.save_if_due(self.clock(), self.store, force=True)

@@ -173,8 +173,10 @@ class BoardAgent:
                             self._value(self.oil_reading), command_w, selected, allowance.mode,
                             settings, self._demand_cores, allowance.max_power_w)
         self.last_report = report
-        if self.publish is not None and now >= self._next_report_s:
-            self._next_report_s = now + self.report_period_s
+        if self.publish is not None and now >= self._next_report_s - self.period_s / 2:
+            # on a grid like the loop's (half a period of slack for float sums), so reports
+            # do not slip a tick each time
+            self._next_report_s = max(self._next_report_s + self.report_period_s, now)
             self.publish(report)
         return report
 

@@ -140,3 +140,11 @@ def test_loop_timer_keeps_its_grid_and_counts_overruns():
     assert timer.advance(100.43) == pytest.approx(100.5), "missed periods are skipped"
     assert timer.overruns == 1
     assert timer.advance(100.5) == pytest.approx(100.6)
+
+
+def test_reports_keep_their_period_without_drifting(sim_dir):
+    reports = []
+    simulated = SimulatedAgent(sim_dir / "reports", SimClock(), publish=reports.append)
+    simulated.run_for(600)
+    assert len(reports) == 601, "one per report period over ten minutes, plus the first"
+    simulated.agent.close()

@@ -40,7 +40,7 @@ def build_supervisor(limits, readings: dict[str, str | None], events: EventLog,
         checks.append(TemperatureStages("SoC", readings["soc"], limits.soc_warning_c,
                                         limits.soc_limit_c, limits.soc_critical_c,
                                         limits.hysteresis_c, limits.power_min_w))
-        checks.append(ThermalRunaway(readings["soc"], limits.soc_warning_c))
+        checks.append(ThermalRunaway(readings["soc"], limits.soc_warning_c, readings.get("power")))
     if readings.get("oil"):
         checks.append(TemperatureStages("oil", readings["oil"], limits.oil_warning_c,
                                         limits.oil_limit_c, limits.oil_critical_c,

@@ -11,6 +11,7 @@ import math
 from agent.readings import Reading
 
 
+POWER_SMOOTHING_S = 5.0
 COOL_MARGIN_C = 10.0
 """A SoC this far below its warning threshold must warm visibly when the board heats hard."""
 
@@ -189,15 +190,20 @@ class ThermalRunaway:
     judged: the SoC rightly stays put at its equilibrium then.
     """
 
-    def __init__(self, soc_reading: str, hot_c: float, window_s: float = 60.0,
+    def __init__(self, soc_reading: str, hot_c: float, power_reading: str | None = None,
+                 window_s: float = 60.0,
                  rise_c: float = 2.0, heating_rise_c: float = 1.0, step_w: float = 1.5):
         self.soc_reading = soc_reading
+        self.power_reading = power_reading
+        """Judged on measured power where there is one: a command the plant did not follow
+        (a workload dip, a heat-fill change) is no reason to expect the SoC to warm."""
         self.hot_c = hot_c
         self.window_s = window_s
         self.rise_c = rise_c
         self.heating_rise_c = heating_rise_c
         self.step_w = step_w
         self._recent_commands: collections.deque[tuple[float, float]] = collections.deque()
+        self._power_ema: tuple[float, float] | None = None
         self._hot_at_minimum: collections.deque[tuple[float, float]] = collections.deque()
         self._heating_since: tuple[float, float] | None = None
 
@@ -208,14 +214,27 @@ class ThermalRunaway:
             self._heating_since = None
             return []
         at_minimum = snapshot.in_safe_state or snapshot.command_w <= snapshot.power_min_w + 0.1
-        heating_hard = snapshot.command_w >= 0.8 * snapshot.power_max_w
+        measured_w = snapshot.value(self.power_reading)
+        power_w = self._smoothed_power(snapshot.now,
+                                       snapshot.command_w if measured_w is None else measured_w)
+        heating_hard = power_w >= 0.8 * snapshot.power_max_w
         commands = self._recent_commands
-        commands.append((snapshot.now, snapshot.command_w))
+        commands.append((snapshot.now, power_w))
         while commands and snapshot.now - commands[0][0] > self.window_s:
             commands.popleft()
         return [f for f in (self._rising(snapshot.now, soc_c, at_minimum),
-                            self._not_rising(snapshot.now, soc_c, heating_hard,
-                                             snapshot.command_w)) if f]
+                            self._not_rising(snapshot.now, soc_c, heating_hard, power_w))
+                if f]
+
+    def _smoothed_power(self, now: float, power_w: float) -> float:
+        """Power averaged over POWER_SMOOTHING_S, as the SoC's heat capacity averages it:
+        a dithered or briefly dipping power is not a step."""
+        if self._power_ema is None:
+            self._power_ema = (now, power_w)
+        last_s, ema = self._power_ema
+        ema += (power_w - ema) * min(1.0, max(0.0, now - last_s) / POWER_SMOOTHING_S)
+        self._power_ema = (now, ema)
+        return ema
 
     def _rising(self, now: float, soc_c: float, at_minimum: bool) -> Finding | None:
         history = self._hot_at_minimum
@@ -235,12 +254,12 @@ class ThermalRunaway:
                        "really capped; check the oil loop and the cpufreq cap")
 
     def _not_rising(self, now: float, soc_c: float, heating_hard: bool,
-                    command_w: float) -> Finding | None:
+                    power_w: float) -> Finding | None:
         if not heating_hard:
             self._heating_since = None
             return None
         if self._heating_since is None:
-            stepped_up = command_w - min(c for _, c in self._recent_commands) >= self.step_w
+            stepped_up = power_w - min(p for _, p in self._recent_commands) >= self.step_w
             self._heating_since = (now, soc_c) if stepped_up else (now, math.inf)
         start_s, start_c = self._heating_since
         if (now - start_s < self.window_s or start_c >= self.hot_c - COOL_MARGIN_C

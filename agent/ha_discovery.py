@@ -73,18 +73,9 @@ def leader_discovery(site: str, module: str) -> tuple[str, dict[str, Any]]:
                       "name": "Module interlock", "device_class": "problem",
                       "value_template": "{{ 'ON' if value_json.interlock.active else 'OFF' }}"},
     }
-    payload = {
-        "dev": {"ids": [device_id], "name": f"Hearth {site} {module}",
-                "mf": "Hearth", "mdl": "module leader", "sw": __version__},
-        "o": dict(ORIGIN),
-        "cmps": components,
-        "state_topic": topics["state"],
-        "availability_topic": topics["status"],
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "qos": 1,
-    }
-    return f"{DISCOVERY_PREFIX}/device/{device_id}/config", payload
+    device = {"ids": [device_id], "name": f"Hearth {site} {module}", "mf": "Hearth",
+              "mdl": "module leader", "sw": __version__}
+    return _device_config(device_id, device, components, topics)
 
 
 def site_discovery(site: str, target_min_c: float, target_max_c: float) -> tuple[str, dict]:
@@ -113,9 +104,16 @@ def site_discovery(site: str, target_min_c: float, target_max_c: float) -> tuple
                    "command_topic": topics["target_set"],
                    "value_template": "{{ value_json.target_c }}"},
     }
+    device = {"ids": [device_id], "name": f"Hearth {site}", "mf": "Hearth", "mdl": "site",
+              "sw": __version__}
+    return _device_config(device_id, device, components, topics)
+
+
+def _device_config(device_id: str, device: dict, components: dict,
+                   topics: dict) -> tuple[str, dict]:
+    """One device-based discovery message: the device, its components, shared availability."""
     payload = {
-        "dev": {"ids": [device_id], "name": f"Hearth {site}", "mf": "Hearth", "mdl": "site",
-                "sw": __version__},
+        "dev": device,
         "o": dict(ORIGIN),
         "cmps": components,
         "state_topic": topics["state"],

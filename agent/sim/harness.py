@@ -33,13 +33,17 @@ class SimulatedAgent:
                                 send_signal=lambda pid, signum: self.signals_sent.append(
                                     (pid, signum)), **agent_kwargs)
 
+    def step(self):
+        """One control period: time passes, the plant moves, the agent ticks; its report."""
+        period_s = self.agent.period_s
+        self.clock.advance(period_s)
+        self.board.step(period_s)
+        return self.agent.tick()
+
     def run_for(self, seconds: float, on_tick=None) -> None:
         """Advance the plant and the agent together, one control period at a time."""
-        period_s = self.agent.period_s
-        for _ in range(round(seconds / period_s)):
-            self.clock.advance(period_s)
-            self.board.step(period_s)
-            report = self.agent.tick()
+        for _ in range(round(seconds / self.agent.period_s)):
+            report = self.step()
             if on_tick is not None:
                 on_tick(report)
 
@@ -48,8 +52,6 @@ class SimulatedAgent:
         period_s = self.agent.period_s
         next_deadline = wall_clock()
         while not should_stop():
-            self.clock.advance(period_s)
-            self.board.step(period_s)
-            self.agent.tick()
+            self.step()
             next_deadline += period_s
             sleep(max(0.0, next_deadline - wall_clock()))

@@ -45,6 +45,3 @@ class CpuGroup:
             key, _, value = line.partition(" ")
             stat[key] = int(value)
         return stat
-
-    def pids(self) -> list[int]:
-        return [int(p) for p in (self.dir / "cgroup.procs").read_text().split()]

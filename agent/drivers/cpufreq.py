@@ -33,6 +33,3 @@ class CpuFreqPolicy:
     def cap(self, khz: int) -> bool:
         """Set scaling_max_freq (written only on change); True if the file was written."""
         return self.max_freq.write(str(khz))
-
-    def current_khz(self) -> int:
-        return int((self.dir / "scaling_cur_freq").read_text())

@@ -142,6 +142,20 @@ class Listener:
                 found[board] = watts
         return found
 
+    def settled(self, boards: int, since_s: float | None = None) -> dict[str, float]:
+        """The latest setpoint of each board once a whole leader round has arrived: the leader
+        sends a round as a burst, and reading mid-burst would mix two rounds' splits."""
+        def recent():
+            start = time.monotonic() - LEADER_PERIOD_S
+            return self.latest(start if since_s is None else max(start, since_s))
+
+        def same_twice():
+            first = recent()
+            time.sleep(0.1)
+            second = recent()
+            return second if first == second and len(second) == boards else None
+        return wait_for(same_twice, 5 * LEADER_PERIOD_S, f"a whole round to {boards} boards")
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
@@ -181,9 +195,7 @@ def test_sigkill_board_redistributed_within_one_leader_period(broker, tmp_path, 
     leader = RunningLeader(tmp_path, broker.port, {}, None, budget_w=18.0)
     try:
         wait_for(lambda: all_usable(leader, 4), 40, "four boards usable at full headroom")
-        wait_for(lambda: len(listener.latest(time.monotonic() - LEADER_PERIOD_S)) == 4, 5,
-                 "setpoints to all four boards")
-        before = listener.latest(time.monotonic() - LEADER_PERIOD_S)
+        before = listener.settled(4)
         assert sum(before.values()) == pytest.approx(18.0, abs=1e-3)
         killed_at = time.monotonic()
         killed.kill()
@@ -208,7 +220,7 @@ def test_sigkill_board_redistributed_within_one_leader_period(broker, tmp_path, 
         time.sleep(LEADER_PERIOD_S * 1.5)
         assert "b4" not in listener.latest(time.monotonic() - LEADER_PERIOD_S)
         assert leader.role.tracker.boards["b4"].status == "offline"
-        shares = listener.latest(time.monotonic() - LEADER_PERIOD_S)
+        shares = listener.settled(3)
         assert sum(shares.values()) == pytest.approx(18.0, abs=1e-3)
         assert all(2.0 <= watts <= 6.5 for watts in shares.values())
     finally:
@@ -258,8 +270,7 @@ def test_budget_followed_within_capacity(broker, tmp_path, sim_dir):
             sent_at = time.monotonic()
             wait_for(lambda: leader.role.budget_w == budget, 3, f"budget {budget} W taken")
             time.sleep(LEADER_PERIOD_S * 1.5)
-            shares = listener.latest(sent_at + LEADER_PERIOD_S * 0.5)
-            assert len(shares) == 3
+            shares = listener.settled(3, since_s=sent_at + LEADER_PERIOD_S * 0.5)
             assert sum(shares.values()) == pytest.approx(expected, abs=1e-3), (budget, shares)
             assert all(2.0 - 1e-9 <= w <= 6.5 + 1e-9 for w in shares.values())
     finally:

@@ -20,6 +20,7 @@ from agent.drivers.base import DriverContext
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
+from agent.leader.sensors import module_sensor_names
 from agent.readings import Reading
 from agent.seam import Hardware
 from agent.config_watch import ConfigWatch
@@ -67,7 +68,9 @@ class BoardAgent:
                  gains: StoredGains | None = None):
         self.clock = hardware.clock
         self.context = DriverContext(hardware)
-        self.sensors = build_sensors(config.sensors, self.context)
+        module_only = module_sensor_names(config)  # `hearth leader` reads those
+        self.sensors = build_sensors([s for s in config.sensors if s.name not in module_only],
+                                     self.context)
         kinds = {sensor.name: sensor.kind for sensor in self.sensors}
         self.power_reading = next((f"{name}.power_w" for name, kind in kinds.items()
                                    if kind in ("ina219", "ina226")), None)

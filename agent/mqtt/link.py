@@ -202,6 +202,16 @@ class Link:
             self.outbox.persist([pending for _, pending in self._in_flight.values()])
             self._in_flight.clear()
 
+    def abort(self) -> None:
+        """Drop the connection the way a crashed process does, with no DISCONNECT, so the
+        broker publishes the Last Will; the simulator's leader crash. The Link is dead after."""
+        if self._started:
+            self._started = False
+            self._client.loop_stop()
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
+
     # -- the loop side -------------------------------------------------------------------
 
     def _dispatch(self, message: Message) -> None:

@@ -75,7 +75,9 @@ class Scenario:
     events: tuple[Event, ...]
 
 
-class _Checker:
+class TableChecker:
+    """Collects every problem of a scenario file, each with file, key, value and expectation."""
+
     def __init__(self, file: str):
         self.file = file
         self.problems: list[str] = []
@@ -110,7 +112,7 @@ def parse_scenario(text: str, file: str, name: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigFileError(f"{file}: not valid TOML: {error}") from None
-    check = _Checker(file)
+    check = TableChecker(file)
     top = check.table({k: v for k, v in data.items() if k not in ("start", "at")},
                       TOP_FIELDS, "")
     start = check.table(data.get("start", {}),
@@ -213,10 +215,10 @@ class ScenarioPlayer:
             self._next_random_s = now_s
             parts.append("workload random")
         if event.fault:
-            self._fault(event.fault, True)
+            inject_fault(self.board, event.fault, True)
             parts.append(f"fault {event.fault}")
         if event.clear:
-            self._fault(event.clear, False)
+            inject_fault(self.board, event.clear, False)
             parts.append(f"cleared {event.clear}")
         return f"t={event.time_s:g}s " + ", ".join(parts)
 
@@ -238,32 +240,34 @@ class ScenarioPlayer:
         elif quantity == "flow_l_per_min":
             plant.water_flow_l_per_min = value
 
-    def _fault(self, name: str, active: bool) -> None:
-        board, faults = self.board, self.board.faults
-        kind, _, target = name.partition(":")
-        chips = {"board_power": board.ina219, "oil": board.tmp117}
-        if kind == "pump_off":
-            board.plant.water_flow_l_per_min = 0.0 if active else board.params.water_flow_l_per_min
-        elif kind == "flow_meter_dead":
-            faults.flow_meter_dead = active
-        elif kind == "under_voltage":
-            board.plant.under_voltage = active
-        elif kind == "ina_lost_calibration" and active:
-            board.ina219.lose_calibration()
-        elif kind in ("w1_absent", "w1_crc", "w1_power_on"):
-            group = {"w1_absent": faults.w1_absent, "w1_crc": faults.w1_crc_error,
-                     "w1_power_on": faults.w1_power_on}[kind]
-            (group.add if active else group.discard)(target)
-        elif kind == "stuck":
-            if active:
-                faults.stuck[target] = board.current_value(target)
-            else:
-                faults.stuck.pop(target, None)
-        elif kind in ("i2c_nack", "i2c_timeout"):
-            chip = chips[target]
-            if not active:
-                chip.clear_faults()
-            elif kind == "i2c_nack":
-                chip.inject_nack()
-            else:
-                chip.inject_timeout()
+
+def inject_fault(board, name: str, active: bool) -> None:
+    """Inject (or clear) one of FAULTS on a SimulatedBoard."""
+    faults = board.faults
+    kind, _, target = name.partition(":")
+    chips = {"board_power": board.ina219, "oil": board.tmp117}
+    if kind == "pump_off":
+        board.plant.water_flow_l_per_min = 0.0 if active else board.params.water_flow_l_per_min
+    elif kind == "flow_meter_dead":
+        faults.flow_meter_dead = active
+    elif kind == "under_voltage":
+        board.plant.under_voltage = active
+    elif kind == "ina_lost_calibration" and active:
+        board.ina219.lose_calibration()
+    elif kind in ("w1_absent", "w1_crc", "w1_power_on"):
+        group = {"w1_absent": faults.w1_absent, "w1_crc": faults.w1_crc_error,
+                 "w1_power_on": faults.w1_power_on}[kind]
+        (group.add if active else group.discard)(target)
+    elif kind == "stuck":
+        if active:
+            faults.stuck[target] = board.current_value(target)
+        else:
+            faults.stuck.pop(target, None)
+    elif kind in ("i2c_nack", "i2c_timeout"):
+        chip = chips[target]
+        if not active:
+            chip.clear_faults()
+        elif kind == "i2c_nack":
+            chip.inject_nack()
+        else:
+            chip.inject_timeout()

@@ -113,10 +113,10 @@ def format_summary(summary: dict[str, Any]) -> str:
              _row("metered heat", _number(metering["heat_ratio"], ".3f", " x"),
                   "leaders' MQTT ledger / physics"),
              f"Tracking |demand - heat to water|, {tracking['samples']} samples",
-             _row("mean", _number(tracking["mean_abs_error_w"], ",.0f", " W"),
+             _row("mean", _number(tracking["mean_abs_error_w"], ",.1f", " W"),
                   f"{_number(tracking['mean_abs_error_pct'], '.1f', ' %')} of mean demand "
                   f"{_number(tracking['mean_demand_w'], ',.0f', ' W')}"),
-             _row("RMS", _number(tracking["rms_error_w"], ",.0f", " W"),
+             _row("RMS", _number(tracking["rms_error_w"], ",.1f", " W"),
                   f"{_number(tracking['rms_error_pct'], '.1f', ' %')} of mean demand"),
              "  (heat lags power through the oil bath: part of this error is physics)"]
     tank = summary["tank"]
@@ -127,8 +127,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                    f"+{_number(tank['max_above_target_c'], '.1f', ' °C')}",
                    "furthest below and above")]
     lines.append("Board modes (share of board-time)")
+    board_s = sum(share["board_s"] for share in summary["modes"].values())
+    divisor, unit = (3600.0, "board-h") if board_s >= 7200 else (1.0, "board-s")
     for mode, share in summary["modes"].items():
-        lines.append(_row(mode, f"{share['pct']:.2f} %", f"{share['board_s'] / 3600:,.2f} board-h"))
+        lines.append(_row(mode, f"{share['pct']:.2f} %",
+                          f"{share['board_s'] / divisor:,.{2 if divisor > 1 else 0}f} {unit}"))
     lines.append(f"Faults ({len(summary['faults'])})")
     for fault in summary["faults"]:
         cleared = ("not cleared" if fault["cleared_s"] is None

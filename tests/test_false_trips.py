@@ -20,3 +20,19 @@ def test_steady_high_power_for_minutes_trips_nothing(sim_dir):
     assert causes == []
     assert modes <= {"STARTING", "NORMAL", "LIMITED"}
     sim.agent.close()
+
+
+def test_board_held_at_its_floor_trips_nothing(sim_dir):
+    """Asked for its floor, a board idles: the power loop's command winds below what the board
+    can draw while the power reading holds still, which is no stuck sensor (the simulated site
+    found this at its 1 s board period)."""
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=5, extra_config="[control]\nperiod_s = 1.0\n")
+    sim.agent.set_setpoint(sim.agent.setpoints.power_min_w, "leader")
+    modes = set()
+    sim.run_for(600, lambda report: (sim.agent.setpoints.contact(sim.clock()),
+                                     modes.add(report.mode)))
+    causes = [e.cause for e in sim.agent.events.events
+              if e.severity in ("error", "critical") and e.mode != "STARTING"]
+    assert causes == []
+    assert modes <= {"STARTING", "NORMAL", "LIMITED"}
+    sim.agent.close()

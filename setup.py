@@ -32,7 +32,8 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6", "simple-pid>=2", "Cython>=3.0"],
+        "sim": ["matplotlib>=3.6"],
+        "dev": ["pytest>=7", "hypothesis>=6", "simple-pid>=2", "Cython>=3.0", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["hearth = agent.cli:main"]},
     ext_modules=cythonize([PID_EXTENSION]),

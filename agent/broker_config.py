@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agent.errors import ConfigFileError, ConfigValueError
 from agent.identity import Identity, identity_from_mapping
+from agent.site.role import TARGET_SET
 
 # mosquitto_passwd's "$7$" hash: PBKDF2-HMAC-SHA512, 101 iterations and a 12-byte salt by
 # default (mosquitto's password_mosq.h), written as $7$<iterations>$<base64 salt>$<base64 hash>.
@@ -283,7 +284,8 @@ def acl_text(inventory: Inventory, module: str) -> str:
         f"topic read {site_root}/#",
         "topic read homeassistant/#",
         f"topic write {site_root}/+/+/cmd/#",
-        f"topic write {site_root}/site/demand"]))
+        f"topic write {site_root}/site/demand",
+        f"topic write {site_root}/{TARGET_SET}"]))
     return "\n\n".join(blocks) + "\n"
 
 

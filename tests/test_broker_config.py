@@ -275,6 +275,24 @@ def test_leader_site_and_operator_write_what_their_role_owns_only(site):
     assert set(got) - {(f"{ROOT}/site/status", "end")} == expected
 
 
+def test_site_target_set_is_written_by_operator_and_site_and_read_by_the_site_role(site):
+    """Home Assistant's `number` (on the operator account) sets the site target; the site
+    role reads it. A leader or a board must not be able to change the building's target."""
+    _, _, connect = site
+    target = f"{ROOT}/site/target/set"
+    site_role = connect("site")
+    site_role.subscribe(target)
+    board_snoop = connect("m1.b01", client_id="m1.b01-snoop")
+    board_snoop.subscribe(f"{ROOT}/site/#")
+    leader, board, operator = connect("leader.m1"), connect("m1.b02"), connect("operator")
+    leader.publish(target, "50.0")
+    board.publish(target, "51.0")
+    operator.publish(target, "52.0")
+    connect("site", client_id="site-console").publish(target, "53.0")
+    assert site_role.received(until="53.0") == [(target, "52.0"), (target, "53.0")]
+    assert board_snoop.drain(QUIET_S) == []
+
+
 def test_tls_listener_with_the_generated_ca(tmp_path):
     port = free_port()
     inventory = tmp_path / "site.toml"

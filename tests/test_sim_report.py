@@ -218,3 +218,11 @@ def test_importing_the_report_leaves_matplotlib_unloaded():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_json_files_stay_strict_when_a_series_holds_nan(tmp_path):
+    recording = small_recording()
+    recording.site["heat_w"][0] = float("nan")
+    paths = write_report(recording, tmp_path)
+    loaded = json.loads(paths["recording.json"].read_text(), parse_constant=pytest.fail)
+    assert loaded["site"]["heat_w"][0] is None

@@ -313,8 +313,12 @@ def _clock(seconds: float) -> str:
 
 
 def _json(value: Any, indent: int | None = 1) -> str:
-    """Strict JSON (NaN would make files other tools refuse)."""
-    return json.dumps(_finite(value), indent=indent, allow_nan=False) + "\n"
+    """Strict JSON (NaN would make files other tools refuse). Mending values walks every one of
+    millions of samples, so it happens only when the plain encoding refuses."""
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(_finite(value), indent=indent, allow_nan=False) + "\n"
 
 
 def _finite(value: Any) -> Any:
@@ -461,9 +465,11 @@ def _plot_temperatures(recording: Recording, plt):
         soc_axes.plot(x, median, color="#1f77b4", linewidth=1, label="median board")
         if any_known.any():
             peak = numpy.unravel_index(numpy.argmax(filled), filled.shape)
+            right_half = x[peak[1]] > (x[0] + x[-1]) / 2
             soc_axes.annotate(f"peak {grid[peak]:.1f} °C: {names[peak[0]]}",
-                              (x[peak[1]], grid[peak]), xytext=(8, -14),
-                              textcoords="offset points", fontsize=8, color="#d62728")
+                              (x[peak[1]], grid[peak]), xytext=(-8 if right_half else 8, -14),
+                              textcoords="offset points", ha="right" if right_half else "left",
+                              fontsize=8, color="#d62728")
         soc_axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     soc_axes.set_ylabel("SoC temperature (°C)")
     soc_axes.set_title(f"Board SoC temperatures ({len(socs)} boards)", fontsize=10)

@@ -245,4 +245,6 @@ class BoardAgent:
     def close(self) -> None:
         for sensor in self.sensors:
             sensor.close()
+        self.workload.close()
+        self.heatfill.close()
         self.context.close()

@@ -13,6 +13,8 @@ class CpuGroup:
         self.cpu_max = SysfsAttribute(self.dir / "cpu.max")
         self.freeze_file = SysfsAttribute(self.dir / "cgroup.freeze")
         self.cpuset = SysfsAttribute(self.dir / "cpuset.cpus")
+        self.events_file = SysfsAttribute(self.dir / "cgroup.events")
+        self.stat_file = SysfsAttribute(self.dir / "cpu.stat")
 
     def set_quota(self, cpus: float | None) -> bool:
         """Allow `cpus` CPUs' worth of time per period (None: unlimited). True if written.
@@ -32,7 +34,7 @@ class CpuGroup:
 
     def frozen(self) -> bool:
         """Whether the kernel reports the group frozen (cgroup.events), not just asked to be."""
-        for line in (self.dir / "cgroup.events").read_text().splitlines():
+        for line in self.events_file.read_text().splitlines():
             key, _, value = line.partition(" ")
             if key == "frozen":
                 return value.strip() == "1"
@@ -41,7 +43,11 @@ class CpuGroup:
     def cpu_stat(self) -> dict[str, int]:
         """cpu.stat counters: usage_usec, nr_periods, nr_throttled, throttled_usec, ..."""
         stat = {}
-        for line in (self.dir / "cpu.stat").read_text().splitlines():
+        for line in self.stat_file.read_text().splitlines():
             key, _, value = line.partition(" ")
             stat[key] = int(value)
         return stat
+
+    def close(self) -> None:
+        self.events_file.close()
+        self.stat_file.close()

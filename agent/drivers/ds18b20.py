@@ -8,10 +8,11 @@ to 750 ms, so conversions are started for the whole bus at once through the bus 
 conversion time and the control loop never waits for the bus.
 """
 
+import os
 import re
-from pathlib import Path
 
 from agent.drivers.base import DriverContext, Sensor
+from agent.drivers.sysfs import SysfsAttribute
 from agent.readings import Reading, invalid, missing, ok
 from agent.schema import Field
 
@@ -50,13 +51,18 @@ class OneWireBus:
     """
 
     def __init__(self, context: DriverContext):
-        self._devices = context.hardware.path(DEVICES_DIR)
+        self._devices = os.fspath(context.hardware.path(DEVICES_DIR))
         self._clock = context.hardware.clock
         self._triggered_at: float | None = None
         self._results_taken: set[str] = set()
 
-    def _masters(self) -> list[Path]:
-        return sorted(self._devices.glob("w1_bus_master*/therm_bulk_read"))
+    def _masters(self) -> list[str]:
+        try:
+            names = sorted(os.listdir(self._devices))
+        except OSError:
+            return []
+        return [f"{self._devices}/{name}/therm_bulk_read" for name in names
+                if name.startswith("w1_bus_master")]
 
     def result_ready(self, device_id: str) -> float | None:
         """When the conversion `device_id` has not collected yet finished, else None.
@@ -75,11 +81,19 @@ class OneWireBus:
     def _trigger(self, now: float) -> None:
         for master in self._masters():
             try:
-                master.write_text("trigger\n")
+                _write_trigger(master)
             except OSError:
-                continue
+                continue  # a master without bulk conversions, or gone since the listing
         self._triggered_at = now
         self._results_taken = set()
+
+
+def _write_trigger(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"trigger\n")
+    finally:
+        os.close(fd)
 
 
 class DS18B20(Sensor):
@@ -99,7 +113,9 @@ class DS18B20(Sensor):
         self.max_age_s = max_age_s
         self._bus = bus
         self._clock = context.hardware.clock
-        self._dir = context.hardware.path(DEVICES_DIR) / device_id
+        directory = context.hardware.path(DEVICES_DIR) / device_id
+        self._slave_file = SysfsAttribute(directory / "w1_slave")
+        self._temperature_file = SysfsAttribute(directory / "temperature")
         self._latest = missing(name, UNIT, self._clock(), "no conversion finished yet")
 
     @classmethod
@@ -115,12 +131,13 @@ class DS18B20(Sensor):
 
     def _collect(self, converted_at: float) -> Reading:
         """Read the finished conversion; w1_slave is preferred for its CRC and scratchpad."""
-        slave_file = self._dir / "w1_slave"
         try:
-            if slave_file.exists():
-                return self._judge(W1SlaveText.parse(slave_file.read_text()), converted_at)
-            return self._judge_millic(int((self._dir / "temperature").read_text()),
-                                      None, converted_at)
+            try:
+                text = self._slave_file.read_text()
+            except FileNotFoundError:
+                return self._judge_millic(int(self._temperature_file.read_text()),
+                                          None, converted_at)
+            return self._judge(W1SlaveText.parse(text), converted_at)
         except FileNotFoundError:
             return missing(self.name, UNIT, converted_at,
                            f"1-wire device {self.device_id} is not on the bus; check its "
@@ -151,3 +168,7 @@ class DS18B20(Sensor):
                                "85.000 °C power-on value (scratchpad byte 6 is 0x0c): the "
                                "sensor reset or has not converted yet")
         return ok(self.name, millic / 1000.0, UNIT, converted_at)
+
+    def close(self) -> None:
+        self._slave_file.close()
+        self._temperature_file.close()

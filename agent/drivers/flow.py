@@ -35,12 +35,18 @@ class FlowMeter(Sensor):
         self._device = None
         self._open_error = ""
         try:
-            from gpiozero import DigitalInputDevice
+            from gpiozero import InputDevice
 
-            self._device = DigitalInputDevice(pin, pull_up=True,
-                                              pin_factory=context.hardware.pin_factory)
-            self._device.when_activated = self._count
+            self._device = InputDevice(pin, pull_up=True,
+                                       pin_factory=context.hardware.pin_factory)
+            # Count at the pin, falling edges only: the rising edge of every pulse then costs
+            # no callback, and no active/inactive event objects are kept for a counter.
+            self._device.pin.edges = "falling"
+            self._device.pin.when_changed = self._count
         except Exception as error:  # gpiozero raises many kinds; all mean "not counting"
+            if self._device is not None:
+                self._device.close()
+                self._device = None
             self._open_error = f"GPIO{pin} could not be opened: {error}"
 
     @classmethod
@@ -48,7 +54,7 @@ class FlowMeter(Sensor):
         return cls(settings["name"], context, settings["pin"], settings["pulses_per_litre"],
                    settings["window_s"])
 
-    def _count(self) -> None:
+    def _count(self, ticks: object, state: bool) -> None:
         """Called by gpiozero on each pulse: the open-collector output pulls the pulled-up line low."""
         self._edges.append(self._clock())
 

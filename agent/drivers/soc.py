@@ -1,6 +1,7 @@
 """The SoC's own health: its thermal zone and the firmware's throttling/under-voltage flags."""
 
 from agent.drivers.base import DriverContext, Sensor
+from agent.drivers.sysfs import SysfsAttribute
 from agent.readings import Reading, invalid, missing, ok
 from agent.schema import Field
 
@@ -26,7 +27,8 @@ class SocTemperature(Sensor):
 
     def __init__(self, name: str, context: DriverContext, zone: int = 0):
         super().__init__(name)
-        self._file = context.hardware.path(f"/sys/class/thermal/thermal_zone{zone}/temp")
+        self._file = SysfsAttribute(
+            context.hardware.path(f"/sys/class/thermal/thermal_zone{zone}/temp"))
         self._clock = context.hardware.clock
 
     @classmethod
@@ -38,7 +40,7 @@ class SocTemperature(Sensor):
         try:
             text = self._file.read_text()
         except FileNotFoundError:
-            return [missing(self.name, "°C", now, f"{self._file} does not exist; check "
+            return [missing(self.name, "°C", now, f"{self._file.path} does not exist; check "
                             "the zone number against /sys/class/thermal")]
         except OSError as error:
             return [invalid(self.name, "°C", now, f"read failed: {error}")]
@@ -46,6 +48,9 @@ class SocTemperature(Sensor):
             return [ok(self.name, int(text) / 1000.0, "°C", now)]
         except ValueError:
             return [invalid(self.name, "°C", now, f"not millidegrees: {text[:40]!r}")]
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class ThrottleFlags(Sensor):
@@ -55,8 +60,10 @@ class ThrottleFlags(Sensor):
 
     def __init__(self, name: str, context: DriverContext):
         super().__init__(name)
-        self._file = context.hardware.path(THROTTLED_FILE)
+        self._file = SysfsAttribute(context.hardware.path(THROTTLED_FILE))
         self._clock = context.hardware.clock
+        self._flags = [(f"{name}.{flag}", bit) for flag, bit in THROTTLE_FLAGS.items()]
+        self._raw_name = f"{name}.raw"
 
     @classmethod
     def from_config(cls, settings: dict, context: DriverContext) -> "ThrottleFlags":
@@ -65,14 +72,19 @@ class ThrottleFlags(Sensor):
     def read(self) -> list[Reading]:
         """One reading per flag (1.0 set, 0.0 clear) for now, and `raw` with every bit."""
         now = self._clock()
-        names = [f"{self.name}.{flag}" for flag in THROTTLE_FLAGS] + [f"{self.name}.raw"]
         try:
             bits = int(self._file.read_text().strip(), 16)
         except FileNotFoundError:
-            return [missing(n, "flag", now, f"{self._file} does not exist: this kernel has "
-                            "no Raspberry Pi firmware driver") for n in names]
+            return [missing(n, "flag", now, f"{self._file.path} does not exist: this kernel "
+                            "has no Raspberry Pi firmware driver") for n in self._names()]
         except (OSError, ValueError) as error:
-            return [invalid(n, "flag", now, f"read failed: {error}") for n in names]
-        readings = [ok(f"{self.name}.{flag}", float(bits >> bit & 1), "flag", now)
-                    for flag, bit in THROTTLE_FLAGS.items()]
-        return readings + [ok(f"{self.name}.raw", float(bits), "bits", now)]
+            return [invalid(n, "flag", now, f"read failed: {error}") for n in self._names()]
+        readings = [ok(name, float(bits >> bit & 1), "flag", now) for name, bit in self._flags]
+        readings.append(ok(self._raw_name, float(bits), "bits", now))
+        return readings
+
+    def _names(self) -> list[str]:
+        return [name for name, _ in self._flags] + [self._raw_name]
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,26 +1,87 @@
-"""A sysfs attribute file that is written only when its value changes.
+"""A sysfs (or cgroupfs) attribute file as a polling daemon uses it: kept open and re-read with
+pread at offset 0, written only when its value changes.
 
-Every write to cpufreq or cgroup files costs a syscall and, for cpufreq, a firmware
-mailbox call; at 10 Hz that adds up, so the last written value is remembered.
+The kernel regenerates an attribute's text on every read at offset 0, so one open file serves
+every poll: at 10 Hz, opening the file again each time would cost more than the read.
+Every write to cpufreq or cgroup files costs a syscall and, for cpufreq, a firmware mailbox
+call, so the last written value is remembered and an unchanged one is not written again.
 """
 
+import errno
+import os
+import weakref
 from pathlib import Path
+
+READ_SIZE = 4096
+"""One page: all a sysfs attribute shows; a longer file (cgroupfs) is read on in pages."""
+VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ESTALE})
+"""Reads of an open attribute whose device went away fail so; the path is opened again."""
 
 
 class SysfsAttribute:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._path = os.fspath(path)
+        self._fd: int | None = None
+        self._close_fd: weakref.finalize | None = None
         self._last_written: str | None = None
         self.writes = 0
 
     def read(self) -> str:
-        return self.path.read_text().strip()
+        return self.read_bytes().decode().strip()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def read_bytes(self) -> bytes:
+        """The attribute's text now. FileNotFoundError if it does not exist (its device is
+        gone or was never there), another OSError if the read fails."""
+        if self._fd is None:
+            self._open()
+        try:
+            return self._pread()
+        except OSError as error:
+            if error.errno not in VANISHED_ERRNOS:
+                raise
+        self.close()
+        self._open()
+        return self._pread()
+
+    def _open(self) -> None:
+        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = fd
+        self._close_fd = weakref.finalize(self, os.close, fd)
+
+    def _pread(self) -> bytes:
+        fd = self._fd
+        # Sysfs fails the read of a removed attribute (ENODEV); a plain file (a test's tree,
+        # the simulator's) removed or replaced under the open file shows it in its link count.
+        if os.fstat(fd).st_nlink == 0:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._path)
+        data = os.pread(fd, READ_SIZE, 0)
+        while len(data) % READ_SIZE == 0 and data:
+            more = os.pread(fd, READ_SIZE, len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def close(self) -> None:
+        """Close the open file; the next read opens the path again."""
+        if self._close_fd is not None:
+            self._close_fd()
+        self._fd = None
+        self._close_fd = None
 
     def write(self, value: str) -> bool:
         """Write `value` unless it is what we last wrote; True if the file was written."""
         if value == self._last_written:
             return False
-        self.path.write_text(value + "\n")
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            os.write(fd, (value + "\n").encode())
+        finally:
+            os.close(fd)
         self._last_written = value
         self.writes += 1
         return True

@@ -18,7 +18,8 @@ from agent.sim.params import BoardParams
 from agent.sim.plant import BoardPlant
 from agent.sim.smbus import EmulatedSMBus
 from agent.sim.sysfs import (
-    DS18B20_POWER_ON_SCRATCHPAD, FakeSysfs, cpu_stat_text, ds18b20_scratchpad, w1_millidegrees, w1_slave_text)
+    DS18B20_POWER_ON_SCRATCHPAD, FakeSysfs, KernelFile, cpu_stat_text, ds18b20_scratchpad,
+    w1_millidegrees, w1_slave_text)
 from agent.drivers.ds18b20 import CONVERSION_S
 
 WORKLOAD_CGROUP = "hearth.slice/hearth-workload.slice"
@@ -48,6 +49,9 @@ class SensorFaults:
     """The meter's pulses stop while water still flows (a seized turbine, a broken wire)."""
 
 
+_EVENTS_TEXT = {False: "populated 1\nfrozen 0\n", True: "populated 1\nfrozen 1\n"}
+
+
 def _parse_cpu_max(text: str, cores: int) -> float | None:
     quota, _, period = text.strip().partition(" ")
     if quota == "max":
@@ -63,6 +67,34 @@ class _GroupFiles:
         self.freeze = directory / "cgroup.freeze"
         self.events = directory / "cgroup.events"
         self.stat = directory / "cpu.stat"
+        self.cpu_max_file = KernelFile(self.cpu_max)
+        self.freeze_file = KernelFile(self.freeze)
+        self.events_file = KernelFile(self.events)
+        self.stat_file = KernelFile(self.stat)
+
+
+class _W1Device:
+    """A DS18B20's directory as w1_therm shows it: present with its two files, or gone."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.slave = KernelFile(directory / "w1_slave")
+        self.temperature = KernelFile(directory / "temperature")
+        self.present = directory.is_dir()
+
+    def show(self, scratchpad: bytes, crc_ok: bool) -> None:
+        if not self.present:
+            self.directory.mkdir(exist_ok=True)
+            self.present = True
+        self.slave.write(w1_slave_text(scratchpad, crc_ok))
+        self.temperature.write(f"{w1_millidegrees(scratchpad)}\n")
+
+    def remove(self) -> None:
+        if self.present:
+            self.slave.unlink()
+            self.temperature.unlink()
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.present = False
 
 
 class SimulatedBoard:
@@ -79,8 +111,8 @@ class SimulatedBoard:
         self.sysfs = FakeSysfs(root, params.operating_points_mhz, params.cores, self.serial,
                                (WORKLOAD_CGROUP, HEATFILL_CGROUP))
         (self.sysfs.cgroup(HEATFILL_CGROUP) / "cgroup.freeze").write_text("1\n")
-        for device_id in self.w1_ids.values():
-            self.sysfs.add_w1_device(device_id)
+        self._w1_devices = {name: _W1Device(self.sysfs.add_w1_device(device_id))
+                            for name, device_id in self.w1_ids.items()}
         self.ina219 = chips.INA219(SHUNT_OHMS, clock)
         self.tmp117 = chips.TMP117(clock)
         self.ads1115 = chips.ADS1115()
@@ -94,7 +126,14 @@ class SimulatedBoard:
         self._workload_throttled_periods = 0.0
         self._heatfill_usage_usec = 0.0
         self._conversion_started_at: float | None = None
-        self._last_text: dict[Path, str] = {}
+        self._scaling_max_freq = KernelFile(self.sysfs.scaling_max_freq)
+        self._cap_khz: int | None = None
+        self._cap_mhz = params.operating_points_mhz[-1]
+        self._scaling_cur_freq = KernelFile(self.sysfs.scaling_cur_freq)
+        self._thermal_temp = KernelFile(self.sysfs.thermal_temp)
+        self._throttled = KernelFile(self.sysfs.throttled)
+        self._under_voltage_alarm = KernelFile(self.sysfs.under_voltage_alarm)
+        self._w1_bulk = KernelFile(self.sysfs.w1_bulk)
         self.workload_files = _GroupFiles(self.sysfs.cgroup(WORKLOAD_CGROUP))
         self.heatfill_files = _GroupFiles(self.sysfs.cgroup(HEATFILL_CGROUP))
         self.hardware = Hardware(root=root, i2c_bus=self._open_i2c,
@@ -128,18 +167,21 @@ class SimulatedBoard:
 
     def _read_actuators(self) -> None:
         cores = self.params.cores
-        cap_khz = int(self.sysfs.scaling_max_freq.read_text())
-        points = self.params.operating_points_mhz
-        self.plant.cap_mhz = max([p for p in points if p * 1000 <= cap_khz] or [points[0]])
+        cap_khz = int(self._scaling_max_freq.read_text())
+        if cap_khz != self._cap_khz:
+            points = self.params.operating_points_mhz
+            self._cap_mhz = max([p for p in points if p * 1000 <= cap_khz] or [points[0]])
+            self._cap_khz = cap_khz
+        self.plant.cap_mhz = self._cap_mhz
         demand = self.plant.demand
-        demand.workload_quota_cpus = _parse_cpu_max(self.workload_files.cpu_max.read_text(), cores)
-        demand.workload_frozen = self.workload_files.freeze.read_text().strip() == "1"
-        demand.heatfill_quota_cpus = _parse_cpu_max(self.heatfill_files.cpu_max.read_text(), cores)
-        demand.heatfill_frozen = self.heatfill_files.freeze.read_text().strip() == "1"
+        workload, heatfill = self.workload_files, self.heatfill_files
+        demand.workload_quota_cpus = _parse_cpu_max(workload.cpu_max_file.read_text(), cores)
+        demand.workload_frozen = workload.freeze_file.read_text().strip() == "1"
+        demand.heatfill_quota_cpus = _parse_cpu_max(heatfill.cpu_max_file.read_text(), cores)
+        demand.heatfill_frozen = heatfill.freeze_file.read_text().strip() == "1"
         demand.heatfill_running = True
-        for group, frozen in ((self.workload_files, demand.workload_frozen),
-                              (self.heatfill_files, demand.heatfill_frozen)):
-            self._write(group.events, f"populated 1\nfrozen {int(frozen)}\n")
+        workload.events_file.write(_EVENTS_TEXT[demand.workload_frozen])
+        heatfill.events_file.write(_EVENTS_TEXT[demand.heatfill_frozen])
 
     def _account_workload(self, dt_s: float) -> None:
         """Advance the groups' cpu.stat counters as the kernel's CFS bandwidth control does."""
@@ -149,21 +191,24 @@ class SimulatedBoard:
         if self.plant.workload_throttled():
             self._workload_throttled_periods += periods
         self._heatfill_usage_usec += self.plant.heatfill_cores() * dt_s * 1e6
-        self._write(self.workload_files.stat,
-                    cpu_stat_text(int(self._workload_usage_usec), int(self._workload_periods),
-                                  int(self._workload_throttled_periods)))
-        self._write(self.heatfill_files.stat,
-                    cpu_stat_text(int(self._heatfill_usage_usec), int(self._workload_periods), 0))
+        self.workload_files.stat_file.write(
+            cpu_stat_text(int(self._workload_usage_usec), int(self._workload_periods),
+                          int(self._workload_throttled_periods)))
+        self.heatfill_files.stat_file.write(
+            cpu_stat_text(int(self._heatfill_usage_usec), int(self._workload_periods), 0))
 
     def _emit_flow_pulses(self, dt_s: float) -> None:
         if self.faults.flow_meter_dead:
             return
         litres = self.plant.water_flow_l_per_min / 60.0 * dt_s
         self._pulse_phase += litres * self.params.flow_meter_pulses_per_litre
+        if self._pulse_phase < 1.0:
+            return
         while self._pulse_phase >= 1.0:
             self._pulse_phase -= 1.0
             self._flow_pin.drive_low()
             self._flow_pin.drive_high()
+        self._flow_pin.clear_states()  # MockPin keeps every edge for its asserts; no one asks
 
     def _value(self, sensor: str, actual: float) -> float:
         return self.faults.stuck.get(sensor, actual)
@@ -171,18 +216,17 @@ class SimulatedBoard:
     def _publish_sensors(self) -> None:
         plant = self.plant
         if self.faults.soc_zone_absent:
-            self.sysfs.thermal_temp.unlink(missing_ok=True)
-            self._last_text.pop(self.sysfs.thermal_temp, None)
+            self._thermal_temp.unlink()
         else:
-            self._write(self.sysfs.thermal_temp,
-                        f"{round(self._value('soc', plant.soc_c) * 1000)}\n")
-        self._write(self.sysfs.scaling_cur_freq, f"{plant.effective_mhz() * 1000}\n")
+            self._thermal_temp.write(f"{round(self._value('soc', plant.soc_c) * 1000)}\n")
+        effective_mhz = plant.effective_mhz()
+        self._scaling_cur_freq.write(f"{effective_mhz * 1000}\n")
         soc_c = plant.soc_c
-        flags = (int(plant.under_voltage) | int(plant.effective_mhz() < plant.cap_mhz) << 1
+        flags = (int(plant.under_voltage) | int(effective_mhz < plant.cap_mhz) << 1
                  | int(soc_c >= self.params.firmware_hard_limit_c) << 2
                  | int(soc_c >= self.params.firmware_soft_limit_c) << 3)
-        self._write(self.sysfs.throttled, f"{flags | flags << 16:x}\n")
-        self._write(self.sysfs.under_voltage_alarm, f"{int(plant.under_voltage)}\n")
+        self._throttled.write(f"{flags | flags << 16:x}\n")
+        self._under_voltage_alarm.write(f"{int(plant.under_voltage)}\n")
         if "board_power" not in self.faults.stuck:  # a stuck INA keeps its last measurement
             self.ina219.set_bus_voltage(plant.bus_voltage_v())
             self.ina219.set_current(plant.current_a())
@@ -196,30 +240,20 @@ class SimulatedBoard:
     def _run_w1_bulk_conversion(self) -> None:
         """Emulate therm_bulk_read: 'trigger' starts a conversion, results land 750 ms later."""
         now = self.clock()
-        if self.sysfs.w1_bulk.read_text().strip() == "trigger":
+        if self._w1_bulk.read_text().strip() == "trigger":
             self._conversion_started_at = now
-            self.sysfs.w1_bulk.write_text("-1\n")
+            self._w1_bulk.write("-1\n")
         started = self._conversion_started_at
         if started is None or now - started < CONVERSION_S:
             return
         self._conversion_started_at = None
-        self.sysfs.w1_bulk.write_text("1\n")
+        self._w1_bulk.write("1\n")
         temperatures = {"water_in": self.plant.water_inlet_c,
                         "water_out": self.plant.water_outlet_c()}
-        for name, device_id in self.w1_ids.items():
-            directory = self.sysfs.w1_devices / device_id
+        for name, device in self._w1_devices.items():
             if name in self.faults.w1_absent:
-                shutil.rmtree(directory, ignore_errors=True)
+                device.remove()
                 continue
-            directory.mkdir(exist_ok=True)
             scratchpad = (DS18B20_POWER_ON_SCRATCHPAD if name in self.faults.w1_power_on
                           else ds18b20_scratchpad(self._value(name, temperatures[name])))
-            (directory / "w1_slave").write_text(
-                w1_slave_text(scratchpad, crc_ok=name not in self.faults.w1_crc_error))
-            (directory / "temperature").write_text(f"{w1_millidegrees(scratchpad)}\n")
-
-    def _write(self, path: Path, text: str) -> None:
-        """Write a sensor file only when its text changes, as the board's many files are hot."""
-        if self._last_text.get(path) != text:
-            path.write_text(text)
-            self._last_text[path] = text
+            device.show(scratchpad, crc_ok=name not in self.faults.w1_crc_error)

@@ -4,6 +4,9 @@ The simulated board writes sensor files here and reads back the files the agent 
 (cpufreq caps, cgroup quotas and freezes), just as the kernel would.
 """
 
+import functools
+import os
+import weakref
 from pathlib import Path
 
 from agent.drivers.ds18b20 import DEVICES_DIR
@@ -12,6 +15,7 @@ from agent.drivers.soc import THROTTLED_FILE
 DS18B20_POWER_ON_SCRATCHPAD = bytes([0x50, 0x05, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10])
 
 
+@functools.lru_cache(maxsize=4096)
 def dallas_crc8(data: bytes) -> int:
     """The 1-wire CRC (x^8 + x^5 + x^4 + 1, reflected), as the DS18B20 computes it."""
     crc = 0
@@ -52,6 +56,58 @@ def cpu_stat_text(usage_usec: int, nr_periods: int, nr_throttled: int) -> str:
     """A cgroup v2 cpu.stat file (the keys a group with the cpu controller shows)."""
     return (f"usage_usec {usage_usec}\nuser_usec {usage_usec}\nsystem_usec 0\n"
             f"nr_periods {nr_periods}\nnr_throttled {nr_throttled}\nthrottled_usec 0\n")
+
+
+class KernelFile:
+    """One file of the tree as the simulated kernel holds it: kept open, rewritten in place
+    (the same inode, so a reader's open file sees the new text, as with sysfs) and only when
+    its text changes. The board removes its files through `unlink`, never behind its back."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._path = os.fspath(path)
+        self._fd: int | None = None
+        self._close_fd: weakref.finalize | None = None
+        self._text: str | None = None
+
+    def read_text(self) -> str:
+        """What is in the file now: the agent writes some of these files."""
+        if self._fd is None:
+            self._open(os.O_RDWR)
+        elif os.fstat(self._fd).st_nlink == 0:  # replaced by a test: read the new one
+            self._close()
+            self._open(os.O_RDWR)
+        self._text = os.pread(self._fd, 4096, 0).decode()
+        return self._text
+
+    def write(self, text: str) -> None:
+        if text == self._text:
+            return
+        if self._fd is None:
+            self._open(os.O_RDWR | os.O_CREAT)
+        data = text.encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+        self._text = text
+
+    def unlink(self) -> None:
+        self._close()
+        self._text = None
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+
+    def _open(self, flags: int) -> None:
+        fd = os.open(self._path, flags | os.O_CLOEXEC, 0o644)
+        self._fd = fd
+        self._close_fd = weakref.finalize(self, os.close, fd)
+
+    def _close(self) -> None:
+        if self._close_fd is not None:
+            self._close_fd()
+        self._fd = None
+        self._close_fd = None
 
 
 class FakeSysfs:

@@ -226,3 +226,20 @@ def test_json_files_stay_strict_when_a_series_holds_nan(tmp_path):
     paths = write_report(recording, tmp_path)
     loaded = json.loads(paths["recording.json"].read_text(), parse_constant=pytest.fail)
     assert loaded["site"]["heat_w"][0] is None
+
+
+def test_energy_totals_may_carry_their_unit_in_the_key():
+    recording = small_recording()
+    recording.energy = {f"{key}_wh": value for key, value in recording.energy.items()}
+    summary = summarize(recording)
+    assert summary["recovery_efficiency"] == pytest.approx(0.9)
+    assert summary["balance"]["closure"] == pytest.approx(0.005)
+
+
+def test_many_event_kinds_are_named_up_to_a_few():
+    recording = small_recording()
+    recording.events = [{"t_s": 1.0, "source": "m1/b1", "kind": f"sensor:{n}", "text": ""}
+                        for n in range(9)]
+    summary = summarize(recording)
+    assert len(summary["events"]) == 9
+    assert "and 3 more kinds" in format_summary(summary)

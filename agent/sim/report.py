@@ -32,6 +32,9 @@ MODE_COLOURS = {"NORMAL": "#4caf50", "STARTING": "#81d4fa", "LIMITED": "#ffb300"
 TRACKING_NOTE = ("heat reaches the water through the oil bath minutes after the power "
                  "changes, so part of this error is physics, not control")
 
+EVENT_KINDS_SHOWN = 6
+"""Event kinds named in the text and coloured in demand.png; the rarer ones are lumped."""
+
 HEATMAP_MAX_ROWS = 256
 HEATMAP_MAX_COLUMNS = 1000
 PLOT_DPI = 100
@@ -40,7 +43,9 @@ PLOT_DPI = 100
 def summarize(recording: Recording) -> dict[str, Any]:
     """The run's figures as plain JSON-ready values; a figure that cannot be known is None."""
     weights = _sample_weights(recording.times_s)
-    energy = {key: recording.energy.get(key) for key in (
+    # Recording documents the keys bare ("electric"); the engine may spell them with their unit
+    # ("electric_wh"). Both mean Wh.
+    energy = {key: recording.energy.get(key, recording.energy.get(f"{key}_wh")) for key in (
         "requested", "heat_to_water", "electric", "to_room", "stored", "load",
         "metered_electric", "metered_heat")}
     simulated_s = recording.meta.get("simulated_s")
@@ -138,10 +143,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                    else f"cleared {_clock(fault['cleared_s'])}")
         lines.append(f"  {_clock(fault['t_s'])}  {fault['kind']} on {fault['target']}: "
                      f"{fault['outcome']} ({cleared})")
-    events = summary["events"]
-    lines.append(f"Events ({sum(events.values())})"
-                 + (": " + ", ".join(f"{kind} {count}" for kind, count in events.items())
-                    if events else ""))
+    events = list(summary["events"].items())
+    shown = ", ".join(f"{kind} {count}" for kind, count in events[:EVENT_KINDS_SHOWN])
+    more = len(events) - EVENT_KINDS_SHOWN
+    lines.append(f"Events ({sum(count for _, count in events)})" + (f": {shown}" if shown else "")
+                 + (f" and {more} more kinds (summary.json has all)" if more > 0 else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -410,8 +416,12 @@ def _mark_events(axes, recording: Recording, divisor: float) -> None:
     for event in recording.events:
         if event.get("t_s") is not None:
             by_kind.setdefault(str(event.get("kind", "?")), []).append(event["t_s"] / divisor)
-    colours = _colours(len(by_kind), "Dark2")
-    for (kind, times), colour in zip(sorted(by_kind.items(), key=lambda kv: -len(kv[1])), colours):
+    kinds = sorted(by_kind.items(), key=lambda kind_times: -len(kind_times[1]))
+    if len(kinds) > EVENT_KINDS_SHOWN:
+        rest = kinds[EVENT_KINDS_SHOWN - 1:]
+        kinds = kinds[:EVENT_KINDS_SHOWN - 1] + [
+            (f"{len(rest)} other kinds", [t for _, times in rest for t in times])]
+    for (kind, times), colour in zip(kinds, _colours(len(kinds), "Dark2")):
         axes.vlines(times, 0.955, 1.0, transform=transform, color=colour, linewidth=1,
                     label=f"event: {kind} ({len(times)})")
 

@@ -80,3 +80,13 @@ def mosquitto(tmp_path_factory):
     yield start
     for broker in brokers:
         broker.stop()
+
+
+@pytest.fixture
+def builtin_broker():
+    """The built-in broker (agent/sim/broker.py) on a free loopback port, stopped at the end:
+    the one `hearth sim` uses; it has `host` and `port` like a Mosquitto above."""
+    from agent.sim.broker import Broker
+
+    with Broker() as broker:
+        yield broker

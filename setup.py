@@ -23,7 +23,8 @@ setup(
     packages=find_packages(include=["agent", "agent.*"]) + ["agent.boards"],
     # Board definitions live in hardware/boards/ beside the wiring docs, and ship inside the package.
     package_dir={"agent.boards": "hardware/boards"},
-    package_data={"agent.boards": ["*.toml"], "agent.sim.scenarios": ["*.toml"]},
+    package_data={"agent.boards": ["*.toml"], "agent.sim.scenarios": ["*.toml"],
+                  "agent.sim.site_scenarios": ["*.toml"]},
     install_requires=[
         "gpiozero>=2.0",
         "smbus2>=0.4",

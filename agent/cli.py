@@ -4,12 +4,12 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.commands import agent_cmd, broker_config, config, failsafe, sensors, sim, tune
+from agent.commands import agent_cmd, broker_config, config, failsafe, sensors, sim, sim_board, tune
 from agent.commands import console, ctl, term
 from agent.commands import leader, site
 from agent.errors import HearthError
 
-COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, tune,
+COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, sim_board, tune,
                           console, ctl, term, leader, site]
 
 

@@ -1,4 +1,5 @@
-"""`hearth sim`: a simulated module of boards playing a scenario, with progress and a summary.
+"""`hearth sim-board`: simulated boards (no MQTT, no leader) playing a board scenario, with
+progress and a summary; the whole site with MQTT is `hearth sim`.
 
 Each board is a full board agent on its own simulated board (own sysfs tree, I2C bus and
 GPIO pins), all in this one process on one simulated clock.
@@ -21,7 +22,7 @@ PROGRESS_EVERY_S = 30.0
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "sim", help="run a simulated module of boards through a scenario",
+        "sim-board", help="run simulated boards, without MQTT, through a board scenario",
         description="Run N simulated boards, each with its own agent, through a scenario; "
         "print progress and a summary a person can read at a glance.")
     parser.add_argument("--boards", type=int, default=8, metavar="N",
@@ -59,7 +60,7 @@ class BoardTally:
 def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     clock = SimClock()
-    print(f"hearth sim: {args.boards} boards, scenario {scenario.name!r}: "
+    print(f"hearth sim-board: {args.boards} boards, scenario {scenario.name!r}: "
           f"{scenario.description} ({scenario.duration_s:g} s simulated)", flush=True)
     with scratch_directory("hearth-sim-") as directory:
         boards = [SimulatedAgent(Path(directory) / f"board{i:03d}", clock, seed=i)

@@ -299,6 +299,7 @@ class Broker:
         self._wills: collections.deque[_Will] = collections.deque()
         self._unflushed: set[_Connection] = set()
         self._auto_ids = itertools.count(1)
+        self._timeouts_checked_s = 0.0
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -404,14 +405,16 @@ class Broker:
                     else:
                         self._service(key.data, mask)
                     self._publish_wills()
-                self._check_timeouts()
-                self._publish_wills()
+                if self.clock() - self._timeouts_checked_s >= self.TICK_S:
+                    self._check_timeouts()
+                    self._publish_wills()
                 self._flush()
         except Exception:
             self.log.exception("built-in MQTT broker loop failed; every client is dropped")
         finally:
             self._running = False
             self._close_all()
+            self._run_leftover_commands()
 
     def _run_commands(self) -> None:
         try:
@@ -419,6 +422,10 @@ class Broker:
                 pass
         except BlockingIOError:
             pass
+        self._run_leftover_commands()
+
+    def _run_leftover_commands(self) -> None:
+        """Also run after the loop ended, so a caller racing stop() gets an answer, not a hang."""
         while True:
             try:
                 command = self._commands.get_nowait()
@@ -450,10 +457,11 @@ class Broker:
         self._selector.unregister(self._listener)
         self._listener.close()
         self._listener = None
-        for connection in list(self._connections):
+        dropped = list(self._connections)
+        for connection in dropped:
             self._drop(connection, "the broker is paused (simulated outage)", will=False)
-        self.log.warning("built-in MQTT broker paused: port %d refuses connections until "
-                         "resume()", self.port)
+        self.log.warning("built-in MQTT broker paused: %d clients dropped, port %d refuses "
+                         "connections until resume()", len(dropped), self.port)
 
     def _resume(self) -> None:
         if not self._paused:
@@ -755,7 +763,7 @@ class Broker:
             self._selector.modify(connection.sock, wanted, connection)
 
     def _check_timeouts(self) -> None:
-        now_s = self.clock()
+        now_s = self._timeouts_checked_s = self.clock()
         for connection in list(self._connections):
             if not connection.open:
                 continue
@@ -788,7 +796,8 @@ class Broker:
             del self._sessions[connection.client_id]
         if will and connection.will is not None:
             self._wills.append(connection.will)
-        log = self.log.debug if reason in ("DISCONNECT", "the broker stopped") else self.log.info
+        # A clean leave, an outage or a stop is expected; a will-worthy drop is worth a line.
+        log = self.log.info if will else self.log.debug
         log("%s disconnected: %s%s", connection.name(), reason,
             "; its will is published" if will and connection.will else "")
 

@@ -12,6 +12,7 @@ stay right if the cadence changes. None in a series (leader offline, value unkno
 import json
 import math
 import re
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     if balance["closure"] is None:
         closes, verdict = "n/a", "needs electric, heat_to_water, to_room and stored"
     else:
-        closes = f"closes within {balance['closure'] * 100:.2f} %"
+        # Rounded up, so "within" stays true when the error is a few thousandths of a percent.
+        closes = f"closes within {math.ceil(balance['closure'] * 10000 - 1e-9) / 100:.2f} %"
         verdict = ("electricity = heat to water + to room + stored" if balance["within_tolerance"]
                    else f"FAILS the {BALANCE_TOLERANCE:.0%} check: find the energy not counted")
-    lines = [f"Hearth simulation: {summary['scenario']}"
-             + (f" - {summary['description']}" if summary["description"] else ""),
+    lines = [f"Hearth simulation: {summary['scenario']}",
+             *textwrap.wrap(summary["description"], 96, initial_indent="  ",
+                            subsequent_indent="  "),
              _row("simulated", _duration(summary["simulated_s"]),
                   f"in {_duration(summary['wall_s'])} of wall time "
                   f"({_number(summary['speed'], '.0f', 'x')})"),
@@ -349,9 +352,10 @@ def _time_axis(recording: Recording) -> tuple[list[float], str, float]:
 
 
 def _title(recording: Recording, what: str) -> str:
+    """What the plot shows and the scenario, then its description wrapped to the plot's width."""
     scenario = recording.meta.get("scenario", "unnamed")
     description = recording.meta.get("description", "")
-    return f"{what} - {scenario}" + (f": {description}" if description else "")
+    return "\n".join([f"{what} - scenario {scenario}"] + textwrap.wrap(description, 120))
 
 
 def _floats(values: list[Any]):
@@ -403,8 +407,9 @@ def _mark_faults(axes, recording: Recording, divisor: float) -> None:
         if fault.cleared_s is not None:
             axes.axvspan(start, fault.cleared_s / divisor, color="#b71c1c", alpha=0.07, linewidth=0)
         if labelled:
-            axes.text(start, 0.93, f" {fault.kind} {fault.target}", transform=transform,
-                      rotation=90, va="top", ha="right", fontsize=7, color="#b71c1c")
+            axes.text(start, 0.93, f"{fault.kind} {fault.target}", transform=transform,
+                      rotation=90, va="top", ha="right", fontsize=7, color="#b71c1c",
+                      bbox={"facecolor": "white", "alpha": 0.75, "linewidth": 0, "pad": 1})
 
 
 def _mark_events(axes, recording: Recording, divisor: float) -> None:
@@ -592,8 +597,11 @@ def _label_modules(axes, names: list[str]) -> None:
     axes.set_yticks([(first + last) / 2 for _, first, last in blocks],
                     [f"{module} ({last - first + 1})" for module, first, last in blocks],
                     fontsize=7 if len(blocks) > 16 else 8)
+    if len(names) <= 64:
+        for row in range(1, len(names)):
+            axes.axhline(row - 0.5, color="white", linewidth=0.3, alpha=0.6)
     for _, first, _ in blocks[1:]:
-        axes.axhline(first - 0.5, color="white", linewidth=0.8)
+        axes.axhline(first - 0.5, color="white", linewidth=1.2)
     axes.set_ylabel("boards by module")
 
 

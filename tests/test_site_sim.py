@@ -1,0 +1,170 @@
+"""The simulated site end to end: site role, leaders and boards over a real broker (the built-in
+one and Mosquitto, the same test on both), a scenario that breaks things, and the report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigValueError
+from agent.sim.broker import Broker
+from agent.sim.report import summarize
+from agent.sim.site import BrokerAccess, SiteLayout, SiteSimulation
+from agent.sim.site_scenario import (builtin_site_scenarios, load_site_scenario,
+                                     parse_site_scenario)
+
+FAULTY_HALF_HOUR = """
+description = "every kind of trouble, briefly"
+duration_s = 1800
+
+[building]
+target_c = 45.0
+start_c = 44.0
+load = [[0, 0.4], [1800, 0.5]]
+
+[[at]]
+time_s = 200
+action = "pump_off"
+module = "m1"
+
+[[at]]
+time_s = 400
+action = "pump_on"
+module = "m1"
+
+[[at]]
+time_s = 500
+action = "leader_crash"
+module = "m2"
+
+[[at]]
+time_s = 700
+action = "leader_restart"
+module = "m2"
+
+[[at]]
+time_s = 900
+action = "broker_down"
+
+[[at]]
+time_s = 1100
+action = "broker_up"
+
+[[at]]
+time_s = 1300
+action = "board_fault"
+module = "m1"
+board = "b02"
+fault = "stuck:soc"
+"""
+
+
+@pytest.fixture(params=["built-in", "mosquitto"])
+def broker_access(request, mosquitto):
+    if request.param == "built-in":
+        broker = Broker().start()
+        yield BrokerAccess("127.0.0.1", broker.port,
+                           lambda down: broker.pause() if down else broker.resume(), "built-in")
+        broker.stop()
+    else:
+        server = mosquitto()
+        yield BrokerAccess("127.0.0.1", server.port,
+                           lambda down: server.stop() if down else server.start(), "mosquitto")
+
+
+def test_site_rides_out_every_fault_and_its_energy_balances(broker_access, sim_dir):
+    scenario = parse_site_scenario(FAULTY_HALF_HOUR, "test.toml", "faulty")
+    simulation = SiteSimulation(scenario, SiteLayout(2, 3), sim_dir, broker_access)
+    try:
+        recording = simulation.run()
+    finally:
+        simulation.close()
+    summary = summarize(recording)
+    print(json.dumps({k: summary[k] for k in ("balance", "metering", "faults")}, indent=1))
+
+    assert summary["balance"]["closure"] <= 0.01
+    # what the leaders counted over MQTT, through a crash and a broker outage, is the physics
+    assert summary["metering"]["electric_ratio"] == pytest.approx(1.0, abs=0.02)
+    faults = {f["kind"]: f["outcome"] for f in summary["faults"]}
+    assert set(faults) == {"pump_off", "leader_crash", "broker_down", "board_fault"}
+    assert "module interlock set" in faults["pump_off"]
+    assert "all 3 boards SAFE" in faults["pump_off"]
+    assert "boards heating again" in faults["pump_off"]
+    assert "Last Will" in faults["leader_crash"]
+    assert "following the leader again" in faults["leader_crash"]
+    assert "every board holding the leader's last setpoint" in faults["broker_down"]
+    assert "every board following the leader again" in faults["broker_down"]
+    assert "board SAFE" in faults["board_fault"]
+    # the pump's module was SAFE while the pump was off, and the others kept heating
+    modes = recording.boards
+    times = recording.times_s
+    during_pump_off = [i for i, t in enumerate(times) if 260 <= t <= 400]
+    assert all(modes[f"m1/b0{n}"]["mode"][i] == "SAFE" for n in (1, 2, 3)
+               for i in during_pump_off)
+    assert all(modes[f"m2/b0{n}"]["mode"][i] in ("NORMAL", "LIMITED") for n in (1, 2, 3)
+               for i in during_pump_off)
+
+
+def test_sim_command_writes_a_report_a_person_can_open(tmp_path):
+    scenario = tmp_path / "short.toml"
+    scenario.write_text(FAULTY_HALF_HOUR.replace("duration_s = 1800", "duration_s = 600"))
+    report = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "sim", "--modules", "2", "--boards", "2",
+         "--scenario", str(scenario), "--report", str(report)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "balance" in result.stdout and "closes within" in result.stdout
+    assert f"Report: {report}/" in result.stdout
+    for name in ("summary.txt", "summary.json", "recording.json", "demand.png",
+                 "temperatures.png", "boards.png", "modules.png", "sim.log"):
+        assert (report / name).stat().st_size > 0, name
+    assert (report / "demand.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((report / "summary.json").read_text())
+    assert {f["kind"] for f in summary["faults"]} == {"pump_off", "leader_crash"}  # in 600 s
+
+
+def test_every_builtin_site_scenario_loads():
+    names = builtin_site_scenarios()
+    assert {"showcase", "winter-day", "mild-day", "pump-failure", "leader-restart",
+            "broker-outage", "boards-failing"} <= set(names)
+    for name in names:
+        scenario = load_site_scenario(name)
+        assert scenario.duration_s >= 3600
+        assert 0 < scenario.building.load_fraction(0) <= 1.0
+
+
+def test_a_broken_site_scenario_names_every_problem(tmp_path):
+    text = """
+description = "broken"
+duration_s = 10
+
+[building]
+load = [[0, 0.5], [0, 2.0]]
+
+[[at]]
+time_s = 5
+action = "pump_of"
+
+[[at]]
+time_s = 6
+action = "board_fault"
+module = "m1"
+"""
+    with pytest.raises(ConfigValueError) as caught:
+        parse_site_scenario(text, "broken.toml", "broken")
+    problems = caught.value.problems
+    text = "\n".join(problems)
+    assert "broken.toml: duration_s = 10" in text
+    assert "building.load[2] = [0, 2.0]" in text
+    assert "at[1].action = 'pump_of'" in text
+    assert "at[2].board is missing" in text
+    assert "at[2].fault is missing" in text
+
+
+def test_a_scenario_naming_a_module_the_site_lacks_is_refused(sim_dir):
+    scenario = parse_site_scenario(FAULTY_HALF_HOUR, "test.toml", "faulty")
+    with pytest.raises(ConfigValueError, match=r"at\[3\]\.module = 'm2': this site has modules m1"):
+        SiteSimulation(scenario, SiteLayout(1, 3), Path(sim_dir), BrokerAccess("127.0.0.1", 1))

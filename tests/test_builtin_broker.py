@@ -352,7 +352,7 @@ def test_retained_messages_reach_new_subscribers_and_an_empty_one_deletes(builti
     assert builtin_broker.retained().keys() == {"r/b"}
     after = RawClient(builtin_broker, "after")
     after.subscribe(("r/#", 1))
-    assert after.read_publish() == ("r/b", sender_payload(late, "r/b"), 0, True)
+    assert after.read_publish() == ("r/b", payload_on(late, "r/b"), 0, True)
     after.send(packet(0xC0))
     assert after.read() == (0xD0, b"")  # and nothing for r/a
     for link in (sender, live.link, late.link):
@@ -361,7 +361,7 @@ def test_retained_messages_reach_new_subscribers_and_an_empty_one_deletes(builti
     after.close()
 
 
-def sender_payload(recorder: Recorder, topic: str) -> bytes:
+def payload_on(recorder: Recorder, topic: str) -> bytes:
     return next(m.payload for m in recorder.messages if m.topic == topic)
 
 
@@ -373,7 +373,7 @@ def test_last_will_on_an_abrupt_close_is_published_and_retained(builtin_broker, 
     dying = RawClient(builtin_broker, "dying", will=("w/dying", b"offline", 1, True))
     dying.close()
     recorder.wait(lambda: "w/dying" in recorder.topics(), "the will")
-    assert sender_payload(recorder, "w/dying") == b"offline"
+    assert payload_on(recorder, "w/dying") == b"offline"
     assert builtin_broker.retained() == {"w/dying": b"offline"}
     recorder.close()
 
@@ -414,7 +414,7 @@ def test_a_new_connection_takes_over_the_client_id_and_the_old_will_goes_out(bui
     second = RawClient(builtin_broker, "board-1", will=("w/board-1", b"second gone", 0, False))
     assert first.closed_by_broker()
     recorder.wait(lambda: "w/board-1" in recorder.topics(), "the first will")
-    assert sender_payload(recorder, "w/board-1") == b"first gone"
+    assert payload_on(recorder, "w/board-1") == b"first gone"
     second.send(packet(0xC0))
     assert second.read() == (0xD0, b"")
     assert builtin_broker.client_ids().count("board-1") == 1
@@ -610,9 +610,10 @@ def test_two_hundred_links_each_receive_their_own_message(builtin_broker, tmp_pa
 def test_stop_closes_every_connection_and_joins_the_thread(tmp_path):
     broker = Broker().start()
     client = RawClient(broker, "client")
-    thread = broker._thread
+    thread_name = f"mqtt-broker:{broker.port}"
+    assert thread_name in [thread.name for thread in threading.enumerate()]
     broker.stop()
-    assert not thread.is_alive()
+    assert thread_name not in [thread.name for thread in threading.enumerate()]
     assert client.closed_by_broker()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((broker.host, broker.port), timeout=5)

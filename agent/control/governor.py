@@ -43,6 +43,7 @@ class DvfsGovernor:
         self.top_khz = policy.top_khz
         self._points_x = [khz / self.top_khz for khz in policy.available_khz]
         self._dither_accumulator = 0.0
+        self._cpu_lists = [list(range(n)) for n in range(cores + 1)]
 
     def apply(self, command_w: float, demand_cores: float, model: PowerModel) -> Settings:
         """Settings for `command_w` given the paid work's CPU demand; written to sysfs."""
@@ -73,21 +74,22 @@ class DvfsGovernor:
 
     def _dither(self, command_w: float, demand: float, model: PowerModel) -> Settings:
         """Between two operating points, alternate so the average power is the command."""
-        points = self._points_x
-        upper = next(i for i, x in enumerate(points) if model.predict_w(x, demand) >= command_w)
+        predicted_w = []  # of each point up to the first that makes the command
+        for x in self._points_x:
+            predicted_w.append(model.predict_w(x, demand))
+            if predicted_w[-1] >= command_w:
+                break  # always by the top point (x = 1.0): apply() dithers only below its power
+        upper = len(predicted_w) - 1
         if upper == 0:
-            return self._write(self.policy.available_khz[0], None, 0.0,
-                               model.predict_w(points[0], demand))
-        low_w = model.predict_w(points[upper - 1], demand)
-        high_w = model.predict_w(points[upper], demand)
+            return self._write(self.policy.available_khz[0], None, 0.0, predicted_w[0])
+        low_w, high_w = predicted_w[upper - 1], predicted_w[upper]
         duty = (command_w - low_w) / (high_w - low_w) if high_w > low_w else 1.0
         self._dither_accumulator += duty
         index = upper - 1
         if self._dither_accumulator >= 1.0:
             self._dither_accumulator -= 1.0
             index = upper
-        return self._write(self.policy.available_khz[index], None, 0.0,
-                           model.predict_w(points[index], demand))
+        return self._write(self.policy.available_khz[index], None, 0.0, predicted_w[index])
 
     def _write(self, freq_khz: int, workload_quota: float | None, heatfill_cpus: float,
                predicted_w: float) -> Settings:
@@ -95,9 +97,9 @@ class DvfsGovernor:
         self.workload.freeze(False)
         self.workload.set_quota(workload_quota)
         if workload_quota is not None:
-            self.workload.set_cpus(list(range(math.ceil(workload_quota))))
+            self.workload.set_cpus(self._cpu_lists[math.ceil(workload_quota)])
         else:
-            self.workload.set_cpus(list(range(self.cores)))
+            self.workload.set_cpus(self._cpu_lists[self.cores])
         running = heatfill_cpus >= MIN_HEATFILL_CPUS
         self.heatfill.set_quota(heatfill_cpus if running else MIN_HEATFILL_CPUS)
         self.heatfill.freeze(not running)

@@ -42,11 +42,10 @@ class CpuGroup:
 
     def cpu_stat(self) -> dict[str, int]:
         """cpu.stat counters: usage_usec, nr_periods, nr_throttled, throttled_usec, ..."""
-        stat = {}
-        for line in self.stat_file.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            stat[key] = int(value)
-        return stat
+        fields = self.stat_file.read_text().split()
+        if len(fields) % 2:
+            raise ValueError(f"{self.stat_file.path}: a key without a value in {fields!r}")
+        return dict(zip(fields[::2], map(int, fields[1::2])))
 
     def close(self) -> None:
         self.events_file.close()

@@ -75,12 +75,25 @@ class I2CDevice:
         self.failure = error
 
     def _transfer(self, operation: Callable[..., Any], *args: int) -> Any:
-        if self.failure is not None and self.failed_at is not None:
+        if self.failure is None:  # the usual case, kept short: a healthy chip answers at once
+            try:
+                return operation(self.address, *args)
+            except OSError as error:
+                return self._retry(operation, args, error)
+        if self.failed_at is not None:
             wait_s = self.failed_at + self.reprobe_s - self.clock()
             if wait_s > 0:
                 raise type(self.failure)(f"{self.failure} (next probe in {wait_s:.1f} s)")
-        last_error: OSError | None = None
-        for _ in range(self.retries + 1):
+        return self._retry(operation, args, None)
+
+    def _retry(self, operation: Callable[..., Any], args: tuple[int, ...],
+               first_error: OSError | None) -> Any:
+        """The attempts left after `first_error` (None: no attempt made yet)."""
+        last_error = first_error
+        attempts = self.retries + 1
+        if first_error is not None:
+            attempts = self.retries if first_error.errno in TRANSIENT_ERRNOS else 0
+        for _ in range(attempts):
             try:
                 result = operation(self.address, *args)
             except OSError as error:

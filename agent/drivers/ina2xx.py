@@ -98,6 +98,7 @@ class _INA2xx(Sensor):
         self.awaiting_conversion = True
         self.identified = False
         self.configured = False
+        self._reading_names = (f"{name}.bus_v", f"{name}.current_a", f"{name}.power_w")
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], context: DriverContext) -> "_INA2xx":
@@ -126,7 +127,7 @@ class _INA2xx(Sensor):
         raise NotImplementedError
 
     def _names(self) -> tuple[str, str, str]:
-        return f"{self.name}.bus_v", f"{self.name}.current_a", f"{self.name}.power_w"
+        return self._reading_names
 
     def read(self) -> list[Reading]:
         now = self.clock()

@@ -74,6 +74,7 @@ class SensorHealth:
                  level: Level = Level.SAFE):
         self.level = level
         self.reading = reading
+        self.cause = f"sensor:{reading}"
         self.plausible = plausible
         self.stuck_s = stuck_s
         self._last: tuple[float, float] | None = None
@@ -82,7 +83,7 @@ class SensorHealth:
 
     def check(self, snapshot: Snapshot) -> list[Finding]:
         reading = snapshot.readings.get(self.reading)
-        cause = f"sensor:{self.reading}"
+        cause = self.cause
         if reading is None or not reading.ok:
             self._last = None
             why = reading.reason if reading is not None else "no reading at all"
@@ -317,18 +318,21 @@ class SupplyHealth:
         self.prefix = throttle_prefix
         self.power_min_w = power_min_w
         self.power_max_w = power_max_w
+        self._under_voltage = f"{throttle_prefix}.under_voltage"
+        self._throttled = f"{throttle_prefix}.throttled"
+        self._soft_temp_limit = f"{throttle_prefix}.soft_temp_limit"
 
     def check(self, snapshot: Snapshot) -> list[Finding]:
         if self.prefix is None:
             return []
         findings = []
-        if snapshot.value(f"{self.prefix}.under_voltage") == 1.0:
+        if snapshot.value(self._under_voltage) == 1.0:
             findings.append(Finding("under_voltage", Level.LIMIT, 1.0,
                                     "the firmware reports under-voltage: the 5 V supply sags "
                                     "under load; power is held at its minimum. Check the "
                                     "supply and its cabling", self.power_min_w))
-        if (snapshot.value(f"{self.prefix}.throttled") == 1.0
-                or snapshot.value(f"{self.prefix}.soft_temp_limit") == 1.0):
+        if (snapshot.value(self._throttled) == 1.0
+                or snapshot.value(self._soft_temp_limit) == 1.0):
             findings.append(Finding("firmware_throttling", Level.LIMIT, 1.0,
                                     "the firmware is throttling the Arm (80 C soft limit or "
                                     "85 C): Hearth's own limit did not hold; power reduced",

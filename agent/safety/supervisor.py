@@ -67,9 +67,8 @@ class Supervisor:
         snapshot = Snapshot(now, readings, command_w, self.power_min_w, self.power_max_w,
                             self.mode in SAFE_MODES, self.interlock_reason)
         findings = {f.cause: f for check in self.sensor_checks for f in check.check(snapshot)}
-        suspect = {check.reading for check in self.sensor_checks
-                   if f"sensor:{check.reading}" in findings}
-        trusted = dataclasses.replace(
+        suspect = {check.reading for check in self.sensor_checks if check.cause in findings}
+        trusted = snapshot if not suspect else dataclasses.replace(
             snapshot, readings={k: v for k, v in readings.items() if k not in suspect})
         findings.update((f.cause, f) for check in self.checks for f in check.check(trusted))
         for cause, finding in findings.items():

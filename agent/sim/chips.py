@@ -95,6 +95,8 @@ class _INA2xx(EmulatedChip):
         self.math_overflow = False
         self._conversion_started_s = clock()
         self._conversions_done = 0
+        self._timed_config: int | None = None
+        self._conversion_s = 0.0
 
     def set_bus_voltage(self, volts: float) -> None:
         self.bus_voltage_v = volts
@@ -133,7 +135,10 @@ class _INA2xx(EmulatedChip):
         mode = self.config & 0b111
         if mode in (0b000, 0b100):
             return
-        done = math.floor((self.clock() - self._conversion_started_s) / self._conversion_time_s())
+        if self.config != self._timed_config:
+            self._conversion_s = self._conversion_time_s()
+            self._timed_config = self.config
+        done = math.floor((self.clock() - self._conversion_started_s) / self._conversion_s)
         if mode < 0b100:
             done = min(done, 1)
         if done > self._conversions_done:

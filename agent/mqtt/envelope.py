@@ -51,8 +51,12 @@ def encode(message: dict[str, Any], hist: bool = False) -> bytes:
     """Compact UTF-8 JSON; `hist` marks backlog sent after a reconnect."""
     if hist:
         message = {**message, "hist": True}
-    return json.dumps(_finite(message), separators=(",", ":"), allow_nan=False,
-                      ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except ValueError:  # a NaN or infinity somewhere: rare, so only then walk the payload
+        text = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False,
+                          ensure_ascii=False)
+    return text.encode("utf-8")
 
 
 def _refuse_constant(token: str) -> Any:

@@ -7,6 +7,12 @@ reconnects with exponential backoff; its callbacks only record what happened (co
 message arrived, a publish was acknowledged). Handlers run in `poll()`, on the caller's thread:
 a board calls it from its control loop, so the agent is only ever touched by that thread.
 
+Many Links in one process (the simulator, scripts/bench-mqtt-scale) share a NetworkLoop instead:
+paho's own loop thread waits in select(), which cannot watch a file descriptor above 1023, and
+each threaded client holds three (its socket and a wake-up socket pair), so about 340 threaded
+Links fit in a process; the NetworkLoop runs any number of them on one thread with epoll, one
+descriptor each, and saves a thread per connection. Its reconnect backoff is paho's.
+
 Delivery: kept messages (QoS 1) are handed to paho a window at a time and forgotten only when the
 broker acknowledges them. paho itself re-sends what was in flight when a connection dropped, so
 after a reconnect nothing new is handed over until that re-send is acknowledged: order holds
@@ -17,6 +23,8 @@ and no message is sent twice by us (QoS 1 can still duplicate on the wire; recei
 import dataclasses
 import logging
 import queue
+import select
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -72,8 +80,11 @@ Handler = Callable[[Message], None]
 class Link:
     def __init__(self, settings: LinkSettings, *, client_id: str, outbox: Outbox, boot: str,
                  wall_clock: Callable[[], float] = time.time, status_topic: str = "",
-                 log: logging.Logger | None = None, window: int = 10, inbox_max: int = 1000):
+                 log: logging.Logger | None = None, window: int = 10, inbox_max: int = 1000,
+                 network: "NetworkLoop | None" = None):
         self.settings = settings
+        self.network = network
+        """Runs this link's network I/O; None: paho's own loop thread."""
         self.client_id = client_id
         self.outbox = outbox
         self.envelope = envelope.Envelope(boot, wall_clock)
@@ -130,7 +141,11 @@ class Link:
         self._started = True
         self._client.connect_async(self.settings.host, self.settings.port,
                                    self.settings.keepalive_s)
-        self._client.loop_start()
+        if self.network is not None:
+            self.network.add(self._client, self.settings.reconnect_min_s,
+                             self.settings.reconnect_max_s)
+        else:
+            self._client.loop_start()
 
     def publish(self, topic: str, payload: dict[str, Any], qos: int = 0, retain: bool = False,
                 keep: bool | None = None) -> dict[str, Any]:
@@ -196,7 +211,10 @@ class Link:
                                      error)
             self._started = False
             self._client.disconnect()
-            self._client.loop_stop()
+            if self.network is not None:
+                self.network.remove(self._client, timeout_s)
+            else:
+                self._client.loop_stop()
         with self._lock:
             self._drain_acks()
             self.outbox.persist([pending for _, pending in self._in_flight.values()])
@@ -277,6 +295,8 @@ class Link:
                                  self.settings.host, self.settings.port, reason_code)
                 return
             self.connects += 1
+            if self.network is not None:
+                self.network.connected(client)
             if self.status_topic:
                 client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             with self._subscriptions_lock:
@@ -319,3 +339,191 @@ class Link:
                         pass
         except Exception:
             self.log.exception("%s: on_message failed", self.client_id)
+
+
+class NetworkLoop:
+    """One thread running the network I/O of many Links' paho clients with epoll.
+
+    paho's external-loop interface: the socket callbacks tell us which sockets to watch and
+    when one has something to write (publish() from any thread asks for a write through
+    on_socket_register_write, so the write happens here); loop_read, loop_write and, once a
+    second, loop_misc (keepalive) run on this thread only. A connection that fails or drops is
+    retried after paho's backoff (reconnect_min_s doubling up to reconnect_max_s), reset by a
+    successful connection. `client.reconnect()` connects with a blocking TCP connect, which is
+    immediate on the loopback and LAN brokers this is for.
+    """
+
+    MISC_PERIOD_S = 1.0
+
+    def __init__(self, name: str = "mqtt-network", log: logging.Logger | None = None):
+        self.log = log or logging.getLogger("hearth.mqtt")
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, paho.Client] = {}
+        self._clients: dict[paho.Client, list[float]] = {}
+        """client -> [next connect attempt (monotonic; 0: none due), backoff s, min s, max s]"""
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = _socketpair()
+        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, client: paho.Client, reconnect_min_s: float, reconnect_max_s: float) -> None:
+        """Start connecting `client` (after connect_async) and keep it connected."""
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        with self._lock:
+            self._clients[client] = [time.monotonic(), 0.0, float(reconnect_min_s),
+                                     float(reconnect_max_s)]
+        self._wake()
+
+    def remove(self, client: paho.Client, timeout_s: float = 2.0) -> None:
+        """Stop reconnecting `client`; wait until its DISCONNECT is written and the socket closed
+        (the caller has called client.disconnect())."""
+        with self._lock:
+            self._clients.pop(client, None)
+        self._wake()
+        deadline = time.monotonic() + timeout_s
+        while client.socket() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock = client.socket()
+        if sock is not None:  # never answered: close it here, the loop forgets the descriptor
+            self._forget(sock)
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake()
+        self._thread.join(5)
+        self._epoll.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- paho's socket callbacks (any thread) ------------------------------------------------
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._by_fd[sock.fileno()] = client
+        try:
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
+        except (OSError, ValueError):
+            self._epoll.modify(sock.fileno(), select.EPOLLIN)
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        self._forget(sock)
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        try:
+            self._epoll.modify(sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+        except (OSError, ValueError):
+            pass  # closed meanwhile: the reconnect writes what waits
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        try:
+            self._epoll.modify(sock.fileno(), select.EPOLLIN)
+        except (OSError, ValueError):
+            pass
+
+    def _forget(self, sock) -> None:
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return
+        if fd < 0:
+            return
+        self._by_fd.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- the loop thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_misc_s = time.monotonic() + self.MISC_PERIOD_S
+        while not self._stopping:
+            now = time.monotonic()
+            with self._lock:
+                due = [c for c, retry in self._clients.items() if 0 < retry[0] <= now]
+                waits = [retry[0] for retry in self._clients.values() if retry[0] > 0]
+            for client in due:
+                self._connect(client)
+            timeout_s = max(0.0, min([next_misc_s, *waits]) - time.monotonic())
+            try:
+                events = self._epoll.poll(timeout_s)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                if fd == self._wake_r.fileno():
+                    try:
+                        self._wake_r.recv(4096)
+                    except (BlockingIOError, OSError):
+                        pass
+                    continue
+                client = self._by_fd.get(fd)
+                if client is None:
+                    continue
+                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+                if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                    rc = self._guarded(client.loop_read, 10)
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mask & select.EPOLLOUT:
+                    rc = self._guarded(client.loop_write)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._lost(client)
+            if time.monotonic() >= next_misc_s:
+                next_misc_s = time.monotonic() + self.MISC_PERIOD_S
+                with self._lock:
+                    clients = list(self._clients)
+                for client in clients:
+                    if client.socket() is not None and self._guarded(client.loop_misc) != (
+                            MQTTErrorCode.MQTT_ERR_SUCCESS):
+                        self._lost(client)
+
+    def _guarded(self, call, *args) -> MQTTErrorCode:
+        try:
+            return call(*args)
+        except Exception:
+            self.log.exception("paho failed in the network loop; reconnecting that client")
+            return MQTTErrorCode.MQTT_ERR_UNKNOWN
+
+    def _connect(self, client: paho.Client) -> None:
+        try:
+            client.reconnect()
+        except Exception as error:  # refused, unreachable, TLS: try again after the backoff
+            self.log.debug("connect failed: %s", error)
+            self._lost(client)
+            return
+        with self._lock:
+            retry = self._clients.get(client)
+            if retry is not None:
+                retry[0] = 0.0
+        self._wake()
+
+    def _lost(self, client: paho.Client) -> None:
+        """Schedule the next attempt, unless the link was closed (then paho disconnected it)."""
+        with self._lock:
+            retry = self._clients.get(client)
+            if retry is None:
+                return
+            retry[1] = retry[2] if retry[1] == 0 else min(retry[1] * 2, retry[3])
+            retry[0] = time.monotonic() + retry[1]
+
+    def connected(self, client: paho.Client) -> None:
+        """Called by the Link on a successful connection: the backoff starts over."""
+        with self._lock:
+            retry = self._clients.get(client)
+            if retry is not None:
+                retry[1] = 0.0
+
+
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    return reader, writer

@@ -1,0 +1,99 @@
+"""Many Links on one NetworkLoop (agent/mqtt/link.py) against a real Mosquitto: more
+connections than paho's select()-based thread can hold in one process, delivery both ways, and
+a reconnect with the kept messages after the broker was away."""
+
+import resource
+import time
+import uuid
+
+from agent.mqtt.link import Link, LinkSettings, NetworkLoop
+from agent.mqtt.outbox import Outbox
+
+LINKS = 400
+"""With paho's own threads (three descriptors each) this many would pass descriptor 1023,
+which select() cannot watch; on a NetworkLoop each holds one."""
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def make_link(port: int, directory, name: str, network: NetworkLoop | None) -> Link:
+    return Link(LinkSettings("127.0.0.1", port), client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+                outbox=Outbox(directory / name), boot=str(uuid.uuid4()), network=network)
+
+
+def test_hundreds_of_links_on_one_network_thread(mosquitto, tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * LINKS:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * LINKS), hard))
+    broker = mosquitto()
+    network = NetworkLoop()
+    received: dict[int, list[float]] = {}
+    links = []
+    try:
+        for index in range(LINKS):
+            link = make_link(broker.port, tmp_path, f"n{index}", network)
+            link.subscribe(f"fan/{index}", lambda m, index=index: received.setdefault(
+                index, []).append(m.data()["x"]))
+            link.start()
+            links.append(link)
+        wait_for(lambda: all(link.connected for link in links), 30, "every link connected")
+        sender = make_link(broker.port, tmp_path, "sender", network)
+        sender.start()
+        wait_for(lambda: sender.connected, 10, "the sender")
+        time.sleep(0.5)  # subscriptions made in on_connect are acknowledged by now
+        for index in range(LINKS):
+            sender.publish(f"fan/{index}", {"x": float(index)}, qos=1, keep=False)
+            links[index].publish(f"back/{index}", {"x": 1.0}, qos=1)
+
+        def all_delivered():
+            for link in links:
+                link.poll()
+            return len(received) == LINKS and all(link.idle() for link in links)
+        wait_for(all_delivered, 20, "every link's message, both ways")
+        assert received == {index: [float(index)] for index in range(LINKS)}
+        sender.close()
+    finally:
+        for link in links:
+            link.close(timeout_s=0.5)
+        network.close()
+
+
+def test_a_link_on_a_network_loop_reconnects_and_sends_what_waited(mosquitto, tmp_path):
+    broker = mosquitto()
+    network = NetworkLoop()
+    link = Link(LinkSettings("127.0.0.1", broker.port, reconnect_min_s=2), client_id="board",
+                outbox=Outbox(tmp_path / "board"), boot=str(uuid.uuid4()), network=network)
+    link.start()
+    listener = None
+    got = []
+    try:
+        wait_for(lambda: link.connected, 10, "the link connected")
+        broker.stop()
+        wait_for(lambda: not link.connected, 10, "the link to notice the broker is gone")
+        for n in range(5):
+            link.publish("kept/events", {"n": n}, qos=1)
+        broker.start()
+        # listening before the link's first retry, 2 s after the loss (paho's own thread)
+        listener = make_link(broker.port, tmp_path, "listener", None)
+        listener.subscribe("kept/#", lambda m: got.append(m.data()["n"]))
+        listener.start()
+
+        def sent():
+            link.poll()
+            listener.poll()
+            return link.idle() and len(got) >= 5
+        wait_for(sent, 20, "the kept messages after the reconnect")
+        assert got == [0, 1, 2, 3, 4]
+        assert link.connects == 2
+    finally:
+        link.close(timeout_s=0.5)
+        if listener is not None:
+            listener.close(timeout_s=0.5)
+        network.close()

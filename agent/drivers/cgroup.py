@@ -15,19 +15,26 @@ class CpuGroup:
         self.cpuset = SysfsAttribute(self.dir / "cpuset.cpus")
         self.events_file = SysfsAttribute(self.dir / "cgroup.events")
         self.stat_file = SysfsAttribute(self.dir / "cpu.stat")
+        self._quota_set: tuple[float | None, ...] = ()
+        """(cpus,) of the last quota set: asked again, it is not formatted again."""
 
     def set_quota(self, cpus: float | None) -> bool:
         """Allow `cpus` CPUs' worth of time per period (None: unlimited). True if written.
 
         The quota moves in steps of 1 % of a CPU, so a controller's small corrections do not
         rewrite the file every period."""
+        if (cpus,) == self._quota_set:
+            return False
         if cpus is None:
-            return self.cpu_max.write(f"max {self.period_us}")
-        quota_us = max(1000, round(cpus * 100) * self.period_us // 100)
-        return self.cpu_max.write(f"{quota_us} {self.period_us}")
+            written = self.cpu_max.write(f"max {self.period_us}")
+        else:
+            quota_us = max(1000, round(cpus * 100) * self.period_us // 100)
+            written = self.cpu_max.write(f"{quota_us} {self.period_us}")
+        self._quota_set = (cpus,)
+        return written
 
     def set_cpus(self, cpus: list[int]) -> bool:
-        return self.cpuset.write(",".join(str(c) for c in cpus))
+        return self.cpuset.write(",".join(map(str, cpus)))
 
     def freeze(self, frozen: bool) -> bool:
         return self.freeze_file.write("1" if frozen else "0")

@@ -12,7 +12,7 @@ import os
 import re
 
 from agent.drivers.base import DriverContext, Sensor
-from agent.drivers.sysfs import SysfsAttribute
+from agent.drivers.sysfs import read_attribute
 from agent.readings import Reading, invalid, missing, ok
 from agent.schema import Field
 
@@ -40,7 +40,7 @@ class W1SlaveText:
         match = _W1_SLAVE.match(text)
         if match is None:
             raise ValueError(f"unexpected w1_slave text {text[:60]!r}")
-        scratchpad = bytes(int(h, 16) for h in match.group(1).split())
+        scratchpad = bytes.fromhex(match.group(1))
         return cls(scratchpad, match.group(3) == "YES", int(match.group(4)))
 
 
@@ -113,9 +113,9 @@ class DS18B20(Sensor):
         self.max_age_s = max_age_s
         self._bus = bus
         self._clock = context.hardware.clock
-        directory = context.hardware.path(DEVICES_DIR) / device_id
-        self._slave_file = SysfsAttribute(directory / "w1_slave")
-        self._temperature_file = SysfsAttribute(directory / "temperature")
+        directory = os.fspath(context.hardware.path(DEVICES_DIR) / device_id)
+        self._slave_file = f"{directory}/w1_slave"
+        self._temperature_file = f"{directory}/temperature"
         self._latest = missing(name, UNIT, self._clock(), "no conversion finished yet")
 
     @classmethod
@@ -133,9 +133,9 @@ class DS18B20(Sensor):
         """Read the finished conversion; w1_slave is preferred for its CRC and scratchpad."""
         try:
             try:
-                text = self._slave_file.read_text()
+                text = read_attribute(self._slave_file).decode()
             except FileNotFoundError:
-                return self._judge_millic(int(self._temperature_file.read_text()),
+                return self._judge_millic(int(read_attribute(self._temperature_file).decode()),
                                           None, converted_at)
             return self._judge(W1SlaveText.parse(text), converted_at)
         except FileNotFoundError:
@@ -168,7 +168,3 @@ class DS18B20(Sensor):
                                "85.000 °C power-on value (scratchpad byte 6 is 0x0c): the "
                                "sensor reset or has not converted yet")
         return ok(self.name, millic / 1000.0, UNIT, converted_at)
-
-    def close(self) -> None:
-        self._slave_file.close()
-        self._temperature_file.close()

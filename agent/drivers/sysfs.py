@@ -18,6 +18,16 @@ VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ESTALE})
 """Reads of an open attribute whose device went away fail so; the path is opened again."""
 
 
+def read_attribute(path: str) -> bytes:
+    """Read a file that is read seldom, opening it each time (a hot-plugged device's files
+    come and go)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, READ_SIZE)
+    finally:
+        os.close(fd)
+
+
 class SysfsAttribute:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -54,12 +64,15 @@ class SysfsAttribute:
 
     def _pread(self) -> bytes:
         fd = self._fd
-        # Sysfs fails the read of a removed attribute (ENODEV); a plain file (a test's tree,
-        # the simulator's) removed or replaced under the open file shows it in its link count.
-        if os.fstat(fd).st_nlink == 0:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._path)
         data = os.pread(fd, READ_SIZE, 0)
-        while len(data) % READ_SIZE == 0 and data:
+        if not data:
+            # Sysfs fails the read of a removed attribute (ENODEV). A plain file (the
+            # simulator's tree) removed under the open file is emptied first, and then shows
+            # it in its link count.
+            if os.fstat(fd).st_nlink == 0:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._path)
+            return data
+        while len(data) % READ_SIZE == 0:
             more = os.pread(fd, READ_SIZE, len(data))
             if not more:
                 break

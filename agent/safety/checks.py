@@ -118,13 +118,18 @@ class SensorHealth:
         Not judged in SAFE settings: nothing moves then, so a still reading is expected; and
         only the command's moves within the board's power range count: below its floor a
         board idles whatever the loop asks."""
+        if self.stuck_s == math.inf:  # never judged: nothing to track
+            return None
         command_w = min(max(snapshot.command_w, snapshot.power_min_w), snapshot.power_max_w)
         if self._last is None or value != self._last[1] or snapshot.in_safe_state:
             self._unchanged_since = snapshot.now
             self._command_span = [command_w, command_w]
             return None
         span = self._command_span
-        span[0], span[1] = min(span[0], command_w), max(span[1], command_w)
+        if command_w < span[0]:
+            span[0] = command_w
+        if command_w > span[1]:
+            span[1] = command_w
         if snapshot.now - self._unchanged_since < self.stuck_s or span[1] - span[0] < 1.0:
             return None
         return Finding(cause, self.level, value,

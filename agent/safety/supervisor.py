@@ -66,17 +66,25 @@ class Supervisor:
                   command_w: float) -> Allowance:
         snapshot = Snapshot(now, readings, command_w, self.power_min_w, self.power_max_w,
                             self.mode in SAFE_MODES, self.interlock_reason)
-        findings = {f.cause: f for check in self.sensor_checks for f in check.check(snapshot)}
-        suspect = {check.reading for check in self.sensor_checks if check.cause in findings}
-        trusted = snapshot if not suspect else dataclasses.replace(
-            snapshot, readings={k: v for k, v in readings.items() if k not in suspect})
-        findings.update((f.cause, f) for check in self.checks for f in check.check(trusted))
+        findings: dict[str, Finding] = {}
+        for check in self.sensor_checks:
+            for finding in check.check(snapshot):
+                findings[finding.cause] = finding
+        trusted = snapshot
+        if findings:
+            suspect = {check.reading for check in self.sensor_checks if check.cause in findings}
+            trusted = dataclasses.replace(
+                snapshot, readings={k: v for k, v in readings.items() if k not in suspect})
+        for check in self.checks:
+            for finding in check.check(trusted):
+                findings[finding.cause] = finding
         for cause, finding in findings.items():
             if cause not in self.active:
                 self._raised(now, finding)
-        for cause in self.active.keys() - findings.keys():
-            self.events.record(Event(now, cause, None, f"{cause} cleared", self.mode.value,
-                                     "info"))
+        if self.active:
+            for cause in self.active.keys() - findings.keys():
+                self.events.record(Event(now, cause, None, f"{cause} cleared", self.mode.value,
+                                         "info"))
         self.active = findings
         self._escalate(now, findings)
         self.shutdown.power_off(now)

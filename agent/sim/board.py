@@ -9,7 +9,9 @@ import random
 import shutil
 from pathlib import Path
 
-from gpiozero.pins.mock import MockFactory
+import time
+
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent.seam import Hardware
 from agent.sim import chips
@@ -97,6 +99,18 @@ class _W1Device:
             self.present = False
 
 
+class _UnrecordedPin(MockPin):
+    """A MockPin that keeps no list of its past states: the flow meter's pin changes state
+    thousands of times an hour, and nothing asks for its history."""
+
+    def _change_state(self, value):
+        if self._state == value:
+            return False
+        self._state = value
+        self._last_change = time.monotonic()
+        return True
+
+
 class SimulatedBoard:
     def __init__(self, root: Path, clock: SimClock, params: BoardParams = BoardParams(),
                  seed: int = 0, serial: str | None = None):
@@ -118,7 +132,7 @@ class SimulatedBoard:
         self.ads1115 = chips.ADS1115()
         self.smbus = EmulatedSMBus({INA219_ADDRESS: self.ina219, TMP117_ADDRESS: self.tmp117,
                                     ADS1115_ADDRESS: self.ads1115})
-        self.pin_factory = MockFactory()
+        self.pin_factory = MockFactory(pin_class=_UnrecordedPin)
         self._flow_pin = self.pin_factory.pin(FLOW_GPIO)
         self._pulse_phase = 0.0
         self._workload_usage_usec = 0.0
@@ -202,13 +216,10 @@ class SimulatedBoard:
             return
         litres = self.plant.water_flow_l_per_min / 60.0 * dt_s
         self._pulse_phase += litres * self.params.flow_meter_pulses_per_litre
-        if self._pulse_phase < 1.0:
-            return
         while self._pulse_phase >= 1.0:
             self._pulse_phase -= 1.0
             self._flow_pin.drive_low()
             self._flow_pin.drive_high()
-        self._flow_pin.clear_states()  # MockPin keeps every edge for its asserts; no one asks
 
     def _value(self, sensor: str, actual: float) -> float:
         return self.faults.stuck.get(sensor, actual)

@@ -336,6 +336,8 @@ class TMP117(EmulatedChip):
         self.data_ready = False
         self._cycle_started_s = clock()
         self._conversions_done = 0
+        self._timed_config: int | None = None
+        self._active_s = self._cycle_s = 0.0
 
     def set_temperature(self, celsius: float) -> None:
         self.temperature_c = celsius
@@ -344,8 +346,12 @@ class TMP117(EmulatedChip):
         mode = (self.config >> 10) & 0b11
         if mode == 0b01:
             return
-        active_s = _TMP117_ACTIVE_S[(self.config >> 5) & 0b11]
-        cycle_s = max(active_s, _TMP117_CYCLE_S[(self.config >> 7) & 0b111])
+        if self.config != self._timed_config:
+            active_s = _TMP117_ACTIVE_S[(self.config >> 5) & 0b11]
+            self._active_s = active_s
+            self._cycle_s = max(active_s, _TMP117_CYCLE_S[(self.config >> 7) & 0b111])
+            self._timed_config = self.config
+        active_s, cycle_s = self._active_s, self._cycle_s
         elapsed_s = self.clock() - self._cycle_started_s
         done = 0 if elapsed_s < active_s else 1 + math.floor((elapsed_s - active_s) / cycle_s)
         if mode == 0b11:

@@ -37,7 +37,8 @@ class EmulatedSMBus:
     def read_word_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
         chip = self._chip(i2c_addr)
         chip.pointer = register
-        return self._swap(chip.read_register(register))
+        word = chip.read_register(register)
+        return ((word & 0xFF) << 8) | ((word >> 8) & 0xFF)
 
     def write_word_data(self, i2c_addr: int, register: int, value: int,
                         force: bool | None = None) -> None:

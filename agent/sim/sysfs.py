@@ -35,6 +35,7 @@ def ds18b20_scratchpad(celsius: float) -> bytes:
     return (raw & 0xFFFF).to_bytes(2, "little") + bytes([0x4B, 0x46, 0x7F, 0xFF, 0x10, 0x10])
 
 
+@functools.lru_cache(maxsize=1024)
 def w1_slave_text(scratchpad8: bytes, crc_ok: bool = True) -> str:
     """The w1_therm `w1_slave` file: CRC verdict line, then the bytes again with t=millidegrees."""
     crc = dallas_crc8(scratchpad8)
@@ -61,7 +62,8 @@ def cpu_stat_text(usage_usec: int, nr_periods: int, nr_throttled: int) -> str:
 class KernelFile:
     """One file of the tree as the simulated kernel holds it: kept open, rewritten in place
     (the same inode, so a reader's open file sees the new text, as with sysfs) and only when
-    its text changes. The board removes its files through `unlink`, never behind its back."""
+    its text changes. The board removes its files through `unlink`, never behind its back;
+    the agent writes its files in place, as sysfs takes them."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -69,15 +71,15 @@ class KernelFile:
         self._fd: int | None = None
         self._close_fd: weakref.finalize | None = None
         self._text: str | None = None
+        self._size = 0
 
     def read_text(self) -> str:
         """What is in the file now: the agent writes some of these files."""
         if self._fd is None:
             self._open(os.O_RDWR)
-        elif os.fstat(self._fd).st_nlink == 0:  # replaced by a test: read the new one
-            self._close()
-            self._open(os.O_RDWR)
-        self._text = os.pread(self._fd, 4096, 0).decode()
+        data = os.pread(self._fd, 4096, 0)
+        self._text = data.decode()
+        self._size = len(data)
         return self._text
 
     def write(self, text: str) -> None:
@@ -85,15 +87,21 @@ class KernelFile:
             return
         if self._fd is None:
             self._open(os.O_RDWR | os.O_CREAT)
+            self._size = os.fstat(self._fd).st_size
         data = text.encode()
         os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
+        if len(data) < self._size:
+            os.ftruncate(self._fd, len(data))
+        self._size = len(data)
         self._text = text
 
     def unlink(self) -> None:
+        """Remove the file. Reading a removed sysfs attribute through a file still open fails;
+        a plain file cannot fail, so it is emptied first and an open file reads nothing."""
         self._close()
         self._text = None
         try:
+            os.truncate(self._path, 0)
             os.unlink(self._path)
         except FileNotFoundError:
             pass

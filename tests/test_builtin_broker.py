@@ -16,7 +16,8 @@ import test_mqtt_board
 import test_mqtt_link
 from agent.mqtt.link import Link, LinkSettings
 from agent.mqtt.outbox import Outbox
-from agent.sim.broker import Broker, topic_matches, valid_topic_filter, valid_topic_name
+from agent.mqtt.topics import topic_matches
+from agent.sim.broker import Broker, valid_topic_filter, valid_topic_name
 
 
 def wait_for(condition, timeout_s=10.0, what="a condition", step=None):

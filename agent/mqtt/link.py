@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from agent.errors import MessageError
 from agent.mqtt import envelope
 from agent.mqtt.outbox import Outbox, Pending
+from agent.mqtt.topics import topic_matches
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -235,7 +236,7 @@ class Link:
     def _dispatch(self, message: Message) -> None:
         with self._subscriptions_lock:
             handlers = [handler for pattern, handler in self._subscriptions
-                        if paho.topic_matches_sub(pattern, message.topic)]
+                        if topic_matches(pattern, message.topic)]
         for handler in handlers:
             try:
                 handler(message)

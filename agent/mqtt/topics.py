@@ -58,3 +58,18 @@ class BoardTopics:
     @property
     def client_id(self) -> str:
         return f"hearth-{self.site}-{self.module}-{self.board}"
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1's matching rules for one filter: `+` one level, `#` the rest (and the
+    parent), `$` topics never matched by a leading wildcard. Shared by the Link's dispatch and the
+    built-in broker."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    filter_levels, topic_levels = topic_filter.split("/"), topic.split("/")
+    for index, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if index >= len(topic_levels) or level not in ("+", topic_levels[index]):
+            return False
+    return len(filter_levels) == len(topic_levels)

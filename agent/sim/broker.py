@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from agent.mqtt.topics import topic_matches
+
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = (
     8, 9, 10, 11, 12, 13, 14)
@@ -92,19 +94,6 @@ def valid_topic_filter(topic_filter: str) -> bool:
         if "+" in level and level != "+":
             return False
     return True
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """The spec's matching rules for one filter (the broker matches publishes with a tree)."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    filter_levels, topic_levels = topic_filter.split("/"), topic.split("/")
-    for index, level in enumerate(filter_levels):
-        if level == "#":
-            return True
-        if index >= len(topic_levels) or level not in ("+", topic_levels[index]):
-            return False
-    return len(filter_levels) == len(topic_levels)
 
 
 class _Node:

@@ -54,8 +54,9 @@ class DvfsGovernor:
             self._dither_accumulator = 0.0
             heatfill = min(self.cores - demand, max(0.0, command_w - at_top_w) / model.core_w(1.0))
             return self._write(self.top_khz, None, heatfill, model.predict_w(1.0, demand + heatfill))
-        if command_w >= model.predict_w(x_min, demand):
-            return self._dither(command_w, demand, model)
+        at_min_w = model.predict_w(x_min, demand)
+        if command_w >= at_min_w:
+            return self._dither(command_w, demand, model, at_min_w)
         self._dither_accumulator = 0.0
         quota = max(MIN_WORKLOAD_QUOTA_CPUS, (command_w - model.idle_w) / model.core_w(x_min))
         quota = min(quota, demand)
@@ -72,13 +73,14 @@ class DvfsGovernor:
         self.policy.cap(self.policy.min_khz)
         return Settings(self.policy.min_khz, MIN_WORKLOAD_QUOTA_CPUS, freeze_workload, 0.0, 0.0)
 
-    def _dither(self, command_w: float, demand: float, model: PowerModel) -> Settings:
+    def _dither(self, command_w: float, demand: float, model: PowerModel,
+                at_min_w: float) -> Settings:
         """Between two operating points, alternate so the average power is the command."""
-        predicted_w = []  # of each point up to the first that makes the command
-        for x in self._points_x:
-            predicted_w.append(model.predict_w(x, demand))
+        predicted_w = [at_min_w]  # of each point up to the first that makes the command
+        for x in self._points_x[1:]:
             if predicted_w[-1] >= command_w:
                 break  # always by the top point (x = 1.0): apply() dithers only below its power
+            predicted_w.append(model.predict_w(x, demand))
         upper = len(predicted_w) - 1
         if upper == 0:
             return self._write(self.policy.available_khz[0], None, 0.0, predicted_w[0])

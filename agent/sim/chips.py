@@ -97,6 +97,7 @@ class _INA2xx(EmulatedChip):
         self._conversions_done = 0
         self._timed_config: int | None = None
         self._conversion_s = 0.0
+        self._caught_up_s: float | None = None
 
     def set_bus_voltage(self, volts: float) -> None:
         self.bus_voltage_v = volts
@@ -135,10 +136,14 @@ class _INA2xx(EmulatedChip):
         mode = self.config & 0b111
         if mode in (0b000, 0b100):
             return
+        now = self.clock()
+        if now == self._caught_up_s:
+            return  # a register write since then restarted conversions: none finished yet
+        self._caught_up_s = now
         if self.config != self._timed_config:
             self._conversion_s = self._conversion_time_s()
             self._timed_config = self.config
-        done = math.floor((self.clock() - self._conversion_started_s) / self._conversion_s)
+        done = math.floor((now - self._conversion_started_s) / self._conversion_s)
         if mode < 0b100:
             done = min(done, 1)
         if done > self._conversions_done:
@@ -338,6 +343,7 @@ class TMP117(EmulatedChip):
         self._conversions_done = 0
         self._timed_config: int | None = None
         self._active_s = self._cycle_s = 0.0
+        self._caught_up_s: float | None = None
 
     def set_temperature(self, celsius: float) -> None:
         self.temperature_c = celsius
@@ -346,13 +352,17 @@ class TMP117(EmulatedChip):
         mode = (self.config >> 10) & 0b11
         if mode == 0b01:
             return
+        now = self.clock()
+        if now == self._caught_up_s:
+            return  # a register write since then restarted the cycle: none finished yet
+        self._caught_up_s = now
         if self.config != self._timed_config:
             active_s = _TMP117_ACTIVE_S[(self.config >> 5) & 0b11]
             self._active_s = active_s
             self._cycle_s = max(active_s, _TMP117_CYCLE_S[(self.config >> 7) & 0b111])
             self._timed_config = self.config
         active_s, cycle_s = self._active_s, self._cycle_s
-        elapsed_s = self.clock() - self._cycle_started_s
+        elapsed_s = now - self._cycle_started_s
         done = 0 if elapsed_s < active_s else 1 + math.floor((elapsed_s - active_s) / cycle_s)
         if mode == 0b11:
             done = min(done, 1)

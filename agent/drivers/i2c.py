@@ -62,8 +62,14 @@ class I2CDevice:
         return self.failure is not None
 
     def read_word(self, register: int) -> int:
-        word = self._transfer(self.bus.read_word_data, register)
-        return ((word & 0xFF) << 8) | ((word >> 8) & 0xFF)  # swap_word, inline: it is hot
+        if self.failure is None:  # _transfer's short path, inline: the loop's hottest call
+            try:
+                word = self.bus.read_word_data(self.address, register)
+            except OSError as error:
+                word = self._retry(self.bus.read_word_data, (register,), error)
+        else:
+            word = self._transfer(self.bus.read_word_data, register)
+        return ((word & 0xFF) << 8) | ((word >> 8) & 0xFF)
 
     def write_word(self, register: int, value: int) -> None:
         self._transfer(self.bus.write_word_data, register, swap_word(value))

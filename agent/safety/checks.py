@@ -172,8 +172,11 @@ class TemperatureStages:
         if value is None:
             return [self._finding(self._active, self._last_c)] if self._active is not None else []
         self._last_c = value
-        active = next((i for i, stage in enumerate(self.stages) if value >= stage.threshold_c),
-                      None)
+        active = None
+        for i, stage in enumerate(self.stages):
+            if value >= stage.threshold_c:
+                active = i
+                break
         held = self._active
         if held is not None and value > self.stages[held].threshold_c - self.hysteresis_c:
             active = held if active is None else min(active, held)

@@ -5,6 +5,7 @@ cannot tell it from a Pi; the board reads back what the agent writes.
 """
 
 import dataclasses
+import functools
 import random
 import shutil
 from pathlib import Path
@@ -54,6 +55,7 @@ class SensorFaults:
 _EVENTS_TEXT = {False: "populated 1\nfrozen 0\n", True: "populated 1\nfrozen 1\n"}
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_cpu_max(text: str, cores: int) -> float | None:
     quota, _, period = text.strip().partition(" ")
     if quota == "max":

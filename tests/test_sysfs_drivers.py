@@ -44,6 +44,20 @@ def test_soc_missing_zone_and_garbage(tmp_path, clock):
     assert reading.validity is Validity.INVALID and reading.value is None
 
 
+def test_soc_zone_kept_open_follows_rewrites_removal_and_return(tmp_path, clock):
+    path = write(tmp_path, "/sys/class/thermal/thermal_zone0/temp", "48686\n")
+    sensor = SocTemperature.from_config({"name": "soc", "zone": 0}, context(tmp_path, clock))
+    assert sensor.read()[0].value == pytest.approx(48.686)
+    path.write_text("51000\n")  # rewritten in place, as the kernel regenerates it
+    assert sensor.read()[0].value == pytest.approx(51.0)
+    path.write_text("")  # removed as the simulated kernel removes a file: emptied, unlinked
+    path.unlink()
+    assert sensor.read()[0].validity is Validity.MISSING
+    write(tmp_path, "/sys/class/thermal/thermal_zone0/temp", "47000\n")
+    assert sensor.read()[0].value == pytest.approx(47.0)
+    sensor.close()
+
+
 def test_throttle_flags_decode_get_throttled_hex(tmp_path, clock):
     write(tmp_path, "/sys/devices/platform/soc/soc:firmware/get_throttled", "50005\n")
     sensor = ThrottleFlags.from_config({"name": "throttle"}, context(tmp_path, clock))

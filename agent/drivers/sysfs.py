@@ -49,22 +49,25 @@ class SysfsAttribute:
         if self._fd is None:
             self._open()
         try:
-            return self._pread()
+            data = os.pread(self._fd, READ_SIZE, 0)
+            if 0 < len(data) < READ_SIZE:
+                return data  # the usual case: the whole attribute in one read
+            return self._rest(data)
         except OSError as error:
             if error.errno not in VANISHED_ERRNOS:
                 raise
         self.close()
         self._open()
-        return self._pread()
+        return self._rest(os.pread(self._fd, READ_SIZE, 0))
 
     def _open(self) -> None:
         fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         self._fd = fd
         self._close_fd = weakref.finalize(self, os.close, fd)
 
-    def _pread(self) -> bytes:
+    def _rest(self, data: bytes) -> bytes:
+        """After a first read that came back empty or a whole page long."""
         fd = self._fd
-        data = os.pread(fd, READ_SIZE, 0)
         if not data:
             # Sysfs fails the read of a removed attribute (ENODEV). A plain file (the
             # simulator's tree) removed under the open file is emptied first, and then shows

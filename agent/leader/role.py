@@ -128,8 +128,13 @@ class LeaderRole:
             self.rejected_messages += 1
             self.log.warning("%s: state rejected: %s", message.topic, error)
             return
-        notes = self.tracker.on_state(self.clock(), board, data)
-        if "online" in notes or "mode" in notes:
+        view = self.tracker.view(board)
+        was_usable = view.usable()
+        self.tracker.on_state(self.clock(), board, data)
+        if view.usable() != was_usable:
+            # re-split at once only when the board joins or leaves the split: a mode change
+            # that keeps it usable (NORMAL <-> LIMITED) waits for the next period, or a module
+            # of flapping boards would send a whole round per state message
             self._availability_changed = True
         self.ledger.board_sample(board, data.get("boot"), data)
 

@@ -134,8 +134,8 @@ class SimulatedBoard:
         self.ads1115 = chips.ADS1115()
         self.smbus = EmulatedSMBus({INA219_ADDRESS: self.ina219, TMP117_ADDRESS: self.tmp117,
                                     ADS1115_ADDRESS: self.ads1115})
-        self.pin_factory = MockFactory(pin_class=_UnrecordedPin)
-        self._flow_pin = self.pin_factory.pin(FLOW_GPIO)
+        self.pin_factory = MockFactory()
+        self._flow_pin = self.pin_factory.pin(FLOW_GPIO, pin_class=_UnrecordedPin)
         self._pulse_phase = 0.0
         self._workload_usage_usec = 0.0
         self._workload_periods = 0.0

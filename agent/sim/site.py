@@ -26,7 +26,7 @@ from typing import Callable
 from agent.errors import ConfigValueError
 from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
 from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board
-from agent.mqtt.link import Link, LinkSettings, NetworkLoop
+from agent.mqtt.link import Link, LinkSettings
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.persist import StateStore
@@ -79,7 +79,7 @@ class SimBoard:
 
     def __init__(self, directory: Path, module: str, name: str, clock: SimClock, seed: int,
                  broker: BrokerAccess, wall_clock: Callable[[], float],
-                 on_event: Callable[[str, object], None], network: NetworkLoop):
+                 on_event: Callable[[str, object], None]):
         self.module, self.name = module, name
         self.key = f"{module}/{name}"
         self.sim = SimulatedAgent(directory / "board", clock, seed=seed,
@@ -87,8 +87,7 @@ class SimBoard:
         self.sim.agent.events.listeners.append(lambda event: on_event(self.key, event))
         self.link: BoardLink = connect_board(self.sim.agent, BoardConnection(
             LinkSettings(broker.host, broker.port, reconnect_max_s=2),
-            BoardTopics(SITE, module, name), directory / "outbox", wall_clock,
-            network=network))
+            BoardTopics(SITE, module, name), directory / "outbox", wall_clock))
 
     @property
     def plant(self):
@@ -223,16 +222,12 @@ class SiteSimulation:
                          * layout.boards_per_module, building.start_c)
         self._check_targets(layout)
         self.modules: dict[str, SimModule] = {}
-        self.network = NetworkLoop("sim-boards-mqtt")
-        """One network thread for every board's connection: a thread each would be hundreds
-        of threads fighting over one interpreter (a leader keeps its own, as on a real site)."""
         seed = 0
         for module in layout.module_names():
             boards = []
             for name in layout.board_names():
                 boards.append(SimBoard(directory / module / name, module, name, self.clock,
-                                       seed, broker, self.wall_clock, self._on_board_event,
-                                       self.network))
+                                       seed, broker, self.wall_clock, self._on_board_event))
                 seed += 1
             self.modules[module] = SimModule(directory / module, module, boards, self.clock,
                                              broker, self.wall_clock)
@@ -468,7 +463,6 @@ class SiteSimulation:
             board.link.close()
             board.sim.agent.close()
         self.site.link.close()
-        self.network.close()
 
 
 class FaultWatch:
@@ -544,8 +538,9 @@ class FaultWatch:
         with it back, they follow it again."""
         sources = {b.sim.agent.setpoints.status for b in boards}
         if not cleared:
-            if sources == {"held"}:
-                self._note(f"{who} holding the leader's last setpoint", "held", now_s)
+            if "leader" not in sources:
+                self._note(f"{who} without the leader ({' / '.join(sorted(sources))})", "lost",
+                           now_s)
             if sources == {"fallback"}:
                 self._note(f"{who} on the fallback setpoint", "fallback", now_s)
         elif sources == {"leader"}:

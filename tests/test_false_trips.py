@@ -4,21 +4,29 @@ from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 
 
+def run_under_leader(sim: SimulatedAgent, seconds: float, modes: set) -> None:
+    """Run with the leader in contact, collecting every mode the board reports."""
+    sim.run_for(seconds, lambda report: (sim.agent.setpoints.contact(sim.clock()),
+                                         modes.add(report.mode)))
+
+
+def assert_never_tripped(sim: SimulatedAgent, modes: set) -> None:
+    causes = [e.cause for e in sim.agent.events.events
+              if e.severity in ("error", "critical") and e.mode != "STARTING"]
+    assert causes == []
+    assert modes <= {"STARTING", "NORMAL", "LIMITED"}
+
+
 def test_steady_high_power_for_minutes_trips_nothing(sim_dir):
     """SoC at equilibrium under steady heavy heat (no rise expected) and a slow, quantised oil
     reading that holds its value for minutes are both normal."""
     sim = SimulatedAgent(sim_dir, SimClock(), seed=4)
     sim.agent.set_setpoint(5.9, "leader")
     modes = set()
-    sim.run_for(900, lambda report: (sim.agent.setpoints.contact(sim.clock()),
-                                     modes.add(report.mode)))
+    run_under_leader(sim, 900, modes)
     sim.board.plant.demand.workload_utilisation = 0.6  # the power loop moves, the oil barely
-    sim.run_for(300, lambda report: (sim.agent.setpoints.contact(sim.clock()),
-                                     modes.add(report.mode)))
-    causes = [e.cause for e in sim.agent.events.events
-              if e.severity in ("error", "critical") and e.mode != "STARTING"]
-    assert causes == []
-    assert modes <= {"STARTING", "NORMAL", "LIMITED"}
+    run_under_leader(sim, 300, modes)
+    assert_never_tripped(sim, modes)
     sim.agent.close()
 
 
@@ -29,10 +37,6 @@ def test_board_held_at_its_floor_trips_nothing(sim_dir):
     sim = SimulatedAgent(sim_dir, SimClock(), seed=5, extra_config="[control]\nperiod_s = 1.0\n")
     sim.agent.set_setpoint(sim.agent.setpoints.power_min_w, "leader")
     modes = set()
-    sim.run_for(600, lambda report: (sim.agent.setpoints.contact(sim.clock()),
-                                     modes.add(report.mode)))
-    causes = [e.cause for e in sim.agent.events.events
-              if e.severity in ("error", "critical") and e.mode != "STARTING"]
-    assert causes == []
-    assert modes <= {"STARTING", "NORMAL", "LIMITED"}
+    run_under_leader(sim, 600, modes)
+    assert_never_tripped(sim, modes)
     sim.agent.close()

@@ -11,9 +11,9 @@ leader's SD card sees a write every few minutes at most, not one per period.
 """
 
 import dataclasses
-import math
 from typing import Any
 
+from agent.mqtt.envelope import finite_number
 from agent.persist import StateStore
 
 LEDGER_FILE = "leader-energy.json"
@@ -36,15 +36,10 @@ class BoardEnergy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BoardEnergy":
-        return cls(data.get("boot"), {k: _number(data.get("last", {}).get(k)) for k in KINDS},
-                   {k: _number(data.get("total_wh", {}).get(k)) or 0.0 for k in KINDS},
+        return cls(data.get("boot"),
+                   {k: finite_number(data.get("last", {}).get(k)) for k in KINDS},
+                   {k: finite_number(data.get("total_wh", {}).get(k)) or 0.0 for k in KINDS},
                    int(data.get("segments", 0)))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 class EnergyLedger:
@@ -68,7 +63,7 @@ class EnergyLedger:
         added_electric = 0.0
         went_back = False
         for kind in KINDS:
-            value = _number(counters.get(f"energy_{kind}_wh"))
+            value = finite_number(counters.get(f"energy_{kind}_wh"))
             if value is None:
                 continue
             last = entry.last[kind]
@@ -112,7 +107,8 @@ class EnergyLedger:
         except (AttributeError, TypeError, ValueError) as error:
             self.boards = {}
             return f"energy ledger unusable ({error}); starting from zero"
-        self.module_heat_metered_wh = _number(read.payload.get("module_heat_metered_wh")) or 0.0
+        self.module_heat_metered_wh = finite_number(
+            read.payload.get("module_heat_metered_wh")) or 0.0
         return read.problem
 
     def save_if_due(self, now: float, store: StateStore, force: bool = False) -> bool:

@@ -12,7 +12,6 @@ retained interlock whenever it changes.
 
 import dataclasses
 import logging
-import math
 from typing import Any, Callable
 
 from agent.errors import MessageError
@@ -22,6 +21,7 @@ from agent.leader.ledger import LEDGER_FILE, EnergyLedger
 from agent.leader.split import BudgetSplitter, Split, capacity_from_state
 from agent.leader.tracker import BoardTracker
 from agent.leader.trim import TrimLoop
+from agent.mqtt.envelope import finite_number
 from agent.mqtt.topics import LEADER, ROOT
 from agent.persist import StateStore
 
@@ -55,12 +55,6 @@ def module_topics(site: str, module: str) -> dict[str, str]:
     return {"base": base, "leader": f"{base}/{LEADER}", "status": f"{base}/{LEADER}/status",
             "interlock": f"{base}/{LEADER}/interlock", "state": f"{base}/{LEADER}/state",
             "budget": f"{base}/{LEADER}/budget", "setpoint": f"{base}/{LEADER}/setpoint"}
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 class LeaderRole:
@@ -150,7 +144,7 @@ class LeaderRole:
 
     def _on_budget(self, message) -> None:
         try:
-            budget = _finite(message.data().get("budget_w"))
+            budget = finite_number(message.data().get("budget_w"))
         except MessageError:
             budget = None
         if budget is None or budget < 0:
@@ -178,7 +172,7 @@ class LeaderRole:
                 continue
             setpoint = self.split.setpoints_w.get(view.board)
             if setpoint is None:
-                setpoint = _finite(view.state.get("min_w"))
+                setpoint = finite_number(view.state.get("min_w"))
             if setpoint is not None:
                 self.link.publish(f"{self.topics['setpoint']}/{view.board}",
                                   {"setpoint_w": round(setpoint, 4)}, qos=1, keep=False)
@@ -199,7 +193,8 @@ class LeaderRole:
         if changed or not self._interlock_published:
             self.link.publish(self.topics["interlock"], state.payload(), qos=1, retain=True)
             self._interlock_published = True
-        online_power = [_finite(v.state.get("power_w")) for v in self.tracker.boards.values()
+        online_power = [finite_number(v.state.get("power_w"))
+                        for v in self.tracker.boards.values()
                         if v.status == "online"]
         electric_w = sum(p for p in online_power if p is not None) if online_power else None
         heat = self.meter.update(now, self.readings.inlet_c, self.readings.outlet_c,
@@ -240,7 +235,7 @@ class LeaderRole:
             "boards": {
                 v.board: {"status": v.status, "mode": v.mode, "faults": list(v.faults),
                           "setpoint_w": self.split.setpoints_w.get(v.board),
-                          "power_w": _finite(v.state.get("power_w")),
+                          "power_w": finite_number(v.state.get("power_w")),
                           "restarts": v.restarts, "lost_states": v.lost_states,
                           "lost_events": v.lost_events,
                           "energy_electric_wh": self.ledger.boards[v.board].total_wh["electric"]

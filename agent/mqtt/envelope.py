@@ -36,6 +36,14 @@ class Envelope:
         return stamped
 
 
+def finite_number(value: Any) -> float | None:
+    """A payload field as a float, or None when it is missing, not a number (a bool is not)
+    or not finite: every role reads received numbers through this."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities are not JSON; an unknown number is sent as null (docs/mqtt.md)."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -221,6 +221,7 @@ class SiteSimulation:
         self.tank = Tank(building.tank_litres_per_board * layout.modules
                          * layout.boards_per_module, building.start_c)
         self._check_targets(layout)
+        self.directory = directory
         self.modules: dict[str, SimModule] = {}
         seed = 0
         for module in layout.module_names():
@@ -257,7 +258,7 @@ class SiteSimulation:
 
     def _start_site(self, target_c: float) -> SiteRole:
         link = Link(LinkSettings(self.broker.host, self.broker.port, reconnect_max_s=2),
-                    client_id=f"hearth-{SITE}-site", outbox=Outbox(Path(self._site_dir())),
+                    client_id=f"hearth-{SITE}-site", outbox=Outbox(self.directory / "site-outbox"),
                     boot=str(uuid.uuid4()), wall_clock=self.wall_clock,
                     status_topic=site_topics(SITE)["status"])
         kp = self.nominal_w / 5.0
@@ -267,10 +268,6 @@ class SiteSimulation:
         role.start()
         link.start()
         return role
-
-    def _site_dir(self) -> Path:
-        first = next(iter(self.modules.values()))
-        return first.directory.parent / "site-outbox"
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import math
 from typing import Any, Callable
 
 from agent.errors import MessageError
+from agent.mqtt.envelope import finite_number
 from agent.mqtt.topics import LEADER, ROOT
 from agent.site.demand import ExternalDemand, TemperatureDemand, split_across_modules
 
@@ -36,12 +37,6 @@ def site_topics(site: str) -> dict[str, str]:
     base = f"{ROOT}/{site}"
     return {"base": base, "state": f"{base}/site/state", "status": f"{base}/site/status",
             "demand": f"{base}/site/demand", "target_set": f"{base}/{TARGET_SET}"}
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 class SiteRole:
@@ -112,7 +107,7 @@ class SiteRole:
             recent = now - self.module_seen_s.get(module, -math.inf) <= self.settings.leader_timeout_s
             interlocked = bool((state.get("interlock") or {}).get("active"))
             online = self.leader_status.get(module, "online") == "online"
-            capacity = _finite(state.get("capacity_w")) or 0.0
+            capacity = finite_number(state.get("capacity_w")) or 0.0
             found[module] = capacity if recent and online and not interlocked else 0.0
         return found
 
@@ -137,7 +132,7 @@ class SiteRole:
 
     def state_payload(self, now, demand_w, source, loop_c, split, capacities) -> dict[str, Any]:
         def total(key: str) -> float | None:
-            values = [_finite(s.get(key)) for s in self.modules.values()]
+            values = [finite_number(s.get(key)) for s in self.modules.values()]
             values = [v for v in values if v is not None]
             return sum(values) if values else None
 

@@ -3,6 +3,7 @@ connections than paho's select()-based thread can hold in one process, delivery 
 a reconnect with the kept messages after the broker was away."""
 
 import resource
+import signal
 import time
 import uuid
 
@@ -96,4 +97,64 @@ def test_a_link_on_a_network_loop_reconnects_and_sends_what_waited(mosquitto, tm
         link.close(timeout_s=0.5)
         if listener is not None:
             listener.close(timeout_s=0.5)
+        network.close()
+
+
+def test_messages_published_from_another_thread_are_written_at_once(mosquitto, tmp_path):
+    """paho asks its external loop for a write only while its own 'write registered' flag is
+    clear, and the loop thread clears it after finding the queue empty; a message queued in
+    that moment used to wait for the next keepalive (60 s). Bursts from the caller's thread
+    against a busy loop thread hit that moment; every message must still arrive promptly."""
+    broker = mosquitto()
+    network = NetworkLoop()
+    senders = [make_link(broker.port, tmp_path, f"s{i}", network) for i in range(20)]
+    listener = make_link(broker.port, tmp_path, "listener", None)
+    got: list[tuple[int, int]] = []
+    listener.subscribe("race/#", lambda m: got.append((m.data()["s"], m.data()["n"])))
+    try:
+        for link in [listener, *senders]:
+            link.start()
+        wait_for(lambda: all(link.connected for link in [listener, *senders]), 10, "connected")
+        time.sleep(0.3)
+        for n in range(100):
+            for index, sender in enumerate(senders):
+                sender.publish(f"race/{index}", {"s": index, "n": n}, qos=0)
+            time.sleep(0.0005 * (n % 3))
+
+        def all_arrived():
+            listener.poll(max_messages=10_000)
+            return len(got) == 100 * len(senders)
+        wait_for(all_arrived, 5, "every message well before a 60 s keepalive")
+        for index in range(len(senders)):
+            assert [n for s, n in got if s == index] == list(range(100))
+    finally:
+        for link in [listener, *senders]:
+            link.close(timeout_s=0.5)
+        network.close()
+
+
+def test_a_keepalive_timeout_on_a_network_loop_reconnects(mosquitto, tmp_path):
+    """A broker that stops answering (SIGSTOP: the kernel still accepts TCP connections for
+    it). Each reconnect attempt then waits for a CONNACK that never comes, and paho's keepalive
+    closes that socket inside loop_misc and returns success; the loop must notice, and keep
+    trying until the broker answers again."""
+    broker = mosquitto()
+    network = NetworkLoop()
+    link = Link(LinkSettings("127.0.0.1", broker.port, keepalive_s=1, reconnect_min_s=1,
+                             reconnect_max_s=1),
+                client_id="quiet-broker", outbox=Outbox(tmp_path / "q"), boot=str(uuid.uuid4()),
+                network=network)
+    try:
+        link.start()
+        wait_for(lambda: link.connected, 10, "the link connected")
+        broker.process.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not link.connected, 10, "the keepalive to give up on the broker")
+            time.sleep(4)  # reconnect attempts to the stopped broker, each timed out
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: link.connected, 15, "the link back after the broker answers again")
+        assert link.connects >= 2
+    finally:
+        link.close(timeout_s=0.5)
         network.close()

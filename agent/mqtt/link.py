@@ -173,6 +173,7 @@ class Link:
             self._subscriptions.append((pattern, handler))
         if self._connected:
             self._client.subscribe(pattern, qos=1)
+            self._flush()
 
     def poll(self, timeout_s: float = 0.0, max_messages: int = 100) -> int:
         """Send what waits, then run handlers for received messages; returns how many.
@@ -205,6 +206,7 @@ class Link:
         if self._started:
             if self._connected and self.status_topic:
                 info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+                self._flush()
                 try:
                     info.wait_for_publish(timeout_s)
                 except (RuntimeError, ValueError) as error:
@@ -212,6 +214,7 @@ class Link:
                                      error)
             self._started = False
             self._client.disconnect()
+            self._flush()
             if self.network is not None:
                 self.network.remove(self._client, timeout_s)
             else:
@@ -226,8 +229,11 @@ class Link:
         broker publishes the Last Will; the simulator's leader crash. The Link is dead after."""
         if self._started:
             self._started = False
-            self._client.loop_stop()
             sock = self._client.socket()
+            if self.network is not None:
+                self.network.remove(self._client, timeout_s=0.0)
+            else:
+                self._client.loop_stop()
             if sock is not None:
                 sock.close()
 
@@ -253,11 +259,22 @@ class Link:
                 return
             self._in_flight.pop(mid, None)
 
+    def _flush(self) -> None:
+        """On a NetworkLoop, have it write what this thread just queued (see NetworkLoop)."""
+        if self.network is not None:
+            self.network.flush(self._client)
+
     def _pump(self) -> None:
         """Hand waiting messages to paho while connected (caller holds self._lock)."""
         self._drain_acks()
         if not self._connected:
             return
+        if self._hand_over():
+            self._flush()
+
+    def _hand_over(self) -> bool:
+        """Give paho what it may send now; True if it took anything."""
+        handed = False
         generation = self._generation
         if generation != self._pumped_generation:
             self._pumped_generation = generation
@@ -278,6 +295,7 @@ class Link:
             # On NO_CONN paho has queued it and sends it after the reconnect.
             self.outbox.pop_kept()
             self._in_flight[info.mid] = (generation, pending)
+            handed = True
         telemetry = self.outbox.take_telemetry()
         for index, pending in enumerate(telemetry):
             info = self._client.publish(pending.topic, envelope.encode(pending.message,
@@ -286,6 +304,8 @@ class Link:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.outbox.return_telemetry(telemetry[index:])
                 break
+            handed = True
+        return handed
 
     # -- paho's thread: record and return; never let an exception escape -------------------
 
@@ -345,13 +365,18 @@ class Link:
 class NetworkLoop:
     """One thread running the network I/O of many Links' paho clients with epoll.
 
-    paho's external-loop interface: the socket callbacks tell us which sockets to watch and
-    when one has something to write (publish() from any thread asks for a write through
-    on_socket_register_write, so the write happens here); loop_read, loop_write and, once a
-    second, loop_misc (keepalive) run on this thread only. A connection that fails or drops is
-    retried after paho's backoff (reconnect_min_s doubling up to reconnect_max_s), reset by a
-    successful connection. `client.reconnect()` connects with a blocking TCP connect, which is
-    immediate on the loopback and LAN brokers this is for.
+    paho's external-loop interface: the socket callbacks tell us which sockets to watch;
+    loop_read, loop_write and, once a second, loop_misc (keepalive) run on this thread only. A
+    connection that fails or drops is retried after paho's backoff (reconnect_min_s doubling up
+    to reconnect_max_s), reset by a successful connection. `client.reconnect()` connects with a
+    blocking TCP connect, which is immediate on the loopback and LAN brokers this is for.
+
+    Two gaps in paho's interface are closed here. A publish from another thread asks for a write
+    through on_socket_register_write only when paho's `_registered_write` flag is clear, and
+    this thread clears that flag after it has found the queue empty: a packet queued in between
+    waits unsent until the next keepalive. So the Link tells the loop after every publish
+    (`flush`), and the loop writes for it. And a keepalive that times out inside loop_misc
+    closes the socket but returns success, so the loop checks for a closed socket itself.
     """
 
     MISC_PERIOD_S = 1.0
@@ -363,6 +388,7 @@ class NetworkLoop:
         self._clients: dict[paho.Client, list[float]] = {}
         """client -> [next connect attempt (monotonic; 0: none due), backoff s, min s, max s]"""
         self._lock = threading.Lock()
+        self._flush_due: set[paho.Client] = set()
         self._wake_r, self._wake_w = _socketpair()
         self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
         self._stopping = False
@@ -392,6 +418,14 @@ class NetworkLoop:
         sock = client.socket()
         if sock is not None:  # never answered: close it here, the loop forgets the descriptor
             self._forget(sock)
+
+    def flush(self, client: paho.Client) -> None:
+        """Write what `client` has queued, from this loop's thread (any thread may call)."""
+        with self._lock:
+            wake = not self._flush_due
+            self._flush_due.add(client)
+        if wake:
+            self._wake()
 
     def close(self) -> None:
         self._stopping = True
@@ -455,6 +489,7 @@ class NetworkLoop:
                 waits = [retry[0] for retry in self._clients.values() if retry[0] > 0]
             for client in due:
                 self._connect(client)
+            self._write_flushed()
             timeout_s = max(0.0, min([next_misc_s, *waits]) - time.monotonic())
             try:
                 events = self._epoll.poll(timeout_s)
@@ -482,9 +517,21 @@ class NetworkLoop:
                 with self._lock:
                     clients = list(self._clients)
                 for client in clients:
-                    if client.socket() is not None and self._guarded(client.loop_misc) != (
-                            MQTTErrorCode.MQTT_ERR_SUCCESS):
-                        self._lost(client)
+                    if client.socket() is not None:
+                        self._guarded(client.loop_misc)
+                    if client.socket() is None:  # lost, and loop_misc may have said success
+                        self._lost_unless_retrying(client)
+            self._write_flushed()
+
+    def _write_flushed(self) -> None:
+        with self._lock:
+            if not self._flush_due:
+                return
+            clients, self._flush_due = self._flush_due, set()
+        for client in clients:
+            if client.want_write() and client.socket() is not None:
+                if self._guarded(client.loop_write) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._lost(client)
 
     def _guarded(self, call, *args) -> MQTTErrorCode:
         try:
@@ -514,6 +561,13 @@ class NetworkLoop:
                 return
             retry[1] = retry[2] if retry[1] == 0 else min(retry[1] * 2, retry[3])
             retry[0] = time.monotonic() + retry[1]
+
+    def _lost_unless_retrying(self, client: paho.Client) -> None:
+        with self._lock:
+            retry = self._clients.get(client)
+            if retry is None or retry[0] > 0:
+                return
+        self._lost(client)
 
     def connected(self, client: paho.Client) -> None:
         """Called by the Link on a successful connection: the backoff starts over."""

@@ -4,11 +4,13 @@ a reconnect with the kept messages after the broker was away."""
 
 import resource
 import signal
+import threading
 import time
 import uuid
 
 from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
+from agent.sim.broker import Broker
 
 LINKS = 400
 """With paho's own threads (three descriptors each) this many would pass descriptor 1023,
@@ -158,3 +160,33 @@ def test_a_keepalive_timeout_on_a_network_loop_reconnects(mosquitto, tmp_path):
     finally:
         link.close(timeout_s=0.5)
         network.close()
+
+
+def test_one_thread_runs_clients_and_broker_and_settle_delivers_at_once(tmp_path):
+    """The simulator's way: a NetworkLoop without a thread and the built-in broker beside it,
+    both run by the caller. One settle() moves a message through the broker to its reader."""
+    threads_before = threading.active_count()
+    broker = Broker().start(threaded=False)
+    network = NetworkLoop(threaded=False, beside=broker.run_once)
+    sender = make_link(broker.port, tmp_path, "sender", network)
+    reader = make_link(broker.port, tmp_path, "reader", network)
+    got = []
+    reader.subscribe("one/thread", lambda m: got.append(m.data()["n"]))
+    try:
+        sender.start()
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not (sender.connected and reader.connected) and time.monotonic() < deadline:
+            network.wait(0.01)
+        network.wait(0.1)  # the reader's SUBSCRIBE answered
+        assert threading.active_count() == threads_before
+        for n in range(3):
+            sender.publish("one/thread", {"n": n}, qos=1)
+            network.settle()
+            reader.poll()
+            assert got == list(range(n + 1))
+    finally:
+        sender.close(timeout_s=0.5)
+        reader.close(timeout_s=0.5)
+        network.close()
+        broker.stop()

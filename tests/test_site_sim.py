@@ -64,9 +64,8 @@ fault = "stuck:soc"
 @pytest.fixture(params=["built-in", "mosquitto"])
 def broker_access(request, mosquitto):
     if request.param == "built-in":
-        broker = Broker().start()
-        yield BrokerAccess("127.0.0.1", broker.port,
-                           lambda down: broker.pause() if down else broker.resume(), "built-in")
+        broker = Broker().start(threaded=False)
+        yield BrokerAccess.built_in(broker)
         broker.stop()
     else:
         server = mosquitto()

@@ -65,10 +65,8 @@ def run(args: argparse.Namespace) -> int:
         host, port = parse_broker(args.broker)
         access = BrokerAccess(host, port, None, f"external {host}:{port}")
     else:
-        broker = Broker().start()
-        access = BrokerAccess("127.0.0.1", broker.port,
-                              lambda down: broker.pause() if down else broker.resume(),
-                              "built-in")
+        broker = Broker().start(threaded=False)
+        access = BrokerAccess.built_in(broker)
     print(f"hearth sim: {layout.modules} modules x {layout.boards_per_module} boards, "
           f"scenario {scenario.name!r} ({scenario.duration_s / 3600:g} h simulated), "
           f"{access.name} broker on port {access.port}", flush=True)

@@ -208,7 +208,7 @@ class Link:
                 info = self._client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
                 self._flush()
                 try:
-                    info.wait_for_publish(timeout_s)
+                    self._wait_for_publish(info, timeout_s)
                 except (RuntimeError, ValueError) as error:
                     self.log.warning("%s: offline status not confirmed: %s", self.client_id,
                                      error)
@@ -223,6 +223,14 @@ class Link:
             self._drain_acks()
             self.outbox.persist([pending for _, pending in self._in_flight.values()])
             self._in_flight.clear()
+
+    def _wait_for_publish(self, info: paho.MQTTMessageInfo, timeout_s: float) -> None:
+        if self.network is None:
+            info.wait_for_publish(timeout_s)
+            return
+        deadline = time.monotonic() + timeout_s
+        while not info.is_published() and time.monotonic() < deadline:
+            self.network.wait(0.01)
 
     def abort(self) -> None:
         """Drop the connection the way a crashed process does, with no DISCONNECT, so the
@@ -365,6 +373,10 @@ class Link:
 class NetworkLoop:
     """One thread running the network I/O of many Links' paho clients with epoll.
 
+    The thread is its own (default), or the owner's: made with threaded=False, the loop runs
+    only inside run_once() and wait(), which the site simulator calls between its steps, so a
+    whole simulated site is one busy thread and does not pay for contention over the GIL.
+
     paho's external-loop interface: the socket callbacks tell us which sockets to watch;
     loop_read, loop_write and, once a second, loop_misc (keepalive) run on this thread only. A
     connection that fails or drops is retried after paho's backoff (reconnect_min_s doubling up
@@ -380,8 +392,11 @@ class NetworkLoop:
     """
 
     MISC_PERIOD_S = 1.0
+    BESIDE_SLICE_S = 0.002
+    """While waiting, how long the loop beside may block before this one looks again."""
 
-    def __init__(self, name: str = "mqtt-network", log: logging.Logger | None = None):
+    def __init__(self, name: str = "mqtt-network", log: logging.Logger | None = None,
+                 threaded: bool = True, beside: Callable[[float], int] | None = None):
         self.log = log or logging.getLogger("hearth.mqtt")
         self._epoll = select.epoll()
         self._by_fd: dict[int, paho.Client] = {}
@@ -392,8 +407,14 @@ class NetworkLoop:
         self._wake_r, self._wake_w = _socketpair()
         self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._next_misc_s = time.monotonic() + self.MISC_PERIOD_S
+        self._thread: threading.Thread | None = None
+        self._beside = beside
+        """threaded=False: another loop on the owner's thread that must run whenever this one
+        waits (an in-process broker's run_once); it returns how many sockets it served."""
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
 
     def add(self, client: paho.Client, reconnect_min_s: float, reconnect_max_s: float) -> None:
         """Start connecting `client` (after connect_async) and keep it connected."""
@@ -414,7 +435,7 @@ class NetworkLoop:
         self._wake()
         deadline = time.monotonic() + timeout_s
         while client.socket() is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+            self.wait(0.01)
         sock = client.socket()
         if sock is not None:  # never answered: close it here, the loop forgets the descriptor
             self._forget(sock)
@@ -422,7 +443,7 @@ class NetworkLoop:
     def flush(self, client: paho.Client) -> None:
         """Write what `client` has queued, from this loop's thread (any thread may call)."""
         with self._lock:
-            wake = not self._flush_due
+            wake = not self._flush_due and self._thread is not None
             self._flush_due.add(client)
         if wake:
             self._wake()
@@ -430,7 +451,8 @@ class NetworkLoop:
     def close(self) -> None:
         self._stopping = True
         self._wake()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
         self._epoll.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -480,58 +502,92 @@ class NetworkLoop:
 
     # -- the loop thread -------------------------------------------------------------------
 
-    def _run(self) -> None:
-        next_misc_s = time.monotonic() + self.MISC_PERIOD_S
-        while not self._stopping:
-            now = time.monotonic()
-            with self._lock:
-                due = [c for c, retry in self._clients.items() if 0 < retry[0] <= now]
-                waits = [retry[0] for retry in self._clients.values() if retry[0] > 0]
-            for client in due:
-                self._connect(client)
-            self._write_flushed()
-            timeout_s = max(0.0, min([next_misc_s, *waits]) - time.monotonic())
-            try:
-                events = self._epoll.poll(timeout_s)
-            except InterruptedError:
+    def run_once(self, timeout_s: float = 0.0) -> int:
+        """Connect what is due, write what was flushed, and serve the sockets that are ready,
+        waiting up to timeout_s for one; returns how many clients had something to do. Run by
+        the loop's thread, or by the owner of a NetworkLoop made with threaded=False."""
+        now = time.monotonic()
+        with self._lock:
+            due = [c for c, retry in self._clients.items() if 0 < retry[0] <= now]
+            waits = [retry[0] for retry in self._clients.values() if retry[0] > 0]
+        for client in due:
+            self._connect(client)
+        busy = self._write_flushed()
+        if busy:
+            timeout_s = 0.0
+        timeout_s = max(0.0, min([now + timeout_s, self._next_misc_s, *waits])
+                        - time.monotonic())
+        try:
+            events = self._epoll.poll(timeout_s)
+        except InterruptedError:
+            events = []
+        for fd, mask in events:
+            if fd == self._wake_r.fileno():
+                try:
+                    self._wake_r.recv(4096)
+                except (BlockingIOError, OSError):
+                    pass
                 continue
-            for fd, mask in events:
-                if fd == self._wake_r.fileno():
-                    try:
-                        self._wake_r.recv(4096)
-                    except (BlockingIOError, OSError):
-                        pass
-                    continue
-                client = self._by_fd.get(fd)
-                if client is None:
-                    continue
-                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-                if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
-                    rc = self._guarded(client.loop_read, 10)
-                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mask & select.EPOLLOUT:
-                    rc = self._guarded(client.loop_write)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._lost(client)
-            if time.monotonic() >= next_misc_s:
-                next_misc_s = time.monotonic() + self.MISC_PERIOD_S
-                with self._lock:
-                    clients = list(self._clients)
-                for client in clients:
-                    if client.socket() is not None:
-                        self._guarded(client.loop_misc)
-                    if client.socket() is None:  # lost, and loop_misc may have said success
-                        self._lost_unless_retrying(client)
-            self._write_flushed()
+            client = self._by_fd.get(fd)
+            if client is None:
+                continue
+            busy += 1
+            rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                rc = self._guarded(client.loop_read, 10)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mask & select.EPOLLOUT:
+                rc = self._guarded(client.loop_write)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost(client)
+        if time.monotonic() >= self._next_misc_s:
+            self._next_misc_s = time.monotonic() + self.MISC_PERIOD_S
+            with self._lock:
+                clients = list(self._clients)
+            for client in clients:
+                if client.socket() is not None:
+                    self._guarded(client.loop_misc)
+                if client.socket() is None:  # lost, and loop_misc may have said success
+                    self._lost_unless_retrying(client)
+        return busy + self._write_flushed()
 
-    def _write_flushed(self) -> None:
+    def wait(self, seconds: float) -> None:
+        """Let time pass for the loop: sleep while its thread works, or run it meanwhile."""
+        if self._thread is not None:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._beside is None:
+                self.run_once(left)
+            else:
+                self.run_once(0.0)
+                self._beside(min(left, self.BESIDE_SLICE_S))
+
+    def settle(self, max_rounds: int = 20) -> None:
+        """threaded=False: move what is ready until nothing moves (clients write, the broker
+        beside routes, clients read into their Links' inboxes). A bound on rounds, so a client
+        that always has something cannot hold the owner."""
+        for _ in range(max_rounds):
+            moved = self.run_once(0.0)
+            if self._beside is not None:
+                moved += self._beside(0.0)
+            if not moved:
+                return
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self.run_once(self.MISC_PERIOD_S)
+
+    def _write_flushed(self) -> int:
         with self._lock:
             if not self._flush_due:
-                return
+                return 0
             clients, self._flush_due = self._flush_due, set()
         for client in clients:
             if client.want_write() and client.socket() is not None:
                 if self._guarded(client.loop_write) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._lost(client)
+        return len(clients)
 
     def _guarded(self, call, *args) -> MQTTErrorCode:
         try:

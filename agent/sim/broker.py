@@ -1,9 +1,12 @@
 """A small MQTT 3.1.1 broker in the standard library, so `hearth sim` needs nothing installed.
 
 It serves the simulator: hundreds of Links in the same process, on loopback, for minutes to
-hours. One daemon thread runs a `selectors` loop over non-blocking sockets; every socket, the
-subscription tree and the retained store are touched only by that thread, and the public
-methods hand their work to it through a queue.
+hours. A `selectors` loop over non-blocking sockets runs either on a daemon thread of its own
+(`start()`), with the public methods handing their work to it through a queue, or on the
+caller's thread (`start(threaded=False)`, then `run_once()` as often as the caller likes):
+the site simulator drives it that way between its steps, because a second busy Python
+thread costs the simulator far more in contention for the interpreter than its own work.
+Either way one thread touches every socket, the subscription tree and the retained store.
 
 What it does (docs/builtin-broker.md has the whole list):
 * CONNECT is checked (protocol name and level, flags, will, client id); every session is
@@ -278,6 +281,8 @@ class Broker:
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._inline = False
+        """Started with threaded=False: the caller runs the loop (run_once)."""
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running = False
         self._paused = False
@@ -292,9 +297,10 @@ class Broker:
 
     # -- the caller's side -----------------------------------------------------------------
 
-    def start(self) -> "Broker":
-        """Listen and serve on a daemon thread; returns self."""
-        if self._thread is not None:
+    def start(self, threaded: bool = True) -> "Broker":
+        """Listen, and serve on a daemon thread (or, threaded=False, in run_once); returns
+        self."""
+        if self._thread is not None or self._inline:
             return self
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -307,14 +313,21 @@ class Broker:
             self._close_all()
             raise
         self._running = True
-        self._thread = threading.Thread(target=self._run, name=f"mqtt-broker:{self.port}",
-                                        daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"mqtt-broker:{self.port}",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._inline = True
         self.log.info("built-in MQTT broker listening on %s:%d", self.host, self.port)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Close every connection and the listener, and join the thread. Safe to call twice."""
+        if self._inline:
+            self._inline = self._running = False
+            self._close_all()
+            return
         thread = self._thread
         if thread is None:
             return
@@ -352,6 +365,8 @@ class Broker:
 
     def _call(self, function: Callable[[], Any], timeout_s: float = 10.0) -> Any:
         """Run function on the broker's thread, which owns all state, and return its result."""
+        if self._inline:
+            return function()
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the built-in broker is not running; call start() first")
         if threading.current_thread() is self._thread:
@@ -383,21 +398,29 @@ class Broker:
 
     # -- the broker's thread ---------------------------------------------------------------
 
+    def run_once(self, timeout_s: float = 0.0) -> int:
+        """Serve whatever is ready, waiting up to timeout_s for something; returns how many
+        sockets had something. Called by the broker's thread, or by the owner of a broker
+        started with threaded=False."""
+        events = self._selector.select(timeout_s)
+        for key, mask in events:
+            if key.data == "wake":
+                self._run_commands()
+            elif key.data == "listener":
+                self._accept()
+            else:
+                self._service(key.data, mask)
+            self._publish_wills()
+        if self.clock() - self._timeouts_checked_s >= self.TICK_S:
+            self._check_timeouts()
+            self._publish_wills()
+        self._flush()
+        return len(events)
+
     def _run(self) -> None:
         try:
             while self._running:
-                for key, mask in self._selector.select(self.TICK_S):
-                    if key.data == "wake":
-                        self._run_commands()
-                    elif key.data == "listener":
-                        self._accept()
-                    else:
-                        self._service(key.data, mask)
-                    self._publish_wills()
-                if self.clock() - self._timeouts_checked_s >= self.TICK_S:
-                    self._check_timeouts()
-                    self._publish_wills()
-                self._flush()
+                self.run_once(self.TICK_S)
         except Exception:
             self.log.exception("built-in MQTT broker loop failed; every client is dropped")
         finally:

@@ -9,6 +9,12 @@ message may arrive a simulated second or two later than on a quiet real site, wh
 must tolerate anyway. Boards run at a 1 s control period here (0.1 s on a real board) so a
 simulated hour of 64 boards fits in a minute; docs/scenarios.md says so.
 
+Every Link shares one NetworkLoop that this loop runs between steps (NetworkLoop.settle), and
+the built-in broker runs beside it: the whole simulation is one busy thread. With a paho thread per client
+and the broker on its own thread, contention for the interpreter made every board's step two
+to three times slower than the work itself. Between steps, messages are moved until nothing
+is left to move, so a board's state reaches its leader in the same simulated second.
+
 What is simulated is hardware and the building: the boards' sysfs, I2C and GPIO (agent/sim/
 board.py), the module's pump and pipes (every board of a module gets an equal share of the
 module's flow from the tank and returns into it), the leaders' module sensors (read from that
@@ -26,11 +32,12 @@ from typing import Callable
 from agent.errors import ConfigValueError
 from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
 from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board
-from agent.mqtt.link import Link, LinkSettings
+from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.persist import StateStore
 from agent.safety.events import EventLog
+from agent.sim.broker import Broker
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 from agent.sim.plant import WATER_KG_PER_L
@@ -72,6 +79,17 @@ class BrokerAccess:
     port: int
     set_down: Callable[[bool], None] | None = None
     name: str = "external"
+    serve: Callable[[float], int] | None = None
+    """Runs a broker that lives on the simulation's thread for up to the given seconds
+    (Broker.run_once of one started with threaded=False); None: it runs by itself."""
+
+    @classmethod
+    def built_in(cls, broker: Broker) -> "BrokerAccess":
+        """The in-process broker, started with threaded=False: it runs on the simulation's
+        thread, and an outage pauses it."""
+        return cls("127.0.0.1", broker.port,
+                   lambda down: broker.pause() if down else broker.resume(), "built-in",
+                   broker.run_once)
 
 
 class SimBoard:
@@ -79,7 +97,7 @@ class SimBoard:
 
     def __init__(self, directory: Path, module: str, name: str, clock: SimClock, seed: int,
                  broker: BrokerAccess, wall_clock: Callable[[], float],
-                 on_event: Callable[[str, object], None]):
+                 on_event: Callable[[str, object], None], network: NetworkLoop):
         self.module, self.name = module, name
         self.key = f"{module}/{name}"
         self.sim = SimulatedAgent(directory / "board", clock, seed=seed,
@@ -87,7 +105,8 @@ class SimBoard:
         self.sim.agent.events.listeners.append(lambda event: on_event(self.key, event))
         self.link: BoardLink = connect_board(self.sim.agent, BoardConnection(
             LinkSettings(broker.host, broker.port, reconnect_max_s=2),
-            BoardTopics(SITE, module, name), directory / "outbox", wall_clock))
+            BoardTopics(SITE, module, name), directory / "outbox", wall_clock,
+            network=network))
 
     @property
     def plant(self):
@@ -107,8 +126,9 @@ class SimModule:
     """A module: its boards, its pump and pipes, and its leader (which may crash)."""
 
     def __init__(self, directory: Path, name: str, boards: list[SimBoard], clock: SimClock,
-                 broker: BrokerAccess, wall_clock: Callable[[], float]):
+                 broker: BrokerAccess, wall_clock: Callable[[], float], network: NetworkLoop):
         self.directory = directory
+        self.network = network
         self.name = name
         self.boards = boards
         self.clock = clock
@@ -130,7 +150,8 @@ class SimModule:
                     client_id=f"hearth-{SITE}-{self.name}-leader",
                     outbox=Outbox(self.directory / "leader-outbox"), boot=str(uuid.uuid4()),
                     wall_clock=self.wall_clock,
-                    status_topic=module_topics(SITE, self.name)["status"])
+                    status_topic=module_topics(SITE, self.name)["status"],
+                    network=self.network)
         self.leader = LeaderRole(SITE, self.name, link, self.clock, LEADER_SETTINGS,
                                  self.readings, store=self.store)
         self.leader.start()
@@ -223,15 +244,17 @@ class SiteSimulation:
         self._check_targets(layout)
         self.directory = directory
         self.modules: dict[str, SimModule] = {}
+        self.network = NetworkLoop(threaded=False, beside=broker.serve)
         seed = 0
         for module in layout.module_names():
             boards = []
             for name in layout.board_names():
                 boards.append(SimBoard(directory / module / name, module, name, self.clock,
-                                       seed, broker, self.wall_clock, self._on_board_event))
+                                       seed, broker, self.wall_clock, self._on_board_event,
+                                       self.network))
                 seed += 1
             self.modules[module] = SimModule(directory / module, module, boards, self.clock,
-                                             broker, self.wall_clock)
+                                             broker, self.wall_clock, self.network)
         self.boards = {b.key: b for m in self.modules.values() for b in m.boards}
         for board in self.boards.values():
             settle_at_idle(board.plant, building.start_c)
@@ -260,7 +283,7 @@ class SiteSimulation:
         link = Link(LinkSettings(self.broker.host, self.broker.port, reconnect_max_s=2),
                     client_id=f"hearth-{SITE}-site", outbox=Outbox(self.directory / "site-outbox"),
                     boot=str(uuid.uuid4()), wall_clock=self.wall_clock,
-                    status_topic=site_topics(SITE)["status"])
+                    status_topic=site_topics(SITE)["status"], network=self.network)
         kp = self.nominal_w / 5.0
         role = SiteRole(SITE, link, self.clock, SiteSettings(
             period_s=10.0, target_c=target_c, kp_w_per_k=kp, ki_w_per_k_s=kp / 120.0,
@@ -294,9 +317,7 @@ class SiteSimulation:
             if speed > 0:
                 ahead_s = elapsed_s / speed - (time.monotonic() - wall_start)
                 if ahead_s > 0:
-                    time.sleep(ahead_s)
-            else:
-                time.sleep(0)  # let the MQTT threads deliver
+                    self.network.wait(ahead_s)
         self.recording.meta["wall_s"] = round(time.monotonic() - wall_start, 2)
         self._finish_energy()
         for watch in self.watches:
@@ -312,12 +333,15 @@ class SiteSimulation:
         now = self.clock()
         for board in self.boards.values():
             board.step(dt_s)
+        self.network.settle()
         for module in self.modules.values():
             module.run_leader(now)
+        self.network.settle()
         self.site.link.poll()
         if now >= self.next_site_s:
             self.site.tick(now)
             self.next_site_s += self.site.settings.period_s
+        self.network.settle()
         heat_w = sum(b.plant.heat_to_water_w for b in self.boards.values())
         load_w = self.scenario.building.load_fraction(elapsed_s) * self.nominal_w
         self.tank.step(dt_s, heat_w, load_w)
@@ -374,7 +398,8 @@ class SiteSimulation:
                 self.log.warning("%d MQTT clients still not connected after %.0f s", waiting,
                                  timeout_s)
                 return
-            time.sleep(0.01)
+            self.network.wait(0.01)
+        self.network.settle()
 
     def _fire_actions(self, elapsed_s: float) -> None:
         while self.pending and self.pending[0].time_s <= elapsed_s:
@@ -460,6 +485,7 @@ class SiteSimulation:
             board.link.close()
             board.sim.agent.close()
         self.site.link.close()
+        self.network.close()
 
 
 class FaultWatch:

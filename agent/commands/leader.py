@@ -12,7 +12,8 @@ from agent.drivers.base import DriverContext
 from agent.drivers.registry import build_sensors
 from agent.errors import ConfigValueError
 from agent.ha_discovery import leader_discovery
-from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
+from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
+                               module_topics)
 from agent.metrics import MetricsServer, exposition
 from agent.mqtt.board_link import link_settings
 from agent.mqtt.link import Link
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     topics = module_topics(site, module)
     link = Link(link_settings(config.mqtt), client_id=f"hearth-{site}-{module}-leader",
                 outbox=Outbox(args.state_dir / "leader-outbox"), boot=str(uuid.uuid4()),
-                status_topic=topics["status"])
+                status_topic=topics["status"], window=LINK_WINDOW)
     role = LeaderRole(site, module, link, time.monotonic, settings, sensors.read,
                       StateStore(args.state_dir))
     role.start()

@@ -25,6 +25,12 @@ from agent.mqtt.envelope import finite_number
 from agent.mqtt.topics import LEADER, ROOT
 from agent.persist import StateStore
 
+LINK_WINDOW = 256
+"""Kept messages a leader's Link hands to paho at once: a whole round of setpoints (one per
+board, QoS 1). More is handed over only when the leader next polls or publishes, so a 64-board
+round through the default window of 10 waited for seven acknowledgements, each caught only at
+a later poll (scripts/bench-mqtt-scale found it)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LeaderSettings:

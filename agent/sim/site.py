@@ -10,10 +10,11 @@ must tolerate anyway. Boards run at a 1 s control period here (0.1 s on a real b
 simulated hour of 64 boards fits in a minute; docs/scenarios.md says so.
 
 Every Link shares one NetworkLoop that this loop runs between steps (NetworkLoop.settle), and
-the built-in broker runs beside it: the whole simulation is one busy thread. With a paho thread per client
-and the broker on its own thread, contention for the interpreter made every board's step two
-to three times slower than the work itself. Between steps, messages are moved until nothing
-is left to move, so a board's state reaches its leader in the same simulated second.
+the built-in broker runs beside it: the whole simulation is one busy thread. With a paho
+thread per client and the broker on its own thread, contention for the interpreter made every
+board's step two to three times slower than the work itself. Between steps, messages are
+moved until nothing is left to move, so a board's state reaches its leader in the same
+simulated second.
 
 What is simulated is hardware and the building: the boards' sysfs, I2C and GPIO (agent/sim/
 board.py), the module's pump and pipes (every board of a module gets an equal share of the
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 from agent.errors import ConfigValueError
-from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
+from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
+                               module_topics)
 from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board
 from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
@@ -151,7 +153,7 @@ class SimModule:
                     outbox=Outbox(self.directory / "leader-outbox"), boot=str(uuid.uuid4()),
                     wall_clock=self.wall_clock,
                     status_topic=module_topics(SITE, self.name)["status"],
-                    network=self.network)
+                    network=self.network, window=LINK_WINDOW)
         self.leader = LeaderRole(SITE, self.name, link, self.clock, LEADER_SETTINGS,
                                  self.readings, store=self.store)
         self.leader.start()

@@ -73,9 +73,11 @@ def broker_access(request, mosquitto):
                            lambda down: server.stop() if down else server.start(), "mosquitto")
 
 
-def test_site_rides_out_every_fault_and_its_energy_balances(broker_access, sim_dir):
+@pytest.mark.parametrize("workers", [0, 1], ids=["one process", "boards in a worker"])
+def test_site_rides_out_every_fault_and_its_energy_balances(broker_access, workers, sim_dir):
     scenario = parse_site_scenario(FAULTY_HALF_HOUR, "test.toml", "faulty")
-    simulation = SiteSimulation(scenario, SiteLayout(2, 3), sim_dir, broker_access)
+    simulation = SiteSimulation(scenario, SiteLayout(2, 3), sim_dir, broker_access,
+                                workers=workers)
     try:
         # 200 times real speed, not flat out: MQTT delivery, Last Wills and reconnects take
         # wall time, and flat out on a busy machine they would cost tens of simulated seconds

@@ -5,7 +5,9 @@ The broker is built in (agent/sim/broker.py) unless `--broker HOST:PORT` names a
 """
 
 import argparse
+import gc
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,9 +42,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--broker", metavar="HOST:PORT",
                         help="use this MQTT broker instead of the built-in one (broker outages "
                         "in the scenario are then skipped)")
+    parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                        help="worker processes that step most of the boards on the other "
+                        f"cores (default: one fewer than the cores, {default_workers()} here); "
+                        "0 steps every board in this process")
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="where to write the report (default reports/sim-<scenario>-<time>)")
     parser.set_defaults(run=run)
+
+
+def default_workers() -> int:
+    return max(0, (os.cpu_count() or 1) - 1)
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -53,6 +63,8 @@ def parse_broker(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers < 0:
+        raise ConfigValueError(f"--workers {args.workers}: expected 0 or more")
     if args.modules < 1 or args.boards < 1:
         raise ConfigValueError(f"--modules {args.modules} --boards {args.boards}: expected at "
                                "least one module of at least one board")
@@ -75,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     log_handler = _log_to(report_dir / "sim.log")
     try:
         with scratch_directory("hearth-sim-") as directory:
-            simulation = SiteSimulation(scenario, layout, Path(directory), access)
+            simulation = SiteSimulation(scenario, layout, Path(directory), access,
+                                        workers=args.workers,
+                                        worker_log=report_dir / "sim.log")
+            gc.collect()
+            gc.freeze()  # the site lives as long as the run: keep it out of every collection
             try:
                 recording = simulation.run(args.speed, LiveView(sys.stdout,
                                                                 sys.stdout.isatty()))

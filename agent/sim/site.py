@@ -14,7 +14,8 @@ the built-in broker runs beside it: the whole simulation is one busy thread. Wit
 thread per client and the broker on its own thread, contention for the interpreter made every
 board's step two to three times slower than the work itself. Between steps, messages are
 moved until nothing is left to move, so a board's state reaches its leader in the same
-simulated second.
+simulated second. With `workers`, most boards run in worker processes on the other cores
+(agent/sim/board_farm.py), stepped in lockstep; the site reads each board's BoardState.
 
 What is simulated is hardware and the building: the boards' sysfs, I2C and GPIO (agent/sim/
 board.py), the module's pump and pipes (every board of a module gets an equal share of the
@@ -24,7 +25,6 @@ hydraulics) and the tank. Everything that decides is the product's own code.
 
 import dataclasses
 import logging
-import math
 import time
 import uuid
 from pathlib import Path
@@ -33,27 +33,21 @@ from typing import Callable
 from agent.errors import ConfigValueError
 from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
                                module_topics)
-from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board
 from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.topics import BoardTopics
 from agent.persist import StateStore
-from agent.safety.events import EventLog
+from agent.sim.board_farm import (BOARD_PERIOD_S, SITE, WATER_CP_J_PER_KG_K, BoardSpec,
+                                  BoardState, FarmSettings, LocalFarm, WorkerFarm)
 from agent.sim.broker import Broker
 from agent.sim.clock import SimClock
-from agent.sim.harness import SimulatedAgent
+from agent.sim.params import BoardParams
 from agent.sim.plant import WATER_KG_PER_L
 from agent.sim.recording import FaultRecord, Recording
-from agent.sim.scenario import inject_fault
 from agent.sim.site_scenario import Action, SiteScenario
 from agent.site.role import SiteRole, SiteSettings, site_topics
 
-SITE = "sim"
-BOARD_PERIOD_S = 1.0
-BOARD_CONFIG = f"[control]\nperiod_s = {BOARD_PERIOD_S}\n"
 NOMINAL_BOARD_W = 6.0
 """What one board makes flat out, for sizing the building and the demand loop."""
-WATER_CP_J_PER_KG_K = 4180.0
 LEADER_SETTINGS = LeaderSettings(period_s=5.0, silence_timeout_s=15.0, flow_min_l_per_min=0.2,
                                  oil_max_c=68.0, interlock_clear_s=30.0, heat_smoothing_s=60.0,
                                  ledger_save_s=60.0)
@@ -94,40 +88,23 @@ class BrokerAccess:
                    broker.run_once)
 
 
-class SimBoard:
-    """One board's simulated hardware, its agent and its MQTT connection."""
+class BoardView:
+    """A board as the site sees it: where it is, and its state after the last step."""
 
-    def __init__(self, directory: Path, module: str, name: str, clock: SimClock, seed: int,
-                 broker: BrokerAccess, wall_clock: Callable[[], float],
-                 on_event: Callable[[str, object], None], network: NetworkLoop):
-        self.module, self.name = module, name
-        self.key = f"{module}/{name}"
-        self.sim = SimulatedAgent(directory / "board", clock, seed=seed,
-                                  extra_config=BOARD_CONFIG, events=EventLog(journal=None))
-        self.sim.agent.events.listeners.append(lambda event: on_event(self.key, event))
-        self.link: BoardLink = connect_board(self.sim.agent, BoardConnection(
-            LinkSettings(broker.host, broker.port, reconnect_max_s=2),
-            BoardTopics(SITE, module, name), directory / "outbox", wall_clock,
-            network=network))
-
-    @property
-    def plant(self):
-        return self.sim.board.plant
+    def __init__(self, key: str, state: BoardState):
+        self.key = key
+        self.module, self.name = key.split("/")
+        self.state = state
 
     @property
     def mode(self) -> str:
-        report = self.sim.agent.last_report
-        return report.mode if report is not None else "STARTING"
-
-    def step(self, dt_s: float) -> None:
-        self.sim.board.step(dt_s)
-        self.sim.agent.tick()
+        return self.state.mode
 
 
 class SimModule:
     """A module: its boards, its pump and pipes, and its leader (which may crash)."""
 
-    def __init__(self, directory: Path, name: str, boards: list[SimBoard], clock: SimClock,
+    def __init__(self, directory: Path, name: str, boards: list[BoardView], clock: SimClock,
                  broker: BrokerAccess, wall_clock: Callable[[], float], network: NetworkLoop):
         self.directory = directory
         self.network = network
@@ -137,7 +114,8 @@ class SimModule:
         self.broker = broker
         self.wall_clock = wall_clock
         self.pump_on = True
-        self.flow_per_board_l_per_min = boards[0].plant.params.water_flow_l_per_min
+        self.flow_per_board_l_per_min = BoardParams().water_flow_l_per_min
+        self.inlet_c = 0.0
         self.store = StateStore(directory / "leader-state")
         self.leader: LeaderRole | None = None
         self.next_leader_s = 0.0
@@ -165,23 +143,20 @@ class SimModule:
         self.leader.link.abort()
         self.leader = None
 
-    def feed(self, tank_c: float) -> None:
-        """The pump pushes tank water through every board's heat exchanger."""
-        flow = self.flow_per_board_l_per_min if self.pump_on else 0.0
-        for board in self.boards:
-            board.plant.water_inlet_c = tank_c
-            board.plant.water_flow_l_per_min = flow
+    def water(self, tank_c: float) -> tuple[float, float]:
+        """What the pump pushes through each board's heat exchanger: tank water, its share."""
+        self.inlet_c = tank_c
+        return tank_c, self.flow_per_board_l_per_min if self.pump_on else 0.0
 
     def readings(self) -> ModuleReadings:
         """The leader's module sensors: inlet and mixed outlet, the pump's flow, the oil."""
-        plants = [b.plant for b in self.boards]
-        inlet_c = plants[0].water_inlet_c
-        outlet_c = inlet_c
+        states = [b.state for b in self.boards]
+        outlet_c = self.inlet_c
         if self.pump_on:
-            outlet_c = sum(p.water_outlet_c() for p in plants) / len(plants)
-        return ModuleReadings(inlet_c=inlet_c, outlet_c=outlet_c,
+            outlet_c = sum(state.outlet_c for state in states) / len(states)
+        return ModuleReadings(inlet_c=self.inlet_c, outlet_c=outlet_c,
                               flow_l_per_min=self.flow_l_per_min,
-                              oil_c=max(p.oil_c for p in plants))
+                              oil_c=max(state.oil_c for state in states))
 
     def run_leader(self, now: float) -> None:
         leader = self.leader
@@ -199,17 +174,6 @@ class SimModule:
             self.leader.link.close()
 
 
-def settle_at_idle(plant, water_c: float) -> None:
-    """Start a board as if it had idled for hours on water at `water_c`: its oil and SoC at
-    the temperatures idle power holds them at, so the run does not open with a warm-up."""
-    params = plant.params
-    capacity_rate = params.water_flow_l_per_min / 60.0 * WATER_KG_PER_L * WATER_CP_J_PER_KG_K
-    conductance = (1.0 - math.exp(-params.exchanger_ua_w_per_k / capacity_rate)) * capacity_rate
-    plant.water_inlet_c = water_c
-    plant.oil_c = water_c + params.idle_w / conductance
-    plant.soc_c = plant.oil_c + params.idle_w * params.soc_to_oil_k_per_w
-
-
 class Tank:
     """The buffer tank: the modules heat it, the building draws from it."""
 
@@ -224,7 +188,10 @@ class Tank:
 class SiteSimulation:
     def __init__(self, scenario: SiteScenario, layout: SiteLayout, directory: Path,
                  broker: BrokerAccess, clock: SimClock | None = None,
-                 wall_start: float | None = None, log: logging.Logger | None = None):
+                 wall_start: float | None = None, log: logging.Logger | None = None,
+                 workers: int = 0, worker_log: Path | None = None):
+        """`workers`: worker processes that step most of the boards (0: every board in this
+        process); their log lines go to `worker_log`."""
         self.scenario = scenario
         self.layout = layout
         self.broker = broker
@@ -247,19 +214,25 @@ class SiteSimulation:
         self.directory = directory
         self.modules: dict[str, SimModule] = {}
         self.network = NetworkLoop(threaded=False, beside=broker.serve)
-        seed = 0
+        specs = [BoardSpec(directory / module / name, module, name, seed)
+                 for seed, (module, name) in enumerate(
+                     (module, name) for module in layout.module_names()
+                     for name in layout.board_names())]
+        settings = FarmSettings(broker.host, broker.port, self.clock(), epoch, building.start_c,
+                                str(worker_log or ""))
+        self.farms = self._start_farms(specs, settings, workers)
+        self.farm_of = {key: farm for farm in self.farms for key in farm.keys()}
+        self.boards: dict[str, BoardView] = {}
+        for farm in self.farms:
+            states = farm.states()
+            self.boards.update((key, BoardView(key, state)) for key, state in states.items())
+        self.boards = {spec.key: self.boards[spec.key] for spec in specs}
         for module in layout.module_names():
-            boards = []
-            for name in layout.board_names():
-                boards.append(SimBoard(directory / module / name, module, name, self.clock,
-                                       seed, broker, self.wall_clock, self._on_board_event,
-                                       self.network))
-                seed += 1
-            self.modules[module] = SimModule(directory / module, module, boards, self.clock,
-                                             broker, self.wall_clock, self.network)
-        self.boards = {b.key: b for m in self.modules.values() for b in m.boards}
-        for board in self.boards.values():
-            settle_at_idle(board.plant, building.start_c)
+            self.modules[module] = SimModule(
+                directory / module, module, [b for b in self.boards.values() if b.module == module],
+                self.clock, broker, self.wall_clock, self.network)
+        self.water: dict[str, tuple[float, float]] = {}
+        """What each module's pump sends through each of its boards this period."""
         self.site = self._start_site(building.target_c)
         self.next_site_s = self.clock()
         self.pending = list(scenario.actions)
@@ -267,6 +240,29 @@ class SiteSimulation:
         self.heat_stored_start_j = self._stored_j()
         self.energy_j = {"requested": 0.0, "heat_to_water": 0.0, "electric": 0.0,
                          "to_room": 0.0, "load": 0.0}
+
+    LOCAL_SHARE = 0.65
+    """Boards this process steps for every board one worker steps: it also runs the broker,
+    the leaders and the site (balanced on a 64-board module with one worker, 2 cores)."""
+
+    def _start_farms(self, specs: list[BoardSpec], settings: FarmSettings,
+                     workers: int) -> list:
+        """Deal the boards: with workers, this process keeps a smaller share, because it also
+        runs the broker, the leaders and the site."""
+        share = self.LOCAL_SHARE / (self.LOCAL_SHARE + max(0, workers))
+        local_count = round(len(specs) * share)
+        farms: list = [LocalFarm(specs[:local_count], settings, self.clock, self.network)]
+        rest = specs[local_count:]
+        try:
+            for index in range(max(0, workers)):
+                share = rest[index::workers]
+                if share:
+                    farms.append(WorkerFarm(share, settings, self.network.wait))
+        except BaseException:
+            for farm in farms:
+                farm.close()
+            raise
+        return farms
 
     def _check_targets(self, layout: SiteLayout) -> None:
         problems = []
@@ -305,10 +301,10 @@ class SiteSimulation:
         wall_start = time.monotonic()
         self.wait_connected()
         next_sample_s = 0.0
+        self._between_steps(0.0)
         for step in range(1, steps + 1):
             elapsed_s = step * BOARD_PERIOD_S
-            self._fire_actions(elapsed_s - BOARD_PERIOD_S)
-            self.step(elapsed_s)
+            self._step(elapsed_s, last=step == steps)
             for watch in self.watches:
                 watch.check(elapsed_s)
             if elapsed_s >= next_sample_s:
@@ -326,15 +322,35 @@ class SiteSimulation:
             watch.finish()
         return self.recording
 
-    def step(self, elapsed_s: float) -> None:
-        """One board period: water flows, boards and roles act, the tank takes the heat."""
+    def _between_steps(self, elapsed_s: float) -> None:
+        """What happens at `elapsed_s` before the next board period: the scenario acts, the
+        pumps send tank water, and the worker processes start stepping their boards (they
+        step while this process runs its roles for the period just ended)."""
+        self._fire_actions(elapsed_s)
+        self.water = {name: module.water(self.tank.temperature_c)
+                      for name, module in self.modules.items()}
+        for farm in self.farms[1:]:
+            farm.begin_step(BOARD_PERIOD_S, self.water)
+
+    def _step(self, elapsed_s: float, last: bool) -> None:
+        """One board period: the boards step, the tank takes their heat, the roles act."""
         dt_s = BOARD_PERIOD_S
-        for module in self.modules.values():
-            module.feed(self.tank.temperature_c)
         self.clock.advance(dt_s)
         now = self.clock()
-        for board in self.boards.values():
-            board.step(dt_s)
+        self.farms[0].begin_step(dt_s, self.water)
+        self.network.settle()
+        for farm in self.farms:
+            states, events = farm.end_step()
+            for key, state in states.items():
+                self.boards[key].state = state
+            for event in events:
+                self._on_board_event(*event)
+        heat_w = sum(b.state.heat_to_water_w for b in self.boards.values())
+        electric_w = sum(b.state.power_w for b in self.boards.values())
+        load_w = self.scenario.building.load_fraction(elapsed_s) * self.nominal_w
+        self.tank.step(dt_s, heat_w, load_w)
+        if not last:
+            self._between_steps(elapsed_s)
         self.network.settle()
         for module in self.modules.values():
             module.run_leader(now)
@@ -344,28 +360,20 @@ class SiteSimulation:
             self.site.tick(now)
             self.next_site_s += self.site.settings.period_s
         self.network.settle()
-        heat_w = sum(b.plant.heat_to_water_w for b in self.boards.values())
-        load_w = self.scenario.building.load_fraction(elapsed_s) * self.nominal_w
-        self.tank.step(dt_s, heat_w, load_w)
         demand_w = self.site.snapshot.get("demand_w") or 0.0
         energy = self.energy_j
         energy["requested"] += demand_w * dt_s
         energy["heat_to_water"] += heat_w * dt_s
-        energy["electric"] += sum(b.plant.power_w for b in self.boards.values()) * dt_s
+        energy["electric"] += electric_w * dt_s
         energy["load"] += load_w * dt_s
 
     def _stored_j(self) -> float:
         """Heat held in every SoC and oil bath above 0 C (only its change matters)."""
-        total = 0.0
-        for board in self.boards.values():
-            plant = board.plant
-            total += (plant.soc_c * plant.params.soc_heat_capacity_j_per_k
-                      + plant.oil_c * plant.params.oil_heat_capacity_j_per_k)
-        return total
+        return sum(board.state.stored_j for board in self.boards.values())
 
     def _finish_energy(self) -> None:
         energy = self.energy_j
-        room_j = sum(b.plant.energy_to_room_j for b in self.boards.values())
+        room_j = sum(b.state.energy_to_room_j for b in self.boards.values())
         metered = {"electric": 0.0, "heat": 0.0}
         for module in self.modules.values():
             if module.leader is not None:
@@ -385,8 +393,12 @@ class SiteSimulation:
     # -- scenario actions -------------------------------------------------------------------
 
     def links(self) -> list[Link]:
-        links = [board.link.link for board in self.boards.values()] + [self.site.link]
-        return links + [m.leader.link for m in self.modules.values() if m.leader is not None]
+        return [self.site.link] + [m.leader.link for m in self.modules.values()
+                                   if m.leader is not None]
+
+    def _all_connected(self) -> bool:
+        return (all(link.connected for link in self.links())
+                and all(farm.connected() for farm in self.farms))
 
     def wait_connected(self, timeout_s: float = 30.0) -> None:
         """Hold simulated time (not wall time) until every live client is connected.
@@ -394,11 +406,9 @@ class SiteSimulation:
         Why: clients connect and reconnect on wall-clock backoff (1-2 s); at a hundred times
         real speed that would be minutes of simulated time that a real site does not lose."""
         deadline = time.monotonic() + timeout_s
-        while not all(link.connected for link in self.links()):
+        while not self._all_connected():
             if time.monotonic() > deadline:
-                waiting = sum(not link.connected for link in self.links())
-                self.log.warning("%d MQTT clients still not connected after %.0f s", waiting,
-                                 timeout_s)
+                self.log.warning("MQTT clients still not connected after %.0f s", timeout_s)
                 return
             self.network.wait(0.01)
         self.network.settle()
@@ -433,8 +443,8 @@ class SiteSimulation:
             if self.broker.set_down is not None:
                 self.broker.set_down(kind == "broker_down")
         elif kind in ("board_fault", "board_clear"):
-            inject_fault(self.boards[f"{action.module}/{action.board}"].sim.board, action.fault,
-                         kind == "board_fault")
+            key = f"{action.module}/{action.board}"
+            self.farm_of[key].inject(key, action.fault, kind == "board_fault")
         for watch in self.watches:
             watch.on_action(action, now_s)
 
@@ -447,10 +457,11 @@ class SiteSimulation:
         self.recording.events.append({"t_s": round(t_s, 1), "source": source, "kind": kind,
                                       "text": text})
 
-    def _on_board_event(self, board: str, event) -> None:
-        if event.mode == "STARTING":
+    def _on_board_event(self, t_s: float, board: str, cause: str, mode: str,
+                        message: str) -> None:
+        if mode == "STARTING":
             return  # sensors not read yet while a board boots: every board says so, all fine
-        self._event(self.elapsed_s(), board, event.cause, f"{event.mode}: {event.message}")
+        self._event(t_s, board, cause, f"{mode}: {message}")
 
     def _sample(self, elapsed_s: float) -> None:
         rec = self.recording
@@ -458,8 +469,8 @@ class SiteSimulation:
         boards = self.boards.values()
         rec.append(rec.site, {
             "demand_w": self.site.snapshot.get("demand_w"),
-            "heat_w": sum(b.plant.heat_to_water_w for b in boards),
-            "electric_w": sum(b.plant.power_w for b in boards),
+            "heat_w": sum(b.state.heat_to_water_w for b in boards),
+            "electric_w": sum(b.state.power_w for b in boards),
             "load_w": self.scenario.building.load_fraction(elapsed_s) * self.nominal_w,
             "tank_c": self.tank.temperature_c, "target_c": self.site.target_c})
         for name, module in self.modules.items():
@@ -467,25 +478,23 @@ class SiteSimulation:
             readings = module.readings()
             rec.append(rec.modules.setdefault(name, {}), {
                 "budget_w": self.site.snapshot.get("budgets_w", {}).get(name),
-                "power_w": sum(b.plant.power_w for b in module.boards),
+                "power_w": sum(b.state.power_w for b in module.boards),
                 "heat_w": snapshot.get("heat_w"),
                 "oil_c": readings.oil_c, "flow_l_per_min": readings.flow_l_per_min,
                 "outlet_c": readings.outlet_c,
                 "interlock": bool((snapshot.get("interlock") or {}).get("active")),
                 "leader_online": module.leader is not None})
         for key, board in self.boards.items():
-            report = board.sim.agent.last_report
+            state = board.state
             rec.append(rec.boards.setdefault(key, {}), {
-                "setpoint_w": report.setpoint_w if report else None,
-                "power_w": board.plant.power_w, "soc_c": board.plant.soc_c,
-                "mode": board.mode})
+                "setpoint_w": state.setpoint_w, "power_w": state.power_w, "soc_c": state.soc_c,
+                "mode": state.mode})
 
     def close(self) -> None:
         for module in self.modules.values():
             module.close()
-        for board in self.boards.values():
-            board.link.close()
-            board.sim.agent.close()
+        for farm in self.farms:
+            farm.close()
         self.site.link.close()
         self.network.close()
 
@@ -525,7 +534,7 @@ class FaultWatch:
                 and self.record.cleared_s is None):
             self.record.cleared_s = now_s
 
-    def _module_boards(self) -> list[SimBoard]:
+    def _module_boards(self) -> list[BoardView]:
         return self.sim.modules[self.action.module].boards
 
     def check(self, now_s: float) -> None:
@@ -551,17 +560,17 @@ class FaultWatch:
         elif kind == "board_fault":
             board = sim.boards[f"{self.action.module}/{self.action.board}"]
             if board.mode not in MODE_OK and "reacted" not in self.seen:
-                faults = sorted(board.sim.agent.supervisor.latched)
+                faults = board.state.latched
                 self._note(f"board {board.mode}" + (f" ({', '.join(faults)})" if faults
                                                     else ""), "reacted", now_s)
             if cleared and "reacted" in self.seen and board.mode in MODE_OK:
                 self._note("board heating again", "back", now_s)
 
-    def _followed_leader(self, boards: list[SimBoard], cleared: bool, now_s: float,
+    def _followed_leader(self, boards: list[BoardView], cleared: bool, now_s: float,
                          who: str) -> None:
         """Without their leader, boards hold its last setpoint for a while, then fall back;
         with it back, they follow it again."""
-        sources = {b.sim.agent.setpoints.status for b in boards}
+        sources = {b.state.setpoint_source for b in boards}
         if not cleared:
             if "leader" not in sources:
                 self._note(f"{who} without the leader ({' / '.join(sorted(sources))})", "lost",
@@ -576,7 +585,7 @@ class FaultWatch:
         if self.action.action == "board_fault":
             board = self.sim.boards[f"{self.action.module}/{self.action.board}"]
             if "back" not in self.seen and board.mode not in MODE_OK:
-                latched = board.sim.agent.supervisor.latched
+                latched = board.state.latched
                 self.notes.append(f"still {board.mode} at the end" + (
                     ": latched, needs a technician's reset" if latched else ""))
         elif "back" not in self.seen and "skip" not in self.seen:

@@ -316,6 +316,28 @@ def test_unsubscribe_stops_only_that_filter(builtin_broker):
     publisher.close()
 
 
+def test_who_gets_a_topic_follows_subscriptions_made_after_it_was_used(builtin_broker):
+    """The broker keeps each topic's subscribers until the subscriptions change."""
+    first = RawClient(builtin_broker, "first")
+    assert first.subscribe(("c/t", 1)) == b"\x01"
+    publisher = RawClient(builtin_broker, "pub")
+    publisher.send(publish_packet("c/t", b"one"))
+    assert first.read_publish() == ("c/t", b"one", 0, False)
+    second = RawClient(builtin_broker, "second")
+    assert second.subscribe(("c/+", 1)) == b"\x01"
+    publisher.send(publish_packet("c/t", b"two"))
+    assert first.read_publish() == ("c/t", b"two", 0, False)
+    assert second.read_publish() == ("c/t", b"two", 0, False)
+    first.send(packet(0xA2, b"\x00\x07" + mqtt_string("c/t")))
+    assert first.read() == (0xB0, b"\x00\x07")
+    publisher.send(publish_packet("c/t", b"three"))
+    assert second.read_publish() == ("c/t", b"three", 0, False)
+    first.send(packet(0xC0))
+    assert first.read() == (0xD0, b"")  # "three" did not reach the unsubscribed client
+    for client in (first, second, publisher):
+        client.close()
+
+
 def test_dollar_topics_are_hidden_from_leading_wildcards(builtin_broker, tmp_path):
     everything = RawClient(builtin_broker, "everything")
     everything.subscribe(("#", 0), ("+/status", 0))

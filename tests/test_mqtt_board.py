@@ -156,7 +156,10 @@ def test_ten_minute_broker_outage_loses_no_event_and_shows_telemetry_gaps(mosqui
     outage_end = [EPOCH + b.clock() for b in boards]
     broker.start()
     listener.ready("hearth/probe2")
-    listener.wait(lambda: all(b.link.link.idle() for b in boards), step=step_all, timeout_s=60)
+    # every board's backlog acknowledged by the broker, and through to the listener
+    listener.wait(lambda: all(b.link.link.idle() for b in boards)
+                  and all(len(listener.on(b.topics.event)) >= len(b.raised) for b in boards),
+                  step=step_all, timeout_s=60)
     for board, start, end in zip(boards, outage_start, outage_end):
         events = listener.on(board.topics.event)
         assert [e["cause"] for e in events] == [e.cause for e in board.raised]

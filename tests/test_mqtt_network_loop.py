@@ -185,6 +185,15 @@ def test_one_thread_runs_clients_and_broker_and_settle_delivers_at_once(tmp_path
             network.settle()
             reader.poll()
             assert got == list(range(n + 1))
+        # a handler added after the topic was heard is called too (the topic -> handlers
+        # answer is kept until the subscriptions change)
+        also = []
+        reader.subscribe("one/+", lambda m: also.append(m.data()["n"]))
+        network.wait(0.1)
+        sender.publish("one/thread", {"n": 3}, qos=1)
+        network.settle()
+        reader.poll()
+        assert got == [0, 1, 2, 3] and also == [3]
     finally:
         sender.close(timeout_s=0.5)
         reader.close(timeout_s=0.5)

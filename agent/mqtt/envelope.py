@@ -60,15 +60,20 @@ def encode(message: dict[str, Any], hist: bool = False) -> bytes:
     if hist:
         message = {**message, "hist": True}
     try:
-        text = json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = _ENCODER.encode(message)
     except ValueError:  # a NaN or infinity somewhere: rare, so only then walk the payload
-        text = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False,
-                          ensure_ascii=False)
+        text = _ENCODER.encode(_finite(message))
     return text.encode("utf-8")
 
 
 def _refuse_constant(token: str) -> Any:
     raise MessageError(f"{token} is not a JSON number; send a finite number or null")
+
+
+# json.dumps and json.loads with options build a new encoder or decoder on every call; these
+# hold no state between calls, so every Link in a process can share them.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -80,7 +85,7 @@ def decode(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise MessageError(f"payload is not UTF-8 ({error.reason} at byte {error.start})")
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise MessageError(f"payload is not JSON ({error.msg} at character {error.pos})")
     except RecursionError:

@@ -39,6 +39,7 @@ from agent.mqtt.topics import topic_matches
 
 ONLINE = "online"
 OFFLINE = "offline"
+HANDLER_CACHE_MAX = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,9 @@ class Link:
         self._lock = threading.RLock()
         self._subscriptions: list[tuple[str, Handler]] = []
         self._subscriptions_lock = threading.Lock()
+        self._handlers: dict[str, list[Handler]] = {}
+        """topic -> its handlers, kept until the subscriptions change (a leader hears the same
+        topics every second)."""
         self._in_flight: dict[int, tuple[int, Pending]] = {}
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=inbox_max)
@@ -171,6 +175,7 @@ class Link:
         the subscription is renewed on every reconnect."""
         with self._subscriptions_lock:
             self._subscriptions.append((pattern, handler))
+            self._handlers = {}
         if self._connected:
             self._client.subscribe(pattern, qos=1)
             self._flush()
@@ -248,9 +253,14 @@ class Link:
     # -- the loop side -------------------------------------------------------------------
 
     def _dispatch(self, message: Message) -> None:
-        with self._subscriptions_lock:
-            handlers = [handler for pattern, handler in self._subscriptions
-                        if topic_matches(pattern, message.topic)]
+        handlers = self._handlers.get(message.topic)
+        if handlers is None:
+            with self._subscriptions_lock:
+                handlers = [handler for pattern, handler in self._subscriptions
+                            if topic_matches(pattern, message.topic)]
+                if len(self._handlers) >= HANDLER_CACHE_MAX:
+                    self._handlers = {}
+                self._handlers[message.topic] = handlers
         for handler in handlers:
             try:
                 handler(message)
@@ -260,12 +270,9 @@ class Link:
                                    self.client_id, message.topic)
 
     def _drain_acks(self) -> None:
-        while True:
-            try:
-                mid = self._acks.get_nowait()
-            except queue.Empty:
-                return
-            self._in_flight.pop(mid, None)
+        acks = self._acks
+        while not acks.empty():  # one consumer (under self._lock): not empty means one waits
+            self._in_flight.pop(acks.get_nowait(), None)
 
     def _flush(self) -> None:
         """On a NetworkLoop, have it write what this thread just queued (see NetworkLoop)."""
@@ -287,6 +294,8 @@ class Link:
         if generation != self._pumped_generation:
             self._pumped_generation = generation
             self.outbox.mark_backlog()
+        if not len(self.outbox):
+            return False
         # paho re-sends what was in flight before the reconnect; newer messages wait for it.
         resending = any(sent != generation for sent, _ in self._in_flight.values())
         while not resending and len(self._in_flight) < self.window:
@@ -401,7 +410,9 @@ class NetworkLoop:
         self._epoll = select.epoll()
         self._by_fd: dict[int, paho.Client] = {}
         self._clients: dict[paho.Client, list[float]] = {}
-        """client -> [next connect attempt (monotonic; 0: none due), backoff s, min s, max s]"""
+        """client -> [backoff s, min s, max s]"""
+        self._retry_at: dict[paho.Client, float] = {}
+        """client -> its next connect attempt (monotonic), for clients not connected"""
         self._lock = threading.Lock()
         self._flush_due: set[paho.Client] = set()
         self._wake_r, self._wake_w = _socketpair()
@@ -423,8 +434,8 @@ class NetworkLoop:
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
         with self._lock:
-            self._clients[client] = [time.monotonic(), 0.0, float(reconnect_min_s),
-                                     float(reconnect_max_s)]
+            self._clients[client] = [0.0, float(reconnect_min_s), float(reconnect_max_s)]
+            self._retry_at[client] = time.monotonic()
         self._wake()
 
     def remove(self, client: paho.Client, timeout_s: float = 2.0) -> None:
@@ -432,6 +443,7 @@ class NetworkLoop:
         (the caller has called client.disconnect())."""
         with self._lock:
             self._clients.pop(client, None)
+            self._retry_at.pop(client, None)
         self._wake()
         deadline = time.monotonic() + timeout_s
         while client.socket() is not None and time.monotonic() < deadline:
@@ -508,8 +520,8 @@ class NetworkLoop:
         the loop's thread, or by the owner of a NetworkLoop made with threaded=False."""
         now = time.monotonic()
         with self._lock:
-            due = [c for c, retry in self._clients.items() if 0 < retry[0] <= now]
-            waits = [retry[0] for retry in self._clients.values() if retry[0] > 0]
+            due = [c for c, at in self._retry_at.items() if at <= now] if self._retry_at else []
+            waits = list(self._retry_at.values())
         for client in due:
             self._connect(client)
         busy = self._write_flushed()
@@ -604,9 +616,7 @@ class NetworkLoop:
             self._lost(client)
             return
         with self._lock:
-            retry = self._clients.get(client)
-            if retry is not None:
-                retry[0] = 0.0
+            self._retry_at.pop(client, None)
         self._wake()
 
     def _lost(self, client: paho.Client) -> None:
@@ -615,13 +625,12 @@ class NetworkLoop:
             retry = self._clients.get(client)
             if retry is None:
                 return
-            retry[1] = retry[2] if retry[1] == 0 else min(retry[1] * 2, retry[3])
-            retry[0] = time.monotonic() + retry[1]
+            retry[0] = retry[1] if retry[0] == 0 else min(retry[0] * 2, retry[2])
+            self._retry_at[client] = time.monotonic() + retry[0]
 
     def _lost_unless_retrying(self, client: paho.Client) -> None:
         with self._lock:
-            retry = self._clients.get(client)
-            if retry is None or retry[0] > 0:
+            if client not in self._clients or client in self._retry_at:
                 return
         self._lost(client)
 
@@ -630,7 +639,7 @@ class NetworkLoop:
         with self._lock:
             retry = self._clients.get(client)
             if retry is not None:
-                retry[1] = 0.0
+                retry[0] = 0.0
 
 
 def _socketpair() -> tuple[socket.socket, socket.socket]:

@@ -109,18 +109,24 @@ class _Node:
 
 class _SubscriptionTree:
     """Filters stored level by level, so a publish walks its own levels rather than every
-    subscription of every client."""
+    subscription of every client. The answer for a topic is kept until the subscriptions
+    change: a site publishes to the same few topics every second."""
+
+    CACHE_MAX = 10_000
 
     def __init__(self):
         self.root = _Node()
+        self._matches: dict[str, dict[Any, int]] = {}
 
     def add(self, topic_filter: str, subscriber: Any, qos: int) -> None:
+        self._matches = {}
         node = self.root
         for level in topic_filter.split("/"):
             node = node.children.setdefault(level, _Node())
         node.subscribers[subscriber] = qos
 
     def remove(self, topic_filter: str, subscriber: Any) -> None:
+        self._matches = {}
         path = [self.root]
         for level in topic_filter.split("/"):
             node = path[-1].children.get(level)
@@ -135,7 +141,16 @@ class _SubscriptionTree:
             del parent.children[level]
 
     def match(self, topic: str) -> dict[Any, int]:
-        """Each matching subscriber once, with the highest QoS among its matching filters."""
+        """Each matching subscriber once, with the highest QoS among its matching filters (the
+        caller must not change it)."""
+        found = self._matches.get(topic)
+        if found is None:
+            if len(self._matches) >= self.CACHE_MAX:
+                self._matches = {}
+            found = self._matches[topic] = self._walk(topic)
+        return found
+
+    def _walk(self, topic: str) -> dict[Any, int]:
         found: dict[Any, int] = {}
         levels = topic.split("/")
 

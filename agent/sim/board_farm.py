@@ -77,6 +77,8 @@ class BoardState:
 
     power_w: float
     heat_to_water_w: float
+    inlet_c: float
+    flow_l_per_min: float
     outlet_c: float
     oil_c: float
     soc_c: float
@@ -118,7 +120,8 @@ class SimBoard:
         report = agent.last_report
         params = plant.params
         return BoardState(
-            plant.power_w, plant.heat_to_water_w, plant.water_outlet_c(), plant.oil_c,
+            plant.power_w, plant.heat_to_water_w, plant.water_inlet_c,
+            plant.water_flow_l_per_min, plant.water_outlet_c(), plant.oil_c,
             plant.soc_c, report.mode if report is not None else "STARTING",
             report.setpoint_w if report is not None else None, agent.setpoints.status,
             tuple(sorted(agent.supervisor.latched)), plant.energy_to_room_j,

@@ -115,15 +115,10 @@ class SimModule:
         self.wall_clock = wall_clock
         self.pump_on = True
         self.flow_per_board_l_per_min = BoardParams().water_flow_l_per_min
-        self.inlet_c = 0.0
         self.store = StateStore(directory / "leader-state")
         self.leader: LeaderRole | None = None
         self.next_leader_s = 0.0
         self.start_leader()
-
-    @property
-    def flow_l_per_min(self) -> float:
-        return self.flow_per_board_l_per_min * len(self.boards) if self.pump_on else 0.0
 
     def start_leader(self) -> None:
         link = Link(LinkSettings(self.broker.host, self.broker.port, reconnect_max_s=2),
@@ -145,17 +140,19 @@ class SimModule:
 
     def water(self, tank_c: float) -> tuple[float, float]:
         """What the pump pushes through each board's heat exchanger: tank water, its share."""
-        self.inlet_c = tank_c
         return tank_c, self.flow_per_board_l_per_min if self.pump_on else 0.0
 
     def readings(self) -> ModuleReadings:
-        """The leader's module sensors: inlet and mixed outlet, the pump's flow, the oil."""
+        """The leader's module sensors: inlet and mixed outlet, the pump's flow, the oil, as
+        the boards had them in the period just stepped."""
         states = [b.state for b in self.boards]
-        outlet_c = self.inlet_c
-        if self.pump_on:
-            outlet_c = sum(state.outlet_c for state in states) / len(states)
-        return ModuleReadings(inlet_c=self.inlet_c, outlet_c=outlet_c,
-                              flow_l_per_min=self.flow_l_per_min,
+        flow_l_per_min = sum(state.flow_l_per_min for state in states)
+        inlet_c = outlet_c = states[0].inlet_c
+        if flow_l_per_min > 0:
+            outlet_c = sum(state.outlet_c * state.flow_l_per_min
+                           for state in states) / flow_l_per_min
+        return ModuleReadings(inlet_c=inlet_c, outlet_c=outlet_c,
+                              flow_l_per_min=flow_l_per_min,
                               oil_c=max(state.oil_c for state in states))
 
     def run_leader(self, now: float) -> None:

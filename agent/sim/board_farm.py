@@ -203,6 +203,7 @@ class WorkerFarm:
             pass_fds=[theirs.fileno()])
         theirs.close()
         self.conn = Connection(ours.detach())
+        self._stepping = False
         self.conn.send((specs, settings))
         self._answer()  # built
 
@@ -214,20 +215,25 @@ class WorkerFarm:
         return self._answer()
 
     def _answer(self):
-        while not self.conn.poll(0):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the simulator's board worker (pid {self.process.pid}) "
-                                   f"exited with code {self.process.returncode}")
-            self.serve(0.0005)
-        answer = self.conn.recv()
+        try:
+            while not self.conn.poll(0):
+                if self.process.poll() is not None:
+                    raise EOFError
+                self.serve(0.0005)
+            answer = self.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"the simulator's board worker (pid {self.process.pid}) exited "
+                               f"with code {self.process.wait()}; its boards stopped") from None
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
     def begin_step(self, dt_s: float, water: Water) -> None:
         self.conn.send(("step", dt_s, water))
+        self._stepping = True
 
     def end_step(self) -> tuple[dict[str, BoardState], list[BoardEvent]]:
+        self._stepping = False
         return self._answer()
 
     def states(self) -> dict[str, BoardState]:
@@ -242,6 +248,8 @@ class WorkerFarm:
     def close(self) -> None:
         if self.process.poll() is None:
             try:
+                if self._stepping:  # a run that ended early: take the step's answer first
+                    self.end_step()
                 self._ask("close")
             except (EOFError, OSError, RuntimeError):
                 pass

@@ -105,7 +105,8 @@ def test_bridge_carries_site_topics_and_loss_across_a_central_restart_is_detecta
             board.publish(f"{ROOT}/b01/state", envelope(boot, seq, kind="state"), qos=0)
     central.start()
     # The board keeps publishing after the outage; the bridge is back once one of these
-    # arrives, and whatever was queued before it has been forwarded by then.
+    # arrives, and whatever was queued before it has been forwarded by then. QoS 0 and QoS 1
+    # are not ordered against each other, so wait for a post-outage state as well.
     received: list[dict] = []
     seq, deadline = 2 + OUTAGE_EVENTS, time.monotonic() + 30
     while True:
@@ -113,7 +114,9 @@ def test_bridge_carries_site_topics_and_loss_across_a_central_restart_is_detecta
         board.publish(f"{ROOT}/b01/event", envelope(boot, seq, kind="event"))
         received += [json.loads(payload) for topic, payload in ingest.drain(0.5)
                      if topic in (f"{ROOT}/b01/event", f"{ROOT}/b01/state")]
-        if has_event(seq)(received):
+        state_after_outage = any(m["kind"] == "state" and m["seq"] >= 2 + OUTAGE_EVENTS
+                                 for m in received)
+        if has_event(seq)(received) and state_after_outage:
             break
         assert time.monotonic() < deadline, f"the bridge never came back: {received}"
         seq += 1

@@ -199,3 +199,35 @@ def test_one_thread_runs_clients_and_broker_and_settle_delivers_at_once(tmp_path
         reader.close(timeout_s=0.5)
         network.close()
         broker.stop()
+
+
+def test_one_round_of_the_loop_reads_everything_a_socket_holds(tmp_path):
+    """paho's loop_read reads one QoS 0 packet per call: a leader hearing 64 boards would need
+    64 rounds of the loop for one second's states. The loop reads a ready socket dry."""
+    broker = Broker().start(threaded=False)
+    network = NetworkLoop(threaded=False, beside=broker.run_once)
+    senders = [make_link(broker.port, tmp_path, f"s{n}", network) for n in range(64)]
+    reader = make_link(broker.port, tmp_path, "reader", network)
+    got = []
+    reader.subscribe("many/+", lambda m: got.append(m.data()["n"]))
+    try:
+        for link in senders + [reader]:
+            link.start()
+        deadline = time.monotonic() + 10
+        while not all(link.connected for link in senders + [reader]):
+            assert time.monotonic() < deadline, "links did not connect"
+            network.wait(0.01)
+        network.wait(0.1)  # the reader's SUBSCRIBE answered
+        for n, sender in enumerate(senders):
+            sender.publish(f"many/{n}", {"n": n}, qos=0)
+        network.run_once(0.0)  # the senders write
+        broker.run_once(0.0)  # the broker routes all 64 to the reader
+        time.sleep(0.05)
+        network.run_once(0.0)  # one round: the reader reads
+        reader.poll(max_messages=1000)
+        assert sorted(got) == list(range(64))
+    finally:
+        for link in senders + [reader]:
+            link.close(timeout_s=0.5)
+        network.close()
+        broker.stop()

@@ -26,9 +26,11 @@ def wait_for(condition, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def make_link(port: int, directory, name: str, network: NetworkLoop | None) -> Link:
+def make_link(port: int, directory, name: str, network: NetworkLoop | None,
+              inbox_max: int = 1000) -> Link:
     return Link(LinkSettings("127.0.0.1", port), client_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                outbox=Outbox(directory / name), boot=str(uuid.uuid4()), network=network)
+                outbox=Outbox(directory / name), boot=str(uuid.uuid4()), network=network,
+                inbox_max=inbox_max)
 
 
 def test_hundreds_of_links_on_one_network_thread(mosquitto, tmp_path):
@@ -110,7 +112,8 @@ def test_messages_published_from_another_thread_are_written_at_once(mosquitto, t
     broker = mosquitto()
     network = NetworkLoop()
     senders = [make_link(broker.port, tmp_path, f"s{i}", network) for i in range(20)]
-    listener = make_link(broker.port, tmp_path, "listener", None)
+    # every message may arrive before the first poll: room for them all in the inbox
+    listener = make_link(broker.port, tmp_path, "listener", None, inbox_max=10_000)
     got: list[tuple[int, int]] = []
     listener.subscribe("race/#", lambda m: got.append((m.data()["s"], m.data()["n"])))
     try:
@@ -127,6 +130,7 @@ def test_messages_published_from_another_thread_are_written_at_once(mosquitto, t
             listener.poll(max_messages=10_000)
             return len(got) == 100 * len(senders)
         wait_for(all_arrived, 5, "every message well before a 60 s keepalive")
+        assert listener.inbox_dropped == 0
         for index in range(len(senders)):
             assert [n for s, n in got if s == index] == list(range(100))
     finally:

@@ -136,8 +136,7 @@ class Link:
             client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        client.on_message = self._on_message  # on_publish: see _awaiting_acks
         return client
 
     @property
@@ -278,6 +277,14 @@ class Link:
         acks = self._acks
         while not acks.empty():  # one consumer (under self._lock): not empty means one waits
             self._in_flight.pop(acks.get_nowait(), None)
+        if not self._in_flight and self._client.on_publish is not None:
+            self._awaiting_acks(False)
+
+    def _awaiting_acks(self, awaiting: bool) -> None:
+        """Have paho report acknowledgements only while kept messages are in flight: with
+        on_publish set, paho also builds a ReasonCode and a Properties for every QoS 0 message
+        it writes, and telemetry is most of what a Link sends."""
+        self._client.on_publish = self._on_publish if awaiting else None
 
     def _flush(self) -> None:
         """On a NetworkLoop, have it write what this thread just queued (see NetworkLoop)."""
@@ -307,6 +314,8 @@ class Link:
             pending = self.outbox.peek_kept()
             if pending is None:
                 break
+            if self._client.on_publish is None:
+                self._awaiting_acks(True)
             info = self._client.publish(pending.topic, envelope.encode(pending.message,
                                                                         pending.hist),
                                         pending.qos, pending.retain)

@@ -65,8 +65,9 @@ def test_a_torn_last_line_in_the_spill_file_is_skipped_not_fatal(tmp_path):
 
 def test_envelope_numbers_each_topic_from_one_and_refuses_bad_payloads():
     stamp = envelope.Envelope("boot-1", lambda: 12.5)
-    assert stamp.stamp("a", {"x": 1, "seq": 99}) == {"v": 1, "boot": "boot-1", "seq": 1,
-                                                     "ts": 12.5, "x": 1}
+    stamped = stamp.stamp("a", {"x": 1, "seq": 99})
+    assert stamped == {"v": 1, "boot": "boot-1", "seq": 1, "ts": 12.5, "x": 1}
+    assert list(stamped) == ["v", "boot", "seq", "ts", "x"]  # the envelope first
     assert stamp.stamp("a", {})["seq"] == 2
     assert stamp.stamp("b", {})["seq"] == 1
     assert json.loads(envelope.encode({"x": float("nan")}, hist=True)) == {"x": None,

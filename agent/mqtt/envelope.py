@@ -30,9 +30,9 @@ class Envelope:
         """The payload with the envelope fields first; the envelope wins over same-named keys."""
         seq = self._sequence.get(topic, 0) + 1
         self._sequence[topic] = seq
-        stamped: dict[str, Any] = {"v": SCHEMA_VERSION, "boot": self.boot, "seq": seq,
-                                   "ts": self.wall_clock()}
-        stamped.update((key, value) for key, value in payload.items() if key not in stamped)
+        header = {"v": SCHEMA_VERSION, "boot": self.boot, "seq": seq, "ts": self.wall_clock()}
+        stamped = {**header, **payload}  # the header's keys first, in its order
+        stamped.update(header)  # and its values, whatever the payload said
         return stamped
 
 

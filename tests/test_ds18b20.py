@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.base import DriverContext
-from agent.drivers.ds18b20 import DS18B20, W1SlaveText
+from agent.drivers.ds18b20 import DS18B20, MASTERS_RELIST_S, W1SlaveText
 from agent.readings import Validity
 from agent.seam import Hardware
 from agent.sim.clock import SimClock
@@ -148,3 +148,21 @@ def test_many_sensors_share_one_bulk_conversion(tmp_path):
 def test_parser_rejects_truncated_text():
     with pytest.raises(ValueError):
         W1SlaveText.parse("72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n")
+
+
+def test_bus_masters_are_listed_again_after_a_minute_or_a_failed_trigger(tmp_path):
+    sensor, clock, bulk, _ = make_sensor(tmp_path, {"w1_slave": GOOD_W1_SLAVE})
+    convert(sensor, clock)
+    second = tmp_path / "sys/bus/w1/devices/w1_bus_master2/therm_bulk_read"
+    second.parent.mkdir()
+    second.write_text("0\n")
+    convert(sensor, clock)  # within the minute: the known master only
+    assert bulk.read_text() == "trigger\n" and second.read_text() == "0\n"
+    clock.advance(MASTERS_RELIST_S)
+    convert(sensor, clock)
+    assert second.read_text() == "trigger\n"
+    bulk.unlink()  # the first master gone: the other still converts, and reads go on
+    bulk.parent.rmdir()
+    second.write_text("0\n")
+    _, reading = convert(sensor, clock)
+    assert second.read_text() == "trigger\n" and reading.ok

@@ -18,6 +18,8 @@ from agent.schema import Field
 
 DEVICES_DIR = "/sys/bus/w1/devices"
 CONVERSION_S = 0.75
+MASTERS_RELIST_S = 60.0
+"""How long the list of bus masters is trusted; a failed trigger lists them again at once."""
 POWER_ON_MILLIC = 85000
 POWER_ON_RESERVED_BYTE = 0x0C
 DISCONNECTED_MILLIC = -127000
@@ -55,14 +57,23 @@ class OneWireBus:
         self._clock = context.hardware.clock
         self._triggered_at: float | None = None
         self._results_taken: set[str] = set()
+        self._masters: list[str] = []
+        self._listed_at: float | None = None
 
-    def _masters(self) -> list[str]:
+    def _list_masters(self, now: float) -> list[str]:
+        """The masters' therm_bulk_read files. Bus masters come from the device tree and stay;
+        listing the devices directory each conversion would cost more than the trigger."""
+        if (self._masters and self._listed_at is not None
+                and now - self._listed_at < MASTERS_RELIST_S):
+            return self._masters
         try:
             names = sorted(os.listdir(self._devices))
         except OSError:
-            return []
-        return [f"{self._devices}/{name}/therm_bulk_read" for name in names
-                if name.startswith("w1_bus_master")]
+            names = []
+        self._masters = [f"{self._devices}/{name}/therm_bulk_read" for name in names
+                         if name.startswith("w1_bus_master")]
+        self._listed_at = now
+        return self._masters
 
     def result_ready(self, device_id: str) -> float | None:
         """When the conversion `device_id` has not collected yet finished, else None.
@@ -79,11 +90,11 @@ class OneWireBus:
         return self._triggered_at + CONVERSION_S
 
     def _trigger(self, now: float) -> None:
-        for master in self._masters():
+        for master in self._list_masters(now):
             try:
                 _write_trigger(master)
             except OSError:
-                continue  # a master without bulk conversions, or gone since the listing
+                self._listed_at = None  # a master without bulk conversions, or gone: relist
         self._triggered_at = now
         self._results_taken = set()
 

@@ -51,6 +51,33 @@ def test_a_board_in_a_worker_steps_exactly_like_one_in_this_process(broker, sim_
         network.close()
 
 
+def test_steps_queued_ahead_with_a_fault_answer_in_order_and_match_this_process(broker,
+                                                                              sim_dir):
+    """The site queues each period's inputs two periods ahead; a worker answers every step in
+    order, a question asked meanwhile after them, and a fault carried by a step lands in the
+    same period as in this process."""
+    clock, network, local, worker = farms(broker, sim_dir)
+    fault_at = {20: (("m1/b01", "i2c_nack:oil", True), ("m1/b02", "i2c_nack:oil", True))}
+    try:
+        worker.begin_step(1.0, WATER)
+        for step in range(1, 41):
+            faults = fault_at.get(step + 1, ())
+            worker.begin_step(1.0, WATER, faults)  # period step + 1, before period step ends
+            if step == 10:
+                assert worker.connected()  # answered after the two steps queued before it
+            clock.advance(1.0)
+            local.begin_step(1.0, WATER, fault_at.get(step, ()))
+            network.settle()
+            here = local.end_step()[0]["m1/b01"]
+            there = worker.end_step()[0]["m1/b02"]
+            assert here == there, f"period {step}"
+        assert here.mode == "SAFE"  # the oil sensor stopped answering at period 20
+    finally:
+        local.close()  # the worker still holds period 41: closing takes its answer first
+        worker.close()
+        network.close()
+
+
 def test_a_worker_that_dies_is_reported_and_closing_mid_step_does_not_hang(broker, sim_dir):
     clock, network, local, worker = farms(broker, sim_dir)
     try:

@@ -11,10 +11,11 @@ BoardState per board back.
 A worker is a fresh interpreter (`python -m agent.sim.board_worker FD`: forking a process that
 holds sockets and a broker would copy them, and multiprocessing's spawn re-imports the
 caller's main script) talking over a socket pair with multiprocessing's Connection. It builds
-its boards from BoardSpecs and answers one command at a time: step, inject a fault, say
-whether every link is connected, close.
+its boards from BoardSpecs and answers one command at a time: step (with the period's water
+and fault changes), say whether every link is connected, close.
 """
 
+import collections
 import dataclasses
 import gc
 import logging
@@ -44,6 +45,8 @@ Water = dict[str, tuple[float, float]]
 """module -> (inlet temperature C, flow through each of its boards l/min)."""
 BoardEvent = tuple[float, str, str, str, str]
 """(simulated seconds since the start, board key, cause, mode, message)."""
+FaultChange = tuple[str, str, bool]
+"""(board key, fault as scenario files name it, True to inject or False to clear)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +166,13 @@ class LocalFarm:
     def keys(self) -> list[str]:
         return list(self.by_key)
 
-    def begin_step(self, dt_s: float, water: Water) -> None:
-        """Feed the water, then step every board (the caller has advanced the clock)."""
+    def begin_step(self, dt_s: float, water: Water, faults: tuple[FaultChange, ...] = ()
+                   ) -> None:
+        """Change the faults of this farm's boards among `faults`, feed the water, then step
+        every board (the caller has advanced the clock)."""
+        for key, fault, active in faults:
+            if key in self.by_key:
+                inject_fault(self.by_key[key].sim.board, fault, active)
         for board in self.boards:
             board.plant.water_inlet_c, board.plant.water_flow_l_per_min = water[board.module]
             board.step(dt_s)
@@ -176,9 +184,6 @@ class LocalFarm:
     def states(self) -> dict[str, BoardState]:
         return {board.key: board.state() for board in self.boards}
 
-    def inject(self, key: str, fault: str, active: bool) -> None:
-        inject_fault(self.by_key[key].sim.board, fault, active)
-
     def connected(self) -> bool:
         return all(board.link.link.connected for board in self.boards)
 
@@ -188,7 +193,15 @@ class LocalFarm:
 
 
 class WorkerFarm:
-    """Boards in a worker process, stepped in lockstep with the simulation.
+    """Boards in a worker process, stepped in step with the simulation.
+
+    Steps may be queued ahead (begin_step twice before end_step): the worker takes each
+    command in order and answers each, so a step that is already queued starts the moment the
+    last one ends, and a period in which the simulation's own work runs long (a leader's round
+    of setpoints) does not leave the worker idle. Other commands (states, connected) queue
+    behind the steps; their answers are read after the steps', which are kept for end_step.
+    A step carries its own inputs (the water, the faults that change), so a queued step does
+    not depend on anything sent after it.
 
     `serve(seconds)` runs the simulation's network (and the built-in broker) while it waits for
     the worker, because the worker's boards need the broker to answer them meanwhile."""
@@ -203,7 +216,8 @@ class WorkerFarm:
             pass_fds=[theirs.fileno()])
         theirs.close()
         self.conn = Connection(ours.detach())
-        self._stepping = False
+        self._steps_unanswered = 0
+        self._step_answers: collections.deque = collections.deque()
         self.conn.send((specs, settings))
         self._answer()  # built
 
@@ -212,6 +226,9 @@ class WorkerFarm:
 
     def _ask(self, *command):
         self.conn.send(command)
+        while self._steps_unanswered:  # the queued steps answer first
+            self._step_answers.append(self._answer())
+            self._steps_unanswered -= 1
         return self._answer()
 
     def _answer(self):
@@ -228,19 +245,20 @@ class WorkerFarm:
             raise answer
         return answer
 
-    def begin_step(self, dt_s: float, water: Water) -> None:
-        self.conn.send(("step", dt_s, water))
-        self._stepping = True
+    def begin_step(self, dt_s: float, water: Water, faults: tuple[FaultChange, ...] = ()
+                   ) -> None:
+        self.conn.send(("step", dt_s, water, faults))
+        self._steps_unanswered += 1
 
     def end_step(self) -> tuple[dict[str, BoardState], list[BoardEvent]]:
-        self._stepping = False
+        """The oldest step's answer."""
+        if self._step_answers:
+            return self._step_answers.popleft()
+        self._steps_unanswered -= 1
         return self._answer()
 
     def states(self) -> dict[str, BoardState]:
         return self._ask("states")
-
-    def inject(self, key: str, fault: str, active: bool) -> None:
-        self._ask("inject", key, fault, active)
 
     def connected(self) -> bool:
         return self._ask("connected")
@@ -248,9 +266,7 @@ class WorkerFarm:
     def close(self) -> None:
         if self.process.poll() is None:
             try:
-                if self._stepping:  # a run that ended early: take the step's answer first
-                    self.end_step()
-                self._ask("close")
+                self._ask("close")  # a run that ended early: its steps answer first
             except (EOFError, OSError, RuntimeError):
                 pass
         try:
@@ -282,17 +298,14 @@ def serve_worker(conn: Connection) -> None:
         command, *args = conn.recv()
         try:
             if command == "step":
-                dt_s, water = args
+                dt_s, water, faults = args
                 network.settle()
                 clock.advance(dt_s)
-                farm.begin_step(dt_s, water)
+                farm.begin_step(dt_s, water, faults)
                 network.settle()
                 conn.send(farm.end_step())
             elif command == "states":
                 conn.send(farm.states())
-            elif command == "inject":
-                farm.inject(*args)
-                conn.send(None)
             elif command == "connected":
                 network.wait(0.005)
                 conn.send(farm.connected())

@@ -15,7 +15,8 @@ thread per client and the broker on its own thread, contention for the interpret
 board's step two to three times slower than the work itself. Between steps, messages are
 moved until nothing is left to move, so a board's state reaches its leader in the same
 simulated second. With `workers`, most boards run in worker processes on the other cores
-(agent/sim/board_farm.py), stepped in lockstep; the site reads each board's BoardState.
+(agent/sim/board_farm.py), given each period's inputs two periods ahead so they never wait
+for this process (SiteSimulation._send_inputs); the site reads each board's BoardState.
 
 What is simulated is hardware and the building: the boards' sysfs, I2C and GPIO (agent/sim/
 board.py), the module's pump and pipes (every board of a module gets an equal share of the
@@ -23,6 +24,7 @@ module's flow from the tank and returns into it), the leaders' module sensors (r
 hydraulics) and the tank. Everything that decides is the product's own code.
 """
 
+import collections
 import dataclasses
 import logging
 import time
@@ -37,7 +39,8 @@ from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
 from agent.persist import StateStore
 from agent.sim.board_farm import (BOARD_PERIOD_S, SITE, WATER_CP_J_PER_KG_K, BoardSpec,
-                                  BoardState, FarmSettings, LocalFarm, WorkerFarm)
+                                  BoardState, FarmSettings, FaultChange, LocalFarm, Water,
+                                  WorkerFarm)
 from agent.sim.broker import Broker
 from agent.sim.clock import SimClock
 from agent.sim.params import BoardParams
@@ -52,6 +55,8 @@ LEADER_SETTINGS = LeaderSettings(period_s=5.0, silence_timeout_s=15.0, flow_min_
                                  oil_max_c=68.0, interlock_clear_s=30.0, heat_smoothing_s=60.0,
                                  ledger_save_s=60.0)
 MODE_OK = ("NORMAL", "LIMITED")
+INPUTS_AHEAD = 2
+"""Periods of board inputs queued ahead of the boards (see SiteSimulation._send_inputs)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +223,6 @@ class SiteSimulation:
         settings = FarmSettings(broker.host, broker.port, self.clock(), epoch, building.start_c,
                                 str(worker_log or ""))
         self.farms = self._start_farms(specs, settings, workers)
-        self.farm_of = {key: farm for farm in self.farms for key in farm.keys()}
         self.boards: dict[str, BoardView] = {}
         for farm in self.farms:
             states = farm.states()
@@ -228,8 +232,11 @@ class SiteSimulation:
             self.modules[module] = SimModule(
                 directory / module, module, [b for b in self.boards.values() if b.module == module],
                 self.clock, broker, self.wall_clock, self.network)
-        self.water: dict[str, tuple[float, float]] = {}
-        """What each module's pump sends through each of its boards this period."""
+        self.inputs_ahead: collections.deque[tuple[Water, tuple[FaultChange, ...]]] = (
+            collections.deque())
+        """The boards' inputs for the coming periods, oldest first: what each module's pump
+        sends through each of its boards, and the faults that change (see _send_inputs)."""
+        self.fault_changes: list[FaultChange] = []
         self.site = self._start_site(building.target_c)
         self.next_site_s = self.clock()
         self.pending = list(scenario.actions)
@@ -238,7 +245,7 @@ class SiteSimulation:
         self.energy_j = {"requested": 0.0, "heat_to_water": 0.0, "electric": 0.0,
                          "to_room": 0.0, "load": 0.0}
 
-    LOCAL_SHARE = 0.65
+    LOCAL_SHARE = 0.55
     """Boards this process steps for every board one worker steps: it also runs the broker,
     the leaders and the site (balanced on a 64-board module with one worker, 2 cores)."""
 
@@ -298,10 +305,12 @@ class SiteSimulation:
         wall_start = time.monotonic()
         self.wait_connected()
         next_sample_s = 0.0
-        self._between_steps(0.0)
+        self._fire_actions(0.0)
+        for step in range(1, 1 + INPUTS_AHEAD):
+            self._send_inputs(step, steps)
         for step in range(1, steps + 1):
             elapsed_s = step * BOARD_PERIOD_S
-            self._step(elapsed_s, last=step == steps)
+            self._step(step, steps)
             for watch in self.watches:
                 watch.check(elapsed_s)
             if elapsed_s >= next_sample_s:
@@ -319,22 +328,31 @@ class SiteSimulation:
             watch.finish()
         return self.recording
 
-    def _between_steps(self, elapsed_s: float) -> None:
-        """What happens at `elapsed_s` before the next board period: the scenario acts, the
-        pumps send tank water, and the worker processes start stepping their boards (they
-        step while this process runs its roles for the period just ended)."""
-        self._fire_actions(elapsed_s)
-        self.water = {name: module.water(self.tank.temperature_c)
-                      for name, module in self.modules.items()}
-        for farm in self.farms[1:]:
-            farm.begin_step(BOARD_PERIOD_S, self.water)
+    def _send_inputs(self, step: int, steps: int) -> None:
+        """Queue what the boards get in period `step` (of `steps`): the water the pumps send
+        now and the faults the scenario changed; the workers start that period at once.
 
-    def _step(self, elapsed_s: float, last: bool) -> None:
+        Why ahead: a worker that already holds its next period never waits for this process
+        to finish the leaders' and the site's work of the last one. So what the pumps and the
+        scenario do at the end of a period reaches every board, in this process as in the
+        workers, in the period after next (INPUTS_AHEAD = 2): a second later than it could,
+        as through a pipe or a relay (the tank moves by a thousandth of a degree meanwhile)."""
+        water = {name: module.water(self.tank.temperature_c)
+                 for name, module in self.modules.items()}
+        inputs = (water, tuple(self.fault_changes))
+        self.fault_changes = []
+        self.inputs_ahead.append(inputs)
+        if step <= steps:
+            for farm in self.farms[1:]:
+                farm.begin_step(BOARD_PERIOD_S, *inputs)
+
+    def _step(self, step: int, steps: int) -> None:
         """One board period: the boards step, the tank takes their heat, the roles act."""
         dt_s = BOARD_PERIOD_S
+        elapsed_s = step * dt_s
         self.clock.advance(dt_s)
         now = self.clock()
-        self.farms[0].begin_step(dt_s, self.water)
+        self.farms[0].begin_step(dt_s, *self.inputs_ahead.popleft())
         self.network.settle()
         for farm in self.farms:
             states, events = farm.end_step()
@@ -346,8 +364,9 @@ class SiteSimulation:
         electric_w = sum(b.state.power_w for b in self.boards.values())
         load_w = self.scenario.building.load_fraction(elapsed_s) * self.nominal_w
         self.tank.step(dt_s, heat_w, load_w)
-        if not last:
-            self._between_steps(elapsed_s)
+        if step < steps:
+            self._fire_actions(elapsed_s)
+            self._send_inputs(step + INPUTS_AHEAD, steps)
         self.network.settle()
         for module in self.modules.values():
             module.run_leader(now)
@@ -440,8 +459,8 @@ class SiteSimulation:
             if self.broker.set_down is not None:
                 self.broker.set_down(kind == "broker_down")
         elif kind in ("board_fault", "board_clear"):
-            key = f"{action.module}/{action.board}"
-            self.farm_of[key].inject(key, action.fault, kind == "board_fault")
+            self.fault_changes.append((f"{action.module}/{action.board}", action.fault,
+                                       kind == "board_fault"))
         for watch in self.watches:
             watch.on_action(action, now_s)
 

@@ -99,6 +99,9 @@ def test_vanished_device_is_missing_and_last_value_goes_stale(tmp_path):
     sensor, clock, _, device_dir = make_sensor(tmp_path, {"w1_slave": GOOD_W1_SLAVE})
     _, reading = convert(sensor, clock)
     assert reading.ok
+    # removed as the fake tree removes files (agent/sim/sysfs.py KernelFile.unlink): emptied
+    # first, so the driver's open file reads nothing, as a removed sysfs attribute fails
+    (device_dir / "w1_slave").write_text("")
     (device_dir / "w1_slave").unlink()
     device_dir.rmdir()
     clock.advance(0.1)

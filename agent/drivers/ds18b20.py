@@ -12,7 +12,7 @@ import os
 import re
 
 from agent.drivers.base import DriverContext, Sensor
-from agent.drivers.sysfs import read_attribute
+from agent.drivers.sysfs import SysfsAttribute
 from agent.readings import Reading, invalid, missing, ok
 from agent.schema import Field
 
@@ -125,8 +125,9 @@ class DS18B20(Sensor):
         self._bus = bus
         self._clock = context.hardware.clock
         directory = os.fspath(context.hardware.path(DEVICES_DIR) / device_id)
-        self._slave_file = f"{directory}/w1_slave"
-        self._temperature_file = f"{directory}/temperature"
+        # kept open between conversions; a sensor unplugged and plugged back is opened again
+        self._slave_file = SysfsAttribute(f"{directory}/w1_slave")
+        self._temperature_file = SysfsAttribute(f"{directory}/temperature")
         self._latest = missing(name, UNIT, self._clock(), "no conversion finished yet")
 
     @classmethod
@@ -140,13 +141,17 @@ class DS18B20(Sensor):
             self._latest = self._collect(converted_at)
         return [self._latest.aged(self._clock(), self.max_age_s)]
 
+    def close(self) -> None:
+        self._slave_file.close()
+        self._temperature_file.close()
+
     def _collect(self, converted_at: float) -> Reading:
         """Read the finished conversion; w1_slave is preferred for its CRC and scratchpad."""
         try:
             try:
-                text = read_attribute(self._slave_file).decode()
+                text = self._slave_file.read_text()
             except FileNotFoundError:
-                return self._judge_millic(int(read_attribute(self._temperature_file).decode()),
+                return self._judge_millic(int(self._temperature_file.read_text()),
                                           None, converted_at)
             return self._judge(W1SlaveText.parse(text), converted_at)
         except FileNotFoundError:

@@ -170,6 +170,31 @@ def test_an_exception_in_a_handler_never_stops_the_link(mosquitto, tmp_path):
         link.close()
 
 
+def test_a_receiver_that_falls_behind_keeps_the_newest_messages_and_counts_the_rest(
+        mosquitto, tmp_path):
+    broker = mosquitto()
+    receiver = _link(broker, tmp_path, "receiver", inbox_max=5)
+    seen = []
+    receiver.subscribe("t/in", lambda message: seen.append(message.data()["n"]))
+    receiver.start()
+    listener = Listener(broker, tmp_path, "t/#")
+    listener.ready("t/probe")
+    sender = _link(broker, tmp_path, "sender")
+    sender.start()
+    listener.wait(lambda: sender.connected and receiver.connected)
+    time.sleep(0.2)  # the receiver's subscription is sent on connect
+    for n in range(20):
+        sender.publish("t/in", {"n": n}, qos=1)
+    listener.wait(lambda: len(listener.on("t/in")) == 20, step=sender.poll)
+    deadline = time.monotonic() + 5
+    while receiver.inbox_dropped < 15 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    receiver.poll()  # only now: the receiver was busy while all 20 arrived
+    assert seen == list(range(15, 20)) and receiver.inbox_dropped == 15
+    for link in (sender, receiver, listener):
+        link.close()
+
+
 def test_backlog_after_an_outage_is_sent_once_in_order_marked_hist(mosquitto, tmp_path):
     broker = mosquitto()
     clock = [1000.0]

@@ -30,7 +30,7 @@ import socket
 import termios
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -63,9 +63,9 @@ class LinkSettings:
     reconnect_max_s: int = 60
 
 
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """A message as received; `data()` checks the envelope, `text()` is for plain payloads."""
+class Message(NamedTuple):
+    """A message as received; `data()` checks the envelope, `text()` is for plain payloads.
+    Immutable; a tuple because a leader receives one per board per second."""
 
     topic: str
     payload: bytes
@@ -115,7 +115,8 @@ class Link:
         topics every second)."""
         self._in_flight: dict[int, tuple[int, Pending]] = {}
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=inbox_max)
+        self.inbox_max = inbox_max
+        self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._started = False
         self._client = self._make_client()
 
@@ -378,17 +379,14 @@ class Link:
 
     def _on_message(self, client, userdata, message) -> None:
         try:
-            received = Message(message.topic, bytes(message.payload), bool(message.retain))
-            while True:
+            inbox = self._inbox
+            while inbox.qsize() >= self.inbox_max:  # poll() fell behind: drop the oldest
                 try:
-                    self._inbox.put_nowait(received)
-                    return
-                except queue.Full:
-                    try:
-                        self._inbox.get_nowait()
-                        self.inbox_dropped += 1
-                    except queue.Empty:
-                        pass
+                    inbox.get_nowait()
+                    self.inbox_dropped += 1
+                except queue.Empty:
+                    break
+            inbox.put(Message(message.topic, bytes(message.payload), bool(message.retain)))
         except Exception:
             self.log.exception("%s: on_message failed", self.client_id)
 

@@ -117,6 +117,20 @@ def _link(broker, tmp_path, name, **kwargs) -> Link:
                 outbox=Outbox(tmp_path / name), boot=f"boot-{name}", **kwargs)
 
 
+def _start_with_listener_and_sender(broker, tmp_path, receiver: Link, pattern: str,
+                                    probe_topic: str) -> tuple[Listener, Link]:
+    """Start `receiver` (subscribed already) beside a Listener on `pattern` and a sender,
+    and return once all are connected and the receiver's subscription is live."""
+    receiver.start()
+    listener = Listener(broker, tmp_path, pattern)
+    listener.ready(probe_topic)
+    sender = _link(broker, tmp_path, "sender")
+    sender.start()
+    listener.wait(lambda: sender.connected and receiver.connected)
+    time.sleep(0.2)  # the receiver's subscription is sent on connect
+    return listener, sender
+
+
 def test_messages_arrive_in_order_with_envelope_and_status(mosquitto, tmp_path):
     broker = mosquitto()
     listener = Listener(broker, tmp_path, "t/#")
@@ -147,13 +161,8 @@ def test_an_exception_in_a_handler_never_stops_the_link(mosquitto, tmp_path):
 
     receiver.subscribe("t/in", broken)
     receiver.subscribe("t/in", lambda message: seen.append(message.data()["n"]))
-    receiver.start()
-    listener = Listener(broker, tmp_path, "t/out")
-    listener.ready("t/out")
-    sender = _link(broker, tmp_path, "sender")
-    sender.start()
-    listener.wait(lambda: sender.connected and receiver.connected)
-    time.sleep(0.2)  # the receiver's subscription is sent on connect
+    listener, sender = _start_with_listener_and_sender(broker, tmp_path, receiver, "t/out",
+                                                       "t/out")
     for n in range(5):
         sender.publish("t/in", {"n": n}, qos=1)
 
@@ -176,13 +185,8 @@ def test_a_receiver_that_falls_behind_keeps_the_newest_messages_and_counts_the_r
     receiver = _link(broker, tmp_path, "receiver", inbox_max=5)
     seen = []
     receiver.subscribe("t/in", lambda message: seen.append(message.data()["n"]))
-    receiver.start()
-    listener = Listener(broker, tmp_path, "t/#")
-    listener.ready("t/probe")
-    sender = _link(broker, tmp_path, "sender")
-    sender.start()
-    listener.wait(lambda: sender.connected and receiver.connected)
-    time.sleep(0.2)  # the receiver's subscription is sent on connect
+    listener, sender = _start_with_listener_and_sender(broker, tmp_path, receiver, "t/#",
+                                                       "t/probe")
     for n in range(20):
         sender.publish("t/in", {"n": n}, qos=1)
     listener.wait(lambda: len(listener.on("t/in")) == 20, step=sender.poll)

@@ -193,7 +193,7 @@ class LocalFarm:
 
 
 class WorkerFarm:
-    """Boards in a worker process, stepped in step with the simulation.
+    """Boards in a worker process, stepped in time with the simulation.
 
     Steps may be queued ahead (begin_step twice before end_step): the worker takes each
     command in order and answers each, so a step that is already queued starts the moment the

@@ -19,7 +19,6 @@ import collections
 import dataclasses
 import gc
 import logging
-import math
 import socket
 import subprocess
 import sys
@@ -33,13 +32,11 @@ from agent.mqtt.topics import BoardTopics
 from agent.safety.events import EventLog
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
-from agent.sim.plant import WATER_KG_PER_L
 from agent.sim.scenario import inject_fault
 
 SITE = "sim"
 BOARD_PERIOD_S = 1.0
 BOARD_CONFIG = f"[control]\nperiod_s = {BOARD_PERIOD_S}\n"
-WATER_CP_J_PER_KG_K = 4180.0
 
 Water = dict[str, tuple[float, float]]
 """module -> (inlet temperature C, flow through each of its boards l/min)."""
@@ -140,10 +137,8 @@ def settle_at_idle(plant, water_c: float) -> None:
     """Start a board as if it had idled for hours on water at `water_c`: its oil and SoC at
     the temperatures idle power holds them at, so the run does not open with a warm-up."""
     params = plant.params
-    capacity_rate = params.water_flow_l_per_min / 60.0 * WATER_KG_PER_L * WATER_CP_J_PER_KG_K
-    conductance = (1.0 - math.exp(-params.exchanger_ua_w_per_k / capacity_rate)) * capacity_rate
     plant.water_inlet_c = water_c
-    plant.oil_c = water_c + params.idle_w / conductance
+    plant.oil_c = water_c + params.idle_w / plant.exchanger_w_per_k()  # at the nominal flow
     plant.soc_c = plant.oil_c + params.idle_w * params.soc_to_oil_k_per_w
 
 
@@ -162,9 +157,6 @@ class LocalFarm:
     def _on_event(self, key: str, event) -> None:
         self.events.append((self.clock() - self.start_s, key, event.cause, event.mode,
                             event.message))
-
-    def keys(self) -> list[str]:
-        return list(self.by_key)
 
     def begin_step(self, dt_s: float, water: Water, faults: tuple[FaultChange, ...] = ()
                    ) -> None:
@@ -209,7 +201,6 @@ class WorkerFarm:
     def __init__(self, specs: list[BoardSpec], settings: FarmSettings,
                  serve: Callable[[float], None]):
         self.serve = serve
-        self._keys = [spec.key for spec in specs]
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent.sim.board_worker", str(theirs.fileno())],
@@ -220,9 +211,6 @@ class WorkerFarm:
         self._step_answers: collections.deque = collections.deque()
         self.conn.send((specs, settings))
         self._answer()  # built
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
 
     def _ask(self, *command):
         self.conn.send(command)

@@ -108,13 +108,17 @@ class BoardPlant:
         return (self.water_flow_l_per_min / 60.0 * WATER_KG_PER_L
                 * p.water_heat_capacity_j_per_kg_k)
 
-    def _exchanger_w(self) -> float:
-        """Heat from oil to water: effectiveness-NTU with the oil as an isothermal bath."""
+    def exchanger_w_per_k(self) -> float:
+        """Heat from oil to water per kelvin between the oil and the inlet water at the
+        present flow: effectiveness-NTU with the oil as an isothermal bath."""
         capacity_rate = self._water_capacity_rate_w_per_k()
         if capacity_rate == 0.0:
             return 0.0
         effectiveness = 1.0 - math.exp(-self.params.exchanger_ua_w_per_k / capacity_rate)
-        return effectiveness * capacity_rate * (self.oil_c - self.water_inlet_c)
+        return effectiveness * capacity_rate
+
+    def _exchanger_w(self) -> float:
+        return self.exchanger_w_per_k() * (self.oil_c - self.water_inlet_c)
 
     def step(self, dt_s: float) -> None:
         p = self.params

@@ -38,9 +38,8 @@ from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleRe
 from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
 from agent.persist import StateStore
-from agent.sim.board_farm import (BOARD_PERIOD_S, SITE, WATER_CP_J_PER_KG_K, BoardSpec,
-                                  BoardState, FarmSettings, FaultChange, LocalFarm, Water,
-                                  WorkerFarm)
+from agent.sim.board_farm import (BOARD_PERIOD_S, SITE, BoardSpec, BoardState,
+                                  FarmSettings, FaultChange, LocalFarm, Water, WorkerFarm)
 from agent.sim.broker import Broker
 from agent.sim.clock import SimClock
 from agent.sim.params import BoardParams
@@ -180,7 +179,8 @@ class Tank:
     """The buffer tank: the modules heat it, the building draws from it."""
 
     def __init__(self, litres: float, start_c: float):
-        self.capacity_j_per_k = litres * WATER_KG_PER_L * WATER_CP_J_PER_KG_K
+        self.capacity_j_per_k = (litres * WATER_KG_PER_L
+                                 * BoardParams().water_heat_capacity_j_per_kg_k)
         self.temperature_c = start_c
 
     def step(self, dt_s: float, heat_in_w: float, load_w: float) -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,30 @@ class StateStore:
         if actual != document.get("sha256"):
             return absent("checksum mismatch (the file was damaged or edited by hand)")
         return StateRead(payload)
+
+    def keep_aside(self, name: str, wall_time_s: float) -> Path:
+        """Copy the file `name` to `<name>.damaged-<UTC time>` beside it and return that path.
+
+        Why: a damaged file is evidence; the caller is about to rewrite it (or its defaults
+        will be saved over it), and a technician needs the old bytes to see what happened. The
+        original is left in place, so a power cut before the caller's rewrite still finds it
+        damaged. Raises OSError when the file cannot be read or the copy cannot be written."""
+        data = self.path(name).read_bytes()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_time_s))
+        copies = 1
+        while True:
+            suffix = "" if copies == 1 else f"-{copies}"
+            aside = self.directory / f"{name}.damaged-{stamp}{suffix}"
+            try:
+                fd = self.os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                copies += 1
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self.os.write(fd, view):]
+            self.os.fsync(fd)
+        finally:
+            self.os.close(fd)
+        return aside

@@ -203,3 +203,23 @@ def test_the_power_cut_model_catches_a_writer_without_fsync(tmp_path):
     result = read_after_cut(tmp_path, "directory-fsync", rename_reached_disk=True,
                             fsync_works=False)
     assert not result.ok and "corrupt or truncated" in result.problem
+
+
+def test_a_damaged_file_is_kept_aside_before_it_is_overwritten(tmp_path):
+    """The bytes a technician needs to see what went wrong outlive the rewrite that repairs
+    the file, under a name that says when; a second copy in the same second gets its own."""
+    store = StateStore(tmp_path)
+    (tmp_path / "latched.json").write_bytes(b'{"format": "hearth-state", "payl')
+    first = store.keep_aside("latched.json", 1_700_000_000.0)
+    second = store.keep_aside("latched.json", 1_700_000_000.0)
+    assert first.name == "latched.json.damaged-20231114T221320Z"
+    assert second.name == "latched.json.damaged-20231114T221320Z-2"
+    store.write("latched.json", 1, {"faults": {}})
+    assert first.read_bytes() == second.read_bytes() == b'{"format": "hearth-state", "payl'
+    assert store.read("latched.json", 1, {}).ok, "the original is left for the caller to rewrite"
+
+
+def test_keeping_aside_a_file_that_cannot_be_read_raises(tmp_path):
+    (tmp_path / "latched.json").mkdir()
+    with pytest.raises(OSError):
+        StateStore(tmp_path).keep_aside("latched.json", 0.0)

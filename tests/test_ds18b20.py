@@ -9,7 +9,7 @@ from agent.drivers.ds18b20 import DS18B20, MASTERS_RELIST_S, W1SlaveText
 from agent.readings import Validity
 from agent.seam import Hardware
 from agent.sim.clock import SimClock
-from agent.sim.sysfs import dallas_crc8, ds18b20_scratchpad, w1_slave_text
+from agent.sim.sysfs import dallas_crc8, ds18b20_scratchpad, w1_millidegrees, w1_slave_text
 
 DEVICE = "28-0316a2795eff"
 # A real w1_slave capture from a DS18B20 at 23.125 C (kernel 6.1, Raspberry Pi OS).
@@ -17,9 +17,9 @@ GOOD_W1_SLAVE = ("72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n"
                  "72 01 4b 46 7f ff 0e 10 57 t=23125\n")
 
 
-def make_sensor(tmp_path: Path, files: dict[str, str]):
+def make_sensor(tmp_path: Path, files: dict[str, str], device: str = DEVICE):
     clock = SimClock()
-    device_dir = tmp_path / "sys/bus/w1/devices" / DEVICE
+    device_dir = tmp_path / "sys/bus/w1/devices" / device
     device_dir.mkdir(parents=True)
     bulk = tmp_path / "sys/bus/w1/devices/w1_bus_master1/therm_bulk_read"
     bulk.parent.mkdir(parents=True)
@@ -27,7 +27,7 @@ def make_sensor(tmp_path: Path, files: dict[str, str]):
     for name, text in files.items():
         (device_dir / name).write_text(text)
     context = DriverContext(Hardware(root=tmp_path, clock=clock))
-    sensor = DS18B20.from_config({"name": "water_in", "id": DEVICE, "max_age_s": 3.0}, context)
+    sensor = DS18B20.from_config({"name": "water_in", "id": device, "max_age_s": 3.0}, context)
     return sensor, clock, bulk, device_dir
 
 
@@ -146,6 +146,50 @@ def test_many_sensors_share_one_bulk_conversion(tmp_path):
     clock.advance(0.75)
     values = [sensor.read()[0].value for sensor in sensors]
     assert values == [20.0 + i for i in range(8)]
+
+
+def scratchpad_of(raw: int) -> bytes:
+    """A 12-bit conversion result as it sits in scratchpad bytes 0-1 (1/16 °C, little-endian),
+    any value the register can hold, in or out of the datasheet's range."""
+    return (raw & 0xFFFF).to_bytes(2, "little") + bytes([0x4B, 0x46, 0x7F, 0xFF, 0x10, 0x10])
+
+
+# (ROM id, register value in 1/16 °C, the chip's range or None if valid): the DS18B20, DS18S20,
+# DS1822 and DS1825 measure -55..+125 °C, the DS28EA00 (family 42) -40..+85 °C; the 12-bit
+# register itself holds -128..+127.9375 °C.
+RANGE_CASES = [(DEVICE, 125 * 16, None), (DEVICE, 126 * 16, "DS18B20 -55..125"),
+               (DEVICE, 0x07FF, "DS18B20 -55..125"), (DEVICE, -55 * 16, None),
+               (DEVICE, -56 * 16, "DS18B20 -55..125"), (DEVICE, -0x800, "DS18B20 -55..125"),
+               ("10-000802b4ad26", -55 * 16, None), ("22-00000000aa01", 127 * 16, "DS1822 -55..125"),
+               ("42-00000000aa01", 85 * 16 + 1, "DS28EA00 -40..85"),
+               ("42-00000000aa01", -41 * 16, "DS28EA00 -40..85"), ("42-00000000aa01", 60 * 16, None)]
+
+
+@pytest.mark.parametrize("device, raw, chip_range", RANGE_CASES)
+def test_a_temperature_outside_the_datasheet_range_is_invalid(tmp_path, device, raw, chip_range):
+    scratchpad = scratchpad_of(raw)
+    sensor, clock, _, _ = make_sensor(tmp_path, {"w1_slave": w1_slave_text(scratchpad)}, device)
+    _, reading = convert(sensor, clock)
+    if chip_range is None:
+        assert reading.ok and reading.value == raw / 16
+    else:
+        chip, limits = chip_range.split()
+        assert reading.validity is Validity.INVALID and reading.value is None
+        assert f"{w1_millidegrees(scratchpad) / 1000:.3f} °C" in reading.reason
+        assert chip in reading.reason and f"{limits} °C" in reading.reason
+
+
+def test_a_temperature_file_outside_the_range_is_invalid(tmp_path):
+    sensor, clock, _, _ = make_sensor(tmp_path, {"temperature": "126000\n"})
+    _, reading = convert(sensor, clock)
+    assert reading.validity is Validity.INVALID
+    assert "126.000" in reading.reason and "-55..125" in reading.reason
+
+
+def test_parser_rejects_digits_the_kernel_never_prints():
+    with pytest.raises(ValueError):
+        W1SlaveText.parse("72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n"
+                          "72 01 4b 46 7f ff 0e 10 57 t=\u0662\u0663\u0661\u0662\u0665\n")
 
 
 def test_parser_rejects_truncated_text():

@@ -24,9 +24,19 @@ POWER_ON_MILLIC = 85000
 POWER_ON_RESERVED_BYTE = 0x0C
 DISCONNECTED_MILLIC = -127000
 UNIT = "°C"
+MEASURING_RANGES_MILLIC = {
+    "10": ("DS18S20", -55000, 125000),
+    "22": ("DS1822", -55000, 125000),
+    "28": ("DS18B20", -55000, 125000),
+    "3b": ("DS1825", -55000, 125000),
+    "42": ("DS28EA00", -40000, 85000),
+}
+"""1-wire family code -> (chip, lowest and highest temperature its datasheet says it measures).
+The 12-bit register holds -128..+127.9375 °C, so a value outside this came from a damaged
+sensor or a line glitch that the CRC let through, not from the water."""
 
 _W1_SLAVE = re.compile(
-    r"((?:[0-9a-f]{2} ){9}): crc=([0-9a-f]{2}) (YES|NO)\n(?:[0-9a-f]{2} ){9}t=(-?\d+)\n?\Z")
+    r"((?:[0-9a-f]{2} ){9}): crc=([0-9a-f]{2}) (YES|NO)\n(?:[0-9a-f]{2} ){9}t=(-?[0-9]+)\n?\Z")
 
 
 class W1SlaveText:
@@ -124,6 +134,7 @@ class DS18B20(Sensor):
         self.max_age_s = max_age_s
         self._bus = bus
         self._clock = context.hardware.clock
+        self._chip, self._min_millic, self._max_millic = MEASURING_RANGES_MILLIC[device_id[:2]]
         directory = os.fspath(context.hardware.path(DEVICES_DIR) / device_id)
         # kept open between conversions; a sensor unplugged and plugged back is opened again
         self._slave_file = SysfsAttribute(f"{directory}/w1_slave")
@@ -151,7 +162,7 @@ class DS18B20(Sensor):
             try:
                 text = self._slave_file.read_text()
             except FileNotFoundError:
-                return self._judge_millic(int(self._temperature_file.read_text()),
+                return self._judge_millic(int(self._temperature_file.read_bytes()),
                                           None, converted_at)
             return self._judge(W1SlaveText.parse(text), converted_at)
         except FileNotFoundError:
@@ -183,4 +194,10 @@ class DS18B20(Sensor):
                 return invalid(self.name, UNIT, converted_at,
                                "85.000 °C power-on value (scratchpad byte 6 is 0x0c): the "
                                "sensor reset or has not converted yet")
+        if not self._min_millic <= millic <= self._max_millic:
+            return invalid(self.name, UNIT, converted_at,
+                           f"{self._chip} {self.device_id} reads {millic / 1000:.3f} °C, outside "
+                           f"the {self._min_millic // 1000}..{self._max_millic // 1000} °C it can "
+                           "measure: a damaged sensor or a glitch on the 1-wire line; check "
+                           "the sensor and its wiring")
         return ok(self.name, millic / 1000.0, UNIT, converted_at)

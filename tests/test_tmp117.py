@@ -153,6 +153,41 @@ def test_a_failed_read_drops_the_last_value():
     assert recovered.ok and recovered.time == clock.now_s
 
 
+# Result registers at and beyond the datasheet's -55..+150 °C: 0x4B00 is 150 °C, 0xE480 -55 °C;
+# 0x7FFF (255.99 °C) is the top of what the register holds.
+@pytest.mark.parametrize("register, valid", [(0x4B00, True), (0x4B01, False), (0x7FFF, False),
+                                             (0xE480, True), (0xE47F, False), (0x8001, False)])
+def test_a_result_outside_the_datasheet_range_is_invalid(register, valid):
+    clock = Clock()
+    chip = chips.TMP117(clock)
+    code = register - 0x10000 if register & 0x8000 else register
+    chip.set_temperature(code * chips.TMP117.LSB_C)
+    sensor = build(chip)
+    clock.now_s += 1.0
+    (reading,) = sensor.read()
+    assert chip.result_code == register
+    assert reading.ok is valid
+    if not valid:
+        assert reading.validity is Validity.INVALID and reading.value is None
+        assert f"{code * chips.TMP117.LSB_C:.2f} °C" in reading.reason
+        assert "tmp117" in reading.reason and "-55..150 °C" in reading.reason
+
+
+def test_a_rejected_result_is_not_replaced_by_the_one_before_it():
+    clock = Clock()
+    chip = chips.TMP117(clock)
+    chip.set_temperature(25.0)
+    sensor = build(chip)
+    clock.now_s += 1.0
+    assert sensor.read()[0].ok
+    chip.set_temperature(200.0)
+    clock.now_s += 1.0                            # the next conversion lands: 200 °C
+    assert sensor.read()[0].validity is Validity.INVALID
+    clock.now_s += 0.1                            # no new result yet
+    (again,) = sensor.read()
+    assert again.validity is Validity.INVALID and again.value is None
+
+
 def test_schema_addresses_are_the_four_add0_straps():
     address = TMP117.SCHEMA["address"]
     assert [a for a in range(0x40, 0x50) if address.problem(a) is None] == [0x48, 0x49, 0x4A,

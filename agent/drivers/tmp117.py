@@ -23,6 +23,7 @@ MODE_MASK = 0b11 << 10             # MOD bits: 00/10 continuous, 01 shutdown, 11
 MODE_SHUTDOWN, MODE_ONE_SHOT = 0b01 << 10, 0b11 << 10
 CONFIG_WRITABLE = 0x0FFC           # bits 15..12 are read-only flags, bit 1 is soft reset
 POWER_ON_RESULT = -0x8000          # -256 °C until the first conversion has finished
+MIN_CODE, MAX_CODE = -7040, 19200  # -55 °C and +150 °C, the range the datasheet specifies
 
 
 class TMP117(Sensor):
@@ -82,12 +83,23 @@ class TMP117(Sensor):
             self.device.write_word(CONFIG, config & CONFIG_WRITABLE & ~MODE_MASK)
         if config & DATA_READY:
             code = signed16(self.device.read_word(TEMP_RESULT))
-            if code == POWER_ON_RESULT:
-                return invalid(self.name, "°C", now,
-                               f"{self.device.label}: result register holds the -256 °C "
-                               "power-on value although Data_Ready is set")
-            self.latest = ok(self.name, code * LSB_C, "°C", now)
+            if MIN_CODE <= code <= MAX_CODE:
+                self.latest = ok(self.name, code * LSB_C, "°C", now)
+            else:
+                self.latest = self._rejected(code, now)
         if self.latest is None:
             return missing(self.name, "°C", now,
                            f"{self.device.label}: no conversion has finished yet")
         return self.latest
+
+    def _rejected(self, code: int, now: float) -> Reading:
+        """A result the chip cannot have measured; kept until the next conversion replaces it,
+        so the result before it is not handed out again as the latest."""
+        if code == POWER_ON_RESULT:
+            return invalid(self.name, "°C", now,
+                           f"{self.device.label}: result register holds the -256 °C "
+                           "power-on value although Data_Ready is set")
+        return invalid(self.name, "°C", now,
+                       f"{self.device.label}: result register reads {code * LSB_C:.2f} °C "
+                       f"(0x{code & 0xFFFF:04x}), outside the -55..150 °C the chip measures; "
+                       "check the sensor and its supply")

@@ -235,6 +235,37 @@ def test_shunt_voltage_beyond_the_range_is_not_reported_as_a_current():
     assert "end of the chip's range" in current.reason
 
 
+# Bus voltages the chip can show but cannot have measured: the INA219's register holds up to
+# 32 V in its 32 V range while its bus input is rated 0..26 V; the INA226's holds 40.96 V
+# and its bus input is rated 0..36 V.
+@pytest.mark.parametrize("driver_class, chip_class, shunt_ohms, volts, valid, limit", [
+    (INA219, chips.INA219, 0.1, 26.0, True, "0..26 V"),
+    (INA219, chips.INA219, 0.1, 30.0, False, "0..26 V"),
+    (INA219, chips.INA219, 0.1, 32.0, False, "0..26 V"),
+    (INA226, chips.INA226, 0.002, 36.0, True, "0..36 V"),
+    (INA226, chips.INA226, 0.002, 38.5, False, "0..36 V"),
+])
+def test_a_bus_voltage_beyond_the_chip_rating_is_invalid(driver_class, chip_class, shunt_ohms,
+                                                        volts, valid, limit):
+    clock = Clock()
+    chip = chip_class(shunt_ohms=shunt_ohms, clock=clock)
+    chip.set_bus_voltage(volts)
+    chip.set_current(0.5)
+    sensor = build(driver_class, chip, clock, shunt_ohms=shunt_ohms, max_current_a=1.0)
+    settle(sensor, clock)
+    readings = sensor.read()
+    if valid:
+        assert all(reading.ok for reading in readings)
+        assert readings[0].value == pytest.approx(volts)
+        return
+    for reading in readings:
+        assert reading.validity is Validity.INVALID and reading.value is None
+        assert f"{volts:.2f} V" in reading.reason and limit in reading.reason
+    chip.lose_calibration()                       # the recalibrating path judges it the same
+    clock.now_s += 0.1
+    assert [reading.validity for reading in sensor.read()] == [Validity.INVALID] * 3
+
+
 def test_negative_current_reads_negative_with_positive_power():
     clock = Clock()
     chip = chips.INA226(shunt_ohms=0.002, clock=clock)

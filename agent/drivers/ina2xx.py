@@ -79,6 +79,8 @@ class _INA2xx(Sensor):
     BUS_LSB_V: float
     POWER_LSB_PER_CURRENT_LSB: int
     SHUNT_FULL_SCALE_V: float
+    BUS_RATED_V: float
+    """The highest bus voltage the chip's input is rated for; its register holds more."""
 
     def __init__(self, name: str, device: I2CDevice, clock: Callable[[], float],
                  shunt_ohms: float, max_current_a: float):
@@ -158,6 +160,8 @@ class _INA2xx(Sensor):
             return [invalid(bus_name, "V", now, reason), invalid(current_name, "A", now, reason),
                     invalid(power_name, "W", now, reason)]
         self.awaiting_conversion = False
+        if bus_v > self.BUS_RATED_V:
+            return self._impossible_bus(now, bus_v)
         bus = ok(bus_name, bus_v, "V", now)
         if overflow:
             reason = (f"{self.device.label}: math overflow flag set, current beyond the "
@@ -169,6 +173,15 @@ class _INA2xx(Sensor):
         current_a = signed16(self.device.read_word(CURRENT)) * self.current_lsb_a
         power_w = self.device.read_word(POWER) * self.power_lsb_w
         return [bus, ok(current_name, current_a, "A", now), ok(power_name, power_w, "W", now)]
+
+    def _impossible_bus(self, now: float, bus_v: float) -> list[Reading]:
+        """A bus voltage beyond the chip's rating: the register was garbled or the chip is
+        damaged, so nothing it reported in this sample is used."""
+        reason = (f"{self.device.label}: bus voltage register reads {bus_v:.2f} V, beyond the "
+                  f"0..{self.BUS_RATED_V:g} V the chip's bus input is rated for; check the "
+                  "chip and the rail it measures")
+        return [invalid(sensor, unit, now, reason)
+                for sensor, unit in zip(self._names(), ("V", "A", "W"))]
 
     def _saturated(self, now: float, shunt_code: int) -> list[Reading]:
         reason = (f"{self.device.label}: shunt voltage {shunt_code * self.SHUNT_LSB_V * 1e3:.2f}"
@@ -198,6 +211,8 @@ class _INA2xx(Sensor):
             reason = f"{lost}; no conversion finished since the reset"
             return [invalid(bus_name, "V", now, reason), invalid(current_name, "A", now, reason),
                     invalid(power_name, "W", now, reason)]
+        if bus_v > self.BUS_RATED_V:
+            return self._impossible_bus(now, bus_v)
         bus = Reading(bus_name, bus_v, "V", now, Validity.OK, lost)
         if self._shunt_saturated(shunt_code, config):
             return [bus, *self._saturated(now, shunt_code)]
@@ -227,6 +242,7 @@ class INA219(_INA2xx):
     BUS_LSB_V = 4e-3
     POWER_LSB_PER_CURRENT_LSB = 20
     SHUNT_FULL_SCALE_V = _INA219_PGA_RANGES_V[-1]
+    BUS_RATED_V = 26.0
 
     @staticmethod
     def _calibration(shunt_ohms: float, max_current_a: float) -> tuple[int, float]:
@@ -264,6 +280,7 @@ class INA226(_INA2xx):
     BUS_LSB_V = 1.25e-3
     POWER_LSB_PER_CURRENT_LSB = 25
     SHUNT_FULL_SCALE_V = 0.08192
+    BUS_RATED_V = 36.0
 
     @staticmethod
     def _calibration(shunt_ohms: float, max_current_a: float) -> tuple[int, float]:

@@ -97,6 +97,24 @@ def test_an_input_beyond_full_scale_is_clipped_and_invalid(volts):
     assert "2.048 V" in reading.reason
 
 
+# A single-ended input is rated GND - 0.3 V to VDD + 0.3 V (VDD at most 5.5 V): a reading
+# outside -0.3..5.8 V is within the converter's full scale but not on any pin of the chip.
+@pytest.mark.parametrize("gain, volts, valid", [(2.048, -0.3, True), (2.048, -1.0, False),
+                                                (4.096, -4.0, False), (6.144, 5.8, True),
+                                                (6.144, 6.0, False)])
+def test_an_input_the_pin_cannot_carry_is_invalid(gain, volts, valid):
+    chip = chips.ADS1115()
+    chip.set_input_voltage(0, volts)
+    (reading,) = build(chip, gain=gain, scale=2.0, unit="bar").read()
+    assert reading.ok is valid
+    if valid:
+        assert reading.value == pytest.approx(2 * volts, abs=2 * gain / 32768)
+    else:
+        assert reading.validity is Validity.INVALID and reading.value is None
+        assert f"{volts:.3f} V" in reading.reason and "-0.3..5.8 V" in reading.reason
+        assert "ads1115" in reading.reason
+
+
 def test_an_unanswering_chip_is_missing():
     chip = chips.ADS1115()
     chip.inject_nack()

@@ -6,6 +6,7 @@ Pi, while a simulated clock may stand still during a read, so a count bounds bot
 samples/s a conversion takes about 1.2 ms, a handful of 100 kHz transfers.
 """
 
+import math
 from typing import Any, Callable
 
 from agent.drivers.base import DriverContext, Sensor
@@ -20,6 +21,8 @@ SINGLE_SHOT = 1 << 8
 RATE_860_SPS = 0b111 << 5
 COMPARATOR_OFF = 0b11
 MAX_POLLS = 50
+PIN_MIN_V, PIN_MAX_V = -0.3, 5.8
+"""An analog input is rated GND - 0.3 V to VDD + 0.3 V, and VDD is at most 5.5 V."""
 
 # Full-scale volts of the programmable gain amplifier -> PGA code (datasheet table 8-3).
 GAINS_V = {6.144: 0b000, 4.096: 0b001, 2.048: 0b010, 1.024: 0b011, 0.512: 0b100, 0.256: 0b101}
@@ -49,6 +52,9 @@ class ADS1115(Sensor):
         self.clock = clock
         self.full_scale_v = gain
         self.lsb_v = gain / 32768
+        # Codes a single-ended input can give unclipped: inside the full scale, on a real pin.
+        self.min_code = max(-0x7FFF, math.ceil(PIN_MIN_V / self.lsb_v))
+        self.max_code = min(0x7FFE, math.floor(PIN_MAX_V / self.lsb_v))
         self.scale = scale
         self.offset = offset
         self.unit = unit
@@ -86,9 +92,14 @@ class ADS1115(Sensor):
                            f"{self.device.label}: configuration reads back as 0x{status:04x}, "
                            f"not 0x{self.config:04x} (reset during the conversion?)")
         code = signed16(self.device.read_word(CONVERSION))
-        if code >= 0x7FFF or code <= -0x8000:
-            return invalid(self.name, self.unit, now,
-                           f"{self.device.label}: input at the ±{self.full_scale_v:g} V end of "
-                           "the range, so the value is clipped; choose a larger gain or check "
-                           "the sensor")
+        if not self.min_code <= code <= self.max_code:
+            return invalid(self.name, self.unit, now, self._rejection(code))
         return ok(self.name, code * self.lsb_v * self.scale + self.offset, self.unit, now)
+
+    def _rejection(self, code: int) -> str:
+        if code >= 0x7FFF or code <= -0x8000:
+            return (f"{self.device.label}: input at the ±{self.full_scale_v:g} V end of the "
+                    "range, so the value is clipped; choose a larger gain or check the sensor")
+        return (f"{self.device.label}: input reads {code * self.lsb_v:.3f} V, outside the "
+                f"{PIN_MIN_V:g}..{PIN_MAX_V:g} V an input pin can carry against GND; check the "
+                "chip's ground and the sensor's wiring")

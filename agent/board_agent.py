@@ -26,7 +26,7 @@ from agent.seam import Hardware
 from agent.config_watch import ConfigWatch
 from agent.safety.build import build_supervisor
 from agent.safety.checks import Level
-from agent.safety.events import EventLog
+from agent.safety.events import Event, EventLog
 from agent.safety.shutdown import ShutdownPath, run_command
 from agent.setpoints import SetpointSource
 from agent.supervisor_hook import Allowance
@@ -169,7 +169,7 @@ class BoardAgent:
             settings = self.governor.apply(decision.command_w, self._demand_cores, self.model)
             command_w, selected = decision.command_w, decision.selected
         self.config_watch.poll(now, allowance.mode)
-        self._learn(power_w, busy_cores)
+        self._learn(now, power_w, busy_cores, allowance.mode)
         self._last_settings = settings
         self._last_command_w = command_w
         report = TickReport(now, self.setpoints.current_w(now), power_w, self._value(self.soc_reading),
@@ -216,14 +216,21 @@ class BoardAgent:
         self._demand_cores = max(self._demand_cores, work_cores) if throttled else work_cores
         return work_cores + fill_cores
 
-    def _learn(self, power_w: float | None, busy_cores: float | None) -> None:
+    def _learn(self, now: float, power_w: float | None, busy_cores: float | None,
+               mode: str) -> None:
         """Teach the power model what the previous period's settings drew."""
         settings = self._last_settings
         if settings is None or power_w is None or busy_cores is None:
             return
         if settings.workload_frozen or not math.isfinite(power_w):
             return
-        self.model.learn(settings.freq_khz / self.policy.top_khz, busy_cores, power_w)
+        x = settings.freq_khz / self.policy.top_khz
+        if not self.model.learn(x, busy_cores, power_w):
+            self.events.record(Event(
+                now, "power_model_reset", f"{power_w:.3f} W at x={x:.3f}, {busy_cores:.2f} cores",
+                "The learned power model degenerated (a runaway coefficient or a covariance that "
+                "is no longer positive definite) and went back to its priors; it learns again "
+                "from the next period. Check the power sensor if this repeats.", mode, "warning"))
 
     def run(self, sleep: Callable[[float], None], should_stop: Callable[[], bool],
             notifier: Notifier) -> None:

@@ -86,6 +86,13 @@ def stuck(sensor, value=None):
     return inject
 
 
+def power_stuck_at_zero(sim):
+    """The INA219 stops converting with its current register at zero: it reads 0 W while the
+    board draws its real power (the board no longer updates the emulated chip)."""
+    stuck("board_power")(sim)
+    sim.board.ina219.set_current(0.0)
+
+
 def unstuck(sensor):
     return lambda sim: sim.board.faults.stuck.pop(sensor, None)
 
@@ -167,6 +174,9 @@ CASES = [
          lambda sim: (stuck("board_power")(sim), sim.agent.set_setpoint(3.0, "leader"))[0],
          "thermal_runaway:not_rising", "latched", detect_within_s=125.0, run_s=140.0,
          clear=unstuck("board_power")),
+    Case("power reading stuck at 0 W", "I2C: INA219 frozen at 0 W", power_stuck_at_zero,
+         "sensor:board_power.power_w", "recovered", detect_within_s=121.0, run_s=260.0,
+         setpoint_w=5.0, clear=unstuck("board_power")),
     Case("DS18B20 CRC error", "1-wire: crc=.. NO", set_add("w1_crc_error", "water_in"),
          "sensor:water_in", "unchanged", safe=False, detect_within_s=2.0),
     Case("DS18B20 85.000 power-on value", "1-wire: power-on scratchpad",
@@ -230,6 +240,10 @@ def run_case(case: Case, directory: Path, **agent_kwargs) -> tuple[SimulatedAgen
         assert safe_at is not None, "SAFE settings applied"
         reaction = round((safe_at - start) / PERIOD_S)
         assert reaction <= 1, f"SAFE settings {reaction} periods after the cause was visible"
+        unsafe_after = round((sim.clock() - safe_at) / PERIOD_S) + 1 - sum(
+            1 for t in safe_ticks if t >= safe_at - 1e-9)
+        assert unsafe_after == 0, (f"the cause is still there, yet the board left SAFE settings "
+                                   f"for {unsafe_after} periods after reacting")
     return sim, Outcome(case.name, case.cause, case.injected_by, event_at - injected_at,
                         reaction, sim.agent.last_report.mode)
 

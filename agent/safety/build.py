@@ -8,11 +8,14 @@ from agent.safety.events import EventLog
 from agent.safety.shutdown import ShutdownPath
 from agent.safety.supervisor import SafetySettings, Supervisor
 
-POWER_PLAUSIBLE = Plausible(0.0, 15.0, math.inf)
-SOC_PLAUSIBLE = Plausible(-20.0, 110.0, 20.0)
-OIL_PLAUSIBLE = Plausible(-20.0, 120.0, 2.0)
-FLOW_PLAUSIBLE = Plausible(0.0, 60.0, math.inf)
-WATER_PLAUSIBLE = Plausible(0.0, 100.0, 5.0)
+# Noise: power as an INA219/INA226 reads a steady board (a few tens of mW); the SoC as the
+# thermal zone quantises it (about 0.5 C a step on a Pi 4); the slow sensors as their chips
+# resolve them (never judged stuck: see below).
+POWER_PLAUSIBLE = Plausible(0.0, 15.0, math.inf, noise=0.05)
+SOC_PLAUSIBLE = Plausible(-20.0, 110.0, 20.0, noise=0.5)
+OIL_PLAUSIBLE = Plausible(-20.0, 120.0, 2.0, noise=0.1)
+FLOW_PLAUSIBLE = Plausible(0.0, 60.0, math.inf, noise=0.05)
+WATER_PLAUSIBLE = Plausible(0.0, 100.0, 5.0, noise=0.5)
 STUCK_S = 120.0
 MIN_FLOW_L_PER_MIN = 0.1
 FLOW_GRACE_S = 10.0

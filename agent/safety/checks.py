@@ -54,11 +54,14 @@ class Snapshot:
 
 @dataclasses.dataclass(frozen=True)
 class Plausible:
-    """Physical range and rate-of-change bounds of one quantity."""
+    """Physical range and rate-of-change bounds of one quantity, and its noise."""
 
     low: float
     high: float
     max_rate_per_s: float
+    noise: float
+    """The most a healthy reading wanders while its quantity holds still: a sensor judged
+    stuck is trusted again only once it moves further than this."""
 
 
 class SensorHealth:
@@ -80,6 +83,9 @@ class SensorHealth:
         self._last: tuple[float, float] | None = None
         self._unchanged_since: float | None = None
         self._command_span: list[float] = []
+        self._stuck_at: float | None = None
+        """The value a stuck judgement was made on. It holds in SAFE settings and across
+        invalid readings: only a reading that leaves it by more than the noise lifts it."""
 
     def check(self, snapshot: Snapshot) -> list[Finding]:
         reading = snapshot.readings.get(self.reading)
@@ -117,9 +123,15 @@ class SensorHealth:
         """The same exact value for stuck_s while the power command moved by over 1 W.
         Not judged in SAFE settings: nothing moves then, so a still reading is expected; and
         only the command's moves within the board's power range count: below its floor a
-        board idles whatever the loop asks."""
+        board idles whatever the loop asks. Once judged, the judgement stays until the
+        reading moves by more than its noise: SAFE settings that stop the command moving are
+        no evidence that the sensor works again."""
         if self.stuck_s == math.inf:  # never judged: nothing to track
             return None
+        if self._stuck_at is not None:
+            if abs(value - self._stuck_at) <= self.plausible.noise:
+                return self._stuck_finding(value, cause)
+            self._stuck_at = None
         command_w = min(max(snapshot.command_w, snapshot.power_min_w), snapshot.power_max_w)
         if self._last is None or value != self._last[1] or snapshot.in_safe_state:
             self._unchanged_since = snapshot.now
@@ -132,10 +144,17 @@ class SensorHealth:
             span[1] = command_w
         if snapshot.now - self._unchanged_since < self.stuck_s or span[1] - span[0] < 1.0:
             return None
+        self._stuck_at = value
+        evidence = (f"for {snapshot.now - self._unchanged_since:.0f} s while the power moved "
+                    f"{span[1] - span[0]:.1f} W")
+        return self._stuck_finding(value, cause, evidence)
+
+    def _stuck_finding(self, value: float, cause: str,
+                       evidence: str = "since it was judged stuck") -> Finding:
         return Finding(cause, self.level, value,
-                       f"{self.reading} has read exactly {value:g} for "
-                       f"{snapshot.now - self._unchanged_since:.0f} s while the power moved "
-                       f"{span[1] - span[0]:.1f} W: the sensor is stuck")
+                       f"{self.reading} has read {value:g} {evidence}: the sensor is stuck. It "
+                       f"is not trusted until it moves more than {self.plausible.noise:g} away "
+                       f"from {self._stuck_at:g}; check the sensor and its bus")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.flow import FlowMeter
 from agent.drivers.soc import SocTemperature, ThrottleFlags
+from agent.errors import HardwareError
 from agent.readings import Validity
 from agent.seam import Hardware
 from agent.sim.clock import SimClock
@@ -44,6 +45,28 @@ def test_soc_missing_zone_and_garbage(tmp_path, clock):
     assert reading.validity is Validity.INVALID and reading.value is None
 
 
+@pytest.mark.parametrize("text, valid", [("125000\n", True), ("125001\n", False),
+                                         ("-40000\n", True), ("-40001\n", False),
+                                         ("-273150\n", False), ("2147483647\n", False)])
+def test_soc_temperature_a_pi_cannot_reach_is_invalid(tmp_path, clock, text, valid):
+    write(tmp_path, "/sys/class/thermal/thermal_zone0/temp", text)
+    sensor = SocTemperature.from_config({"name": "soc", "zone": 0}, context(tmp_path, clock))
+    [reading] = sensor.read()
+    assert reading.ok is valid
+    if not valid:
+        assert reading.validity is Validity.INVALID and reading.value is None
+        assert f"{int(text) / 1000:.3f} °C" in reading.reason
+        assert "-40..125 °C" in reading.reason and "thermal_zone0" in reading.reason
+
+
+def test_soc_zone_text_that_is_not_utf8_is_invalid_not_raised(tmp_path, clock):
+    path = write(tmp_path, "/sys/class/thermal/thermal_zone0/temp", "")
+    path.write_bytes(b"\xff48686\n")
+    sensor = SocTemperature.from_config({"name": "soc", "zone": 0}, context(tmp_path, clock))
+    [reading] = sensor.read()
+    assert reading.validity is Validity.INVALID and "millidegrees" in reading.reason
+
+
 def test_soc_zone_kept_open_follows_rewrites_removal_and_return(tmp_path, clock):
     path = write(tmp_path, "/sys/class/thermal/thermal_zone0/temp", "48686\n")
     sensor = SocTemperature.from_config({"name": "soc", "zone": 0}, context(tmp_path, clock))
@@ -67,6 +90,17 @@ def test_throttle_flags_decode_get_throttled_hex(tmp_path, clock):
                         "throttle.raw": float(0x50005)}
 
 
+@pytest.mark.parametrize("text", ["-1\n", "1ffffffff\n", "\u0665\n", "\xff\n", "\n"])
+def test_throttle_flags_that_are_not_a_32_bit_hex_word_are_invalid(tmp_path, clock, text):
+    write(tmp_path, "/sys/devices/platform/soc/soc:firmware/get_throttled", text)
+    sensor = ThrottleFlags.from_config({"name": "throttle"}, context(tmp_path, clock))
+    readings = sensor.read()
+    assert len(readings) == 5
+    for reading in readings:
+        assert reading.validity is Validity.INVALID and reading.value is None
+        assert "get_throttled" in reading.reason and "32-bit" in reading.reason
+
+
 def test_throttle_flags_missing_firmware_file(tmp_path, clock):
     sensor = ThrottleFlags.from_config({"name": "throttle"}, context(tmp_path, clock))
     assert {r.validity for r in sensor.read()} == {Validity.MISSING}
@@ -81,7 +115,8 @@ def pulse(pin, count):
 def test_flow_counts_pulses_over_the_window(clock):
     factory = MockFactory()
     meter = FlowMeter.from_config(
-        {"name": "water_flow", "pin": 17, "pulses_per_litre": 450.0, "window_s": 5.0},
+        {"name": "water_flow", "pin": 17, "pulses_per_litre": 450.0, "window_s": 5.0,
+         "max_flow_l_per_min": 30.0},
         context(None, clock, factory))
     pin = factory.pin(17)
     assert meter.read()[0].validity is Validity.MISSING, "unknown before one full window"
@@ -100,7 +135,8 @@ def test_flow_counts_pulses_over_the_window(clock):
 def test_flow_no_pulses_is_zero_not_unknown(clock):
     factory = MockFactory()
     meter = FlowMeter.from_config(
-        {"name": "water_flow", "pin": 17, "pulses_per_litre": 450.0, "window_s": 2.0},
+        {"name": "water_flow", "pin": 17, "pulses_per_litre": 450.0, "window_s": 2.0,
+         "max_flow_l_per_min": 30.0},
         context(None, clock, factory))
     clock.advance(2.5)
     [reading] = meter.read()
@@ -108,14 +144,36 @@ def test_flow_no_pulses_is_zero_not_unknown(clock):
     meter.close()
 
 
+def test_flow_pulse_rate_beyond_the_meters_rating_is_invalid(clock):
+    factory = MockFactory()
+    meter = FlowMeter.from_config(
+        {"name": "water_flow", "pin": 17, "pulses_per_litre": 450.0, "window_s": 1.0,
+         "max_flow_l_per_min": 30.0}, context(None, clock, factory))
+    pin = factory.pin(17)
+    clock.advance(1.0)
+    for _ in range(10):                           # 225 pulses/s: the meter's 30 L/min
+        clock.advance(0.1)
+        pulse(pin, 22 if _ % 2 else 23)
+    [reading] = meter.read()
+    assert reading.ok and reading.value == pytest.approx(30.0)
+    pulse(pin, 20)                                # 245 pulses in the last second: 32.7 L/min
+    [reading] = meter.read()
+    assert reading.validity is Validity.INVALID and reading.value is None
+    assert "32.7 L/min" in reading.reason and "30 L/min" in reading.reason
+    assert "GPIO17" in reading.reason
+    meter.close()
+
+
 def test_flow_counter_not_running_is_missing(clock):
     factory = MockFactory()
     factory.pin(17)
     first = FlowMeter.from_config(
-        {"name": "a", "pin": 17, "pulses_per_litre": 450.0, "window_s": 1.0},
+        {"name": "a", "pin": 17, "pulses_per_litre": 450.0, "window_s": 1.0,
+         "max_flow_l_per_min": 30.0},
         context(None, clock, factory))
     second = FlowMeter.from_config(  # the pin is taken: this counter cannot run
-        {"name": "b", "pin": 17, "pulses_per_litre": 450.0, "window_s": 1.0},
+        {"name": "b", "pin": 17, "pulses_per_litre": 450.0, "window_s": 1.0,
+         "max_flow_l_per_min": 30.0},
         context(None, clock, factory))
     clock.advance(2.0)
     [reading] = second.read()
@@ -152,6 +210,25 @@ def test_cpufreq_without_table_uses_cpuinfo_limits(tmp_path):
     write(tmp_path, f"{policy}/cpuinfo_max_freq", "2400000\n")
     write(tmp_path, f"{policy}/affected_cpus", "0 1 2 3\n")
     assert CpuFreqPolicy(Hardware(root=tmp_path)).available_khz == [1500000, 2400000]
+
+
+@pytest.mark.parametrize("table", ["600000 abc 1500000\n", "0 600000\n", "-600000 1500000\n",
+                                   "\n", "\u0666\u0660\u0660\u0660\u0660\u0660\n"])
+def test_cpufreq_table_that_is_not_a_list_of_frequencies_names_the_file(tmp_path, table):
+    cpufreq_tree(tmp_path)
+    write(tmp_path, "/sys/devices/system/cpu/cpufreq/policy0/scaling_available_frequencies",
+          table)
+    with pytest.raises(HardwareError) as raised:
+        CpuFreqPolicy(Hardware(root=tmp_path), "policy0")
+    assert "scaling_available_frequencies" in str(raised.value)
+    assert "kHz" in str(raised.value)
+
+
+def test_cpufreq_affected_cpus_that_are_not_cpu_numbers_name_the_file(tmp_path):
+    cpufreq_tree(tmp_path)
+    write(tmp_path, "/sys/devices/system/cpu/cpufreq/policy0/affected_cpus", "\n")
+    with pytest.raises(HardwareError, match="affected_cpus"):
+        CpuFreqPolicy(Hardware(root=tmp_path), "policy0")
 
 
 def test_cgroup_quota_freeze_and_events(tmp_path):

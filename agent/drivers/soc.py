@@ -15,6 +15,11 @@ THROTTLE_FLAGS = {
     "soft_temp_limit": 3,
 }
 SINCE_BOOT_SHIFT = 16
+MAX_THROTTLE_BITS = 0xFFFFFFFF
+"""The firmware driver prints one 32-bit word as bare lower-case hex ("%x\\n")."""
+
+MIN_MILLIC, MAX_MILLIC = -40000, 125000
+"""The BCM2711/BCM2712's rated junction range: a zone reading beyond it is not the SoC's."""
 
 
 class SocTemperature(Sensor):
@@ -38,16 +43,23 @@ class SocTemperature(Sensor):
     def read(self) -> list[Reading]:
         now = self._clock()
         try:
-            text = self._file.read_text()
+            text = self._file.read_bytes()
         except FileNotFoundError:
             return [missing(self.name, "°C", now, f"{self._file.path} does not exist; check "
                             "the zone number against /sys/class/thermal")]
         except OSError as error:
             return [invalid(self.name, "°C", now, f"read failed: {error}")]
         try:
-            return [ok(self.name, int(text) / 1000.0, "°C", now)]
+            millic = int(text)
         except ValueError:
-            return [invalid(self.name, "°C", now, f"not millidegrees: {text[:40]!r}")]
+            return [invalid(self.name, "°C", now,
+                            f"{self._file.path}: not millidegrees: {text[:40]!r}")]
+        if MIN_MILLIC <= millic <= MAX_MILLIC:
+            return [ok(self.name, millic / 1000.0, "°C", now)]
+        return [invalid(self.name, "°C", now,
+                        f"{self._file.path} reads {millic / 1000:.3f} °C, outside the "
+                        f"{MIN_MILLIC // 1000}..{MAX_MILLIC // 1000} °C a Pi's SoC can be at; "
+                        "check that `zone` names the SoC's thermal zone")]
 
     def close(self) -> None:
         self._file.close()
@@ -73,12 +85,20 @@ class ThrottleFlags(Sensor):
         """One reading per flag (1.0 set, 0.0 clear) for now, and `raw` with every bit."""
         now = self._clock()
         try:
-            bits = int(self._file.read_text().strip(), 16)
+            text = self._file.read_bytes()
         except FileNotFoundError:
             return [missing(n, "flag", now, f"{self._file.path} does not exist: this kernel "
                             "has no Raspberry Pi firmware driver") for n in self._names()]
-        except (OSError, ValueError) as error:
+        except OSError as error:
             return [invalid(n, "flag", now, f"read failed: {error}") for n in self._names()]
+        try:
+            bits = int(text, 16)
+        except ValueError:
+            bits = -1
+        if not 0 <= bits <= MAX_THROTTLE_BITS:
+            reason = (f"{self._file.path} reads {text[:40]!r}, not the 32-bit hex word the "
+                      "firmware driver prints; check the kernel's Raspberry Pi firmware driver")
+            return [invalid(n, "flag", now, reason) for n in self._names()]
         readings = [ok(name, float(bits >> bit & 1), "flag", now) for name, bit in self._flags]
         readings.append(ok(self._raw_name, float(bits), "bits", now))
         return readings

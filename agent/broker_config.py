@@ -3,7 +3,8 @@
 The broker is the only thing that can stop a board from writing another board's topics or a
 leader's setpoints, so the ACLs here are the security boundary of the MQTT contract
 (docs/mqtt.md): a board writes only its own status/state/event/reply and reads only its own
-`cmd/#`, its own setpoint and its module's interlock; nobody connects anonymously. One leader
+`cmd/#`, its own setpoint and its module's interlock; nobody connects anonymously, and no
+account can take over another's connection (its client id is its username). One leader
 board per module runs the module's Mosquitto; this module writes, for each of them, the
 password file (mosquitto_passwd's `$7$` PBKDF2-SHA512 format), the ACL file, the broker
 config and, on request, TLS material (via the openssl tool) and a bridge to a central broker.
@@ -14,6 +15,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
 import subprocess
 import tomllib
@@ -21,7 +23,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from agent.errors import ConfigFileError, ConfigValueError
-from agent.identity import Identity, identity_from_mapping
+from agent.identity import NAME_PATTERN, Identity, identity_from_mapping
 from agent.site.role import TARGET_SET
 
 # mosquitto_passwd's "$7$" hash: PBKDF2-HMAC-SHA512, 101 iterations and a 12-byte salt by
@@ -41,7 +43,7 @@ RESERVED_BOARD_NAMES = frozenset({"leader"})
 RESERVED_MODULE_NAMES = frozenset({"site"})
 """`hearth/v1/<site>/site/...` holds the site topics: a module called `site` would own them."""
 KNOWN_KEYS = {
-    "": {"site", "tls", "port", "bind_address", "module", "board", "leader"},
+    "": {"site", "tls", "port", "bind_address", "operators", "module", "board", "leader"},
     "module": {"name"},
     "board": {"module", "name", "serial", "slot"},
     "leader": {"module", "board", "host"},
@@ -102,6 +104,12 @@ class Inventory:
     tls: bool
     port: int | None
     bind_address: str | None
+    operators: tuple[str, ...] = ()
+    """Names of operator accounts besides `operator`: one account holds one connection."""
+
+    @property
+    def operator_usernames(self) -> list[str]:
+        return [OPERATOR_USER, *(f"{OPERATOR_USER}.{name}" for name in self.operators)]
 
     @property
     def listener_port(self) -> int:
@@ -242,7 +250,22 @@ def load_inventory(path: Path) -> Inventory:
         raise InventoryError(f"{where}: bind_address = {bind_address!r} is not an address "
                              "like '192.168.1.10'")
     return Inventory(site, tuple(modules), tuple(boards), tuple(leaders), tls, port,
-                     bind_address)
+                     bind_address, _operators(document.get("operators", []), where))
+
+
+def _operators(names: object, where: str) -> tuple[str, ...]:
+    """Extra operator accounts, because the broker gives an account one connection at a time:
+    Home Assistant and a person's tools each need their own."""
+    if not isinstance(names, list):
+        raise InventoryError(f"{where}: operators = {names!r} is not a list of names, e.g. "
+                             "[\"homeassistant\", \"alice\"]")
+    for name in names:
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise InventoryError(f"{where}: operators: {name!r} is not a name like "
+                                 f"'homeassistant' (matching ^{NAME_PATTERN}$)")
+        if names.count(name) > 1:
+            raise InventoryError(f"{where}: operators: {name!r} appears twice")
+    return tuple(names)
 
 
 def acl_text(inventory: Inventory, module: str) -> str:
@@ -279,24 +302,30 @@ def acl_text(inventory: Inventory, module: str) -> str:
         f"topic write {site_root}/+/leader/budget",
         f"topic readwrite {site_root}/site/#",
         "topic readwrite homeassistant/#"]))
-    blocks.append("\n".join([
-        f"user {OPERATOR_USER}",
+    blocks += ["\n".join([
+        f"user {operator}",
         f"topic read {site_root}/#",
         "topic read homeassistant/#",
         f"topic write {site_root}/+/+/cmd/#",
         f"topic write {site_root}/site/demand",
-        f"topic write {site_root}/{TARGET_SET}"]))
+        f"topic write {site_root}/{TARGET_SET}"]) for operator in inventory.operator_usernames]
     return "\n\n".join(blocks) + "\n"
 
 
 def mosquitto_conf(inventory: Inventory, leader: Leader, etc: str) -> str:
+    """`use_username_as_clientid`: Mosquitto closes a connection (and fires its Last Will) when
+    another logs in with the same client id, so without it any account could knock the leader
+    off by borrowing its client id. With it, an account's client id is its username: only the
+    holder of an account's password can take that account's connection over."""
     listener = f"listener {inventory.listener_port}"
     if inventory.bind_address is not None:
         listener += f" {inventory.bind_address}"
     lines = [f"# Mosquitto for module {leader.module} of site {inventory.site}, on board "
              f"{leader.board}. Generated by hearth broker-config; re-run it instead of editing.",
              "per_listener_settings false", "allow_anonymous false",
-             f"password_file {etc}/passwd", f"acl_file {etc}/acl", listener]
+             f"password_file {etc}/passwd", f"acl_file {etc}/acl", listener,
+             "# One connection per account: its client id is its username (docs/deployment.md).",
+             "use_username_as_clientid true"]
     if inventory.tls:
         lines += [f"cafile {etc}/tls/ca.crt", f"certfile {etc}/tls/server.crt",
                   f"keyfile {etc}/tls/server.key", "tls_version tlsv1.2"]
@@ -436,7 +465,7 @@ def make_tls(out: Path, inventory: Inventory, ca_cert: Path | None = None,
 def usernames(inventory: Inventory, bridge: Bridge | None) -> list[str]:
     names = [board.username for board in inventory.boards]
     names += [leader.username for leader in inventory.leaders]
-    names += [SITE_USER, OPERATOR_USER]
+    names += [SITE_USER, *inventory.operator_usernames]
     if bridge is not None:
         names += [inventory.bridge_username(module) for module in inventory.modules]
     return names
@@ -472,7 +501,7 @@ def write_broker_configs(inventory: Inventory, out: Path, etc: str = DEFAULT_BRO
         directory = out / "leaders" / leader.module
         module_users = [board.username for board in inventory.boards
                         if board.identity.module == leader.module]
-        module_users += [leader.username, SITE_USER, OPERATOR_USER]
+        module_users += [leader.username, SITE_USER, *inventory.operator_usernames]
         write_atomic(directory / "passwd",
                      passwd_text({user: passwords[user] for user in module_users},
                                  _existing_hashes(directory / "passwd")), 0o600)

@@ -34,6 +34,7 @@ INVENTORY = """
 site = "maple-school"
 port = {port}
 bind_address = "127.0.0.1"
+operators = ["homeassistant"]
 
 [[module]]
 name = "m1"
@@ -100,10 +101,13 @@ class Client:
     a SUBACK or a message with a timeout instead of sleeping."""
 
     def __init__(self, port: int, login: dict | None = None, *, client_id: str = "",
-                 tls_ca: Path | None = None, clean_session: bool = True):
+                 tls_ca: Path | None = None, clean_session: bool = True,
+                 will: tuple[str, str] | None = None):
         self.port = port
         self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                 clean_session=clean_session, protocol=mqtt.MQTTv311)
+        if will is not None:
+            self.paho.will_set(*will, qos=1, retain=True)
         if login is not None:
             self.paho.username_pw_set(login["username"], login["password"])
         if tls_ca is not None:
@@ -111,6 +115,8 @@ class Client:
         self.connacks: queue.Queue = queue.Queue()
         self.subacks: queue.Queue = queue.Queue()
         self.messages: queue.Queue = queue.Queue()
+        self.disconnects: queue.Queue = queue.Queue()
+        self.paho.on_disconnect = lambda c, u, flags, reason, p: self.disconnects.put(reason)
         self.paho.on_connect = lambda c, u, flags, reason, p: self.connacks.put(reason)
         self.paho.on_subscribe = lambda c, u, mid, reasons, p: self.subacks.put(reasons)
         self.paho.on_message = lambda c, u, message: self.messages.put(
@@ -216,6 +222,33 @@ def test_a_board_publishes_its_own_topics_and_nothing_else(site):
     assert got == [(allowed[n % len(allowed)], f"allowed {n}") for n in range(len(forbidden))]
 
 
+def test_no_account_can_take_over_another_accounts_client_id(site):
+    """Issue 13 item 7. Mosquitto closes a connection when another one logs in with its client
+    id, and the closed one's Last Will fires. Each generated account is bound to one client id
+    (its username), so another account's login with the leader's or a board's client id lands
+    on a client id of its own: the victims stay connected and no retained `offline` appears."""
+    _, _, connect = site
+    watcher = connect("operator")
+    assert watcher.subscribe(f"{ROOT}/m1/+/status")
+    victims = {}
+    for user, client_id, status in (
+            ("leader.m1", "hearth-maple-school-m1-leader", f"{ROOT}/m1/leader/status"),
+            ("m1.b01", "hearth-maple-school-m1-b01", f"{ROOT}/m1/b01/status")):
+        victims[user] = connect(user, client_id=client_id, will=(status, "offline"))
+        victims[user].publish(status, "online", retain=True)
+    for attacker in ("m1.b02", "site"):
+        for client_id in ("hearth-maple-school-m1-leader", "leader.m1",
+                          "hearth-maple-school-m1-b01", "m1.b01"):
+            connect(attacker, client_id=client_id).close()
+    assert "offline" not in [payload for _, payload in watcher.drain(QUIET_S)]
+    for user, victim in victims.items():
+        assert victim.disconnects.empty(), f"{user} was disconnected"
+    victims["leader.m1"].publish(f"{ROOT}/m1/leader/status", "leader still here")
+    victims["m1.b01"].publish(f"{ROOT}/m1/b01/status", "board still here")
+    assert {payload for _, payload in watcher.received(until="board still here")} == {
+        "leader still here", "board still here"}
+
+
 def test_a_board_reads_its_commands_setpoint_and_interlock_and_not_another_boards(site):
     """Mosquitto's acl_file grants every SUBSCRIBE and checks read access per delivered
     message (eclipse-mosquitto/mosquitto#2208, #2296), so refusal shows as non-delivery."""
@@ -224,10 +257,9 @@ def test_a_board_reads_its_commands_setpoint_and_interlock_and_not_another_board
     for topic in (f"{ROOT}/m1/b02/cmd/#", f"{ROOT}/m1/b02/state",
                   f"{ROOT}/m1/leader/setpoint/b02", f"{ROOT}/m1/leader/setpoint/+",
                   f"{ROOT}/m1/b01/cmd/#", f"{ROOT}/m1/leader/setpoint/b01",
-                  f"{ROOT}/m1/leader/interlock"):
+                  f"{ROOT}/m1/leader/interlock",
+                  "#"):  # however the broker answers, delivery is checked message by message
         board.subscribe(topic)
-    snoop = connect("m1.b01", client_id="m1.b01-snoop")
-    snoop.subscribe("#")   # however the broker answers, delivery is checked message by message
     operator, leader = connect("operator"), connect("leader.m1")
     operator.publish(f"{ROOT}/m1/b02/cmd/mode", "to b02")
     leader.publish(f"{ROOT}/m1/leader/setpoint/b02", "b02 setpoint")
@@ -240,13 +272,12 @@ def test_a_board_reads_its_commands_setpoint_and_interlock_and_not_another_board
            (f"{ROOT}/m1/leader/interlock", "interlock")}
     got = board.received(until="interlock")
     assert set(got) == own   # overlapping subscriptions may deliver a message twice
-    assert set(snoop.drain(QUIET_S)) <= own
 
 
 def test_leader_site_and_operator_write_what_their_role_owns_only(site):
     _, _, connect = site
-    watcher = connect("operator", client_id="watcher")
-    assert watcher.subscribe("hearth/#")
+    watcher = connect("operator.homeassistant")   # an operator account of its own, so that
+    assert watcher.subscribe("hearth/#")          # `operator` below does not take it over
     leader, site_role, operator = connect("leader.m1"), connect("site"), connect("operator")
     steps = [  # (client, topic, allowed)
         (leader, f"{ROOT}/m1/leader/setpoint/b02", True),
@@ -288,7 +319,7 @@ def test_site_target_set_is_written_by_operator_and_site_and_read_by_the_site_ro
     leader.publish(target, "50.0")
     board.publish(target, "51.0")
     operator.publish(target, "52.0")
-    connect("site", client_id="site-console").publish(target, "53.0")
+    site_role.publish(target, "53.0")
     assert site_role.received(until="53.0") == [(target, "52.0"), (target, "53.0")]
     assert board_snoop.drain(QUIET_S) == []
 
@@ -351,6 +382,8 @@ def test_rerun_rewrites_identical_files_and_rotate_renews_only_whom_it_names(tmp
     (('name = "b02"', 'name = "b02"\nslots = 3'), "[[board]] #2: unknown key slots"),
     (('port = 1883', 'port = 70000'), "port = 70000 is not a TCP port"),
     (('port = 1883', 'port = "1883"'), "port = '1883' is not a TCP port"),
+    (('["homeassistant"]', '["Alice"]'), "operators: 'Alice' is not a name"),
+    (('["homeassistant"]', '["ha", "ha"]'), "operators: 'ha' appears twice"),
     (('site = "maple-school"', 'site = "Maple School"'), "site = 'Maple School'"),
     (('site = "maple-school"', 'site = "maple-school'), "not valid TOML"),
     (('name = "b02"', 'name = "b01"'), "name = 'b01' appears twice in module m1"),

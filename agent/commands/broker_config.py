@@ -19,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "broker-config", help="write Mosquitto configs (accounts, ACLs, TLS, bridge) for a site",
         description="From a site inventory (docs/deployment.md), write for every module's "
-        "broker: mosquitto.conf (no anonymous access), passwd (mosquitto_passwd format), acl "
+        "broker: mosquitto.conf (no anonymous access; an account's client id is its "
+        "username, so one account holds one connection), passwd (mosquitto_passwd format), acl "
         "(a board writes only its own topics), optionally TLS material and a bridge to a "
         "central broker (docs/bridge.md). Existing passwords and keys are kept.")
     parser.add_argument("--inventory", type=Path, required=True, metavar="FILE",

@@ -245,3 +245,23 @@ def test_cgroup_quota_freeze_and_events(tmp_path):
     assert group.frozen() is False, "frozen only once the kernel says so"
     events.write_text("populated 1\nfrozen 1\n")
     assert group.frozen() is True
+
+
+def test_cgroup_cpu_stat_reads_the_kernels_counters(tmp_path):
+    base = "/sys/fs/cgroup/hearth.slice/workload"
+    write(tmp_path, f"{base}/cpu.stat", "usage_usec 5200\nuser_usec 5000\nsystem_usec 200\n"
+          "nr_periods 12\nnr_throttled 3\nthrottled_usec 900\nnr_bursts 0\nburst_usec 0\n")
+    stats = CpuGroup(Hardware(root=tmp_path), "hearth.slice/workload").cpu_stat()
+    assert (stats["usage_usec"], stats["nr_periods"], stats["nr_throttled"]) == (5200, 12, 3)
+
+
+@pytest.mark.parametrize("text", [
+    "usage_usec 5200\nuser_usec 5000\nsystem_usec 200\n",          # no cpu controller counters
+    "usage_usec -5200\nnr_periods 12\nnr_throttled 3\n",
+    "usage_usec 5200\nnr_periods 12\nnr_throttled\n",
+])
+def test_cgroup_cpu_stat_the_agent_cannot_use_is_a_value_error_naming_the_file(tmp_path, text):
+    base = "/sys/fs/cgroup/hearth.slice/workload"
+    write(tmp_path, f"{base}/cpu.stat", text)
+    with pytest.raises(ValueError, match="cpu.stat"):
+        CpuGroup(Hardware(root=tmp_path), "hearth.slice/workload").cpu_stat()

@@ -4,6 +4,8 @@ from agent.drivers.sysfs import SysfsAttribute
 from agent.seam import Hardware
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+CPU_STAT_KEYS = frozenset({"usage_usec", "nr_periods", "nr_throttled"})
+"""The cpu.stat counters the agent reads; a group with the cpu controller always shows them."""
 
 
 class CpuGroup:
@@ -48,11 +50,19 @@ class CpuGroup:
         return False
 
     def cpu_stat(self) -> dict[str, int]:
-        """cpu.stat counters: usage_usec, nr_periods, nr_throttled, throttled_usec, ..."""
+        """cpu.stat counters: usage_usec, nr_periods, nr_throttled, throttled_usec, ...
+
+        ValueError unless it holds the counters of a group with the cpu controller, each a
+        whole number of at least 0: the agent subtracts them period to period."""
         fields = self.stat_file.read_text().split()
         if len(fields) % 2:
             raise ValueError(f"{self.stat_file.path}: a key without a value in {fields!r}")
-        return dict(zip(fields[::2], map(int, fields[1::2])))
+        stats = dict(zip(fields[::2], map(int, fields[1::2])))
+        if not CPU_STAT_KEYS <= stats.keys() or min(stats.values()) < 0:
+            raise ValueError(f"{self.stat_file.path}: {fields!r} lacks one of "
+                             f"{sorted(CPU_STAT_KEYS)} or holds a negative counter; is the cpu "
+                             "controller enabled for this group?")
+        return stats
 
     def close(self) -> None:
         self.events_file.close()

@@ -242,7 +242,8 @@ def test_config_option_is_accepted_like_the_file_argument(capsys):
 
 def test_installed_command_exits_non_zero_on_a_broken_config(tmp_path):
     path = write(tmp_path, 'board_type = "oil-carrier"\n[limits]\npower_max_w = "a lot"\n')
-    broken = subprocess.run(["hearth", "config", "check", str(path)],
+    installed = str(Path(sys.executable).with_name("hearth"))  # the .venv's, not PATH's
+    broken = subprocess.run([installed, "config", "check", str(path)],
                             capture_output=True, text=True)
     assert broken.returncode == 1
     assert (f'{path}: limits.power_max_w = "a lot": expected a number from 0.5 to 15'

@@ -2,12 +2,16 @@
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 GOOD = "28-0316a2795eff"
 GOOD_TEMPERATURE_FILE = "28-0316a2795e00"
 BAD_CRC = "28-0316a2795e01"
 POWER_ON = "28-0316a2795e02"
 ABSENT = "28-0316a2795e03"
+HEARTH = str(Path(sys.executable).with_name("hearth"))
+"""The console script installed beside this interpreter (the .venv's), not one found on PATH."""
 
 W1_SLAVE_23 = ("72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n"
                "72 01 4b 46 7f ff 0e 10 57 t=23125\n")
@@ -50,7 +54,7 @@ def test_sensors_json_reports_each_validity(tmp_path):
     (zone / "temp").write_text("51540\n")
 
     result = subprocess.run(
-        ["hearth", "sensors", "--config", str(tmp_path / "hearth.toml"),
+        [HEARTH, "sensors", "--config", str(tmp_path / "hearth.toml"),
          "--root", str(tmp_path / "root"), "--json"],
         capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -74,7 +78,7 @@ def test_sensors_human_output_names_each_sensor(tmp_path):
     (tmp_path / "boards/five-w1.toml").write_text(BOARD)
     (tmp_path / "hearth.toml").write_text(SITE)
     result = subprocess.run(
-        ["hearth", "sensors", "--config", str(tmp_path / "hearth.toml"),
+        [HEARTH, "sensors", "--config", str(tmp_path / "hearth.toml"),
          "--root", str(tmp_path / "root")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

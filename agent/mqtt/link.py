@@ -317,9 +317,8 @@ class Link:
                 break
             if self._client.on_publish is None:
                 self._awaiting_acks(True)
-            info = self._client.publish(pending.topic, envelope.encode(pending.message,
-                                                                        pending.hist),
-                                        pending.qos, pending.retain)
+            info = self._client.publish(pending.topic, pending.payload(), pending.qos,
+                                        pending.retain)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self.log.warning("%s: paho refused a message (%s); retrying later",
                                  self.client_id, paho.error_string(info.rc))
@@ -330,9 +329,8 @@ class Link:
             handed = True
         telemetry = self.outbox.take_telemetry()
         for index, pending in enumerate(telemetry):
-            info = self._client.publish(pending.topic, envelope.encode(pending.message,
-                                                                        pending.hist),
-                                        pending.qos, pending.retain)
+            info = self._client.publish(pending.topic, pending.payload(), pending.qos,
+                                        pending.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.outbox.return_telemetry(telemetry[index:])
                 break

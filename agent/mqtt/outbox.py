@@ -8,6 +8,12 @@ previous run (a crash, a power cut, a clean exit with the broker away) is sent f
 
 Nothing is written while the broker is reachable; the file exists only during a long outage.
 Not thread-safe: the Link that owns it serialises every call.
+
+Only what can be sent is stored: a message is encoded once, when it is put, and one that cannot
+be (a lone UTF-16 surrogate in a string) is refused there, counted and reported through
+take_problems(), so it can neither stop the link when its turn comes nor wait in the file to
+stop the next start. A spill file line that does not read back as a sendable message (a torn
+write, or one written by an older version) is skipped and reported the same way.
 """
 
 import collections
@@ -17,7 +23,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent.mqtt import envelope
+
 SPILL_FILE = "outbox.jsonl"
+PROBLEMS_KEPT = 16
+"""Reports of refused messages and damaged lines kept for the owner; older ones are counted."""
 
 
 @dataclasses.dataclass
@@ -29,16 +39,32 @@ class Pending:
     qos: int
     retain: bool = False
     hist: bool = False
+    encoded: bytes = b""
+    """The message as it goes on the wire without `hist`; made once, by payload()."""
+
+    def payload(self) -> bytes:
+        """The bytes to send now; UnicodeEncodeError (a ValueError) for what UTF-8 cannot carry."""
+        if not self.encoded:
+            self.encoded = envelope.encode(self.message)
+        return envelope.encode(self.message, hist=True) if self.hist else self.encoded
 
     def to_line(self) -> str:
-        return json.dumps({"topic": self.topic, "message": self.message, "qos": self.qos,
-                           "retain": self.retain}, separators=(",", ":"), allow_nan=False)
+        """One line of the spill file, with the message exactly as it will be sent."""
+        if not self.encoded:
+            self.payload()
+        return (f'{{"topic":{json.dumps(self.topic)},"qos":{int(self.qos)},'
+                f'"retain":{"true" if self.retain else "false"},'
+                f'"message":{self.encoded.decode("utf-8")}}}')
 
     @classmethod
-    def from_line(cls, line: str) -> "Pending":
-        data = json.loads(line)
-        return cls(str(data["topic"]), dict(data["message"]), int(data["qos"]),
-                   bool(data["retain"]), hist=True)
+    def from_line(cls, line: bytes) -> "Pending":
+        """A spilled message, read back as history; ValueError (MessageError), KeyError or
+        TypeError when the line is not one that can be sent."""
+        data = envelope.load(line.decode("utf-8"))
+        pending = cls(str(data["topic"]), dict(data["message"]), int(data["qos"]),
+                      bool(data["retain"]), hist=True)
+        pending.payload()
+        return pending
 
 
 class Outbox:
@@ -52,8 +78,12 @@ class Outbox:
         self.telemetry_dropped = 0
         """Telemetry pushed out by newer telemetry since start (each one a seq gap)."""
         self.spill_damaged = 0
-        """Lines of the spill file that could not be read back (a torn last write)."""
-        self._spilled = self._count_spilled()
+        """Lines of the spill file that could not be read back as a sendable message (a torn
+        last write, a message an older version stored although it could not be sent)."""
+        self.unencodable = 0
+        """Messages refused by put() because they cannot be encoded (never stored, never sent)."""
+        self._problems: collections.deque[str] = collections.deque(maxlen=PROBLEMS_KEPT)
+        self._spilled = self._clean_spill()
 
     @property
     def spilled(self) -> int:
@@ -63,7 +93,25 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._keep) + self._spilled + len(self._telemetry)
 
+    def take_problems(self) -> list[str]:
+        """Operator sentences about refused messages and damaged spill lines since the last
+        call, for the owner to raise as events; each is valid UTF-8."""
+        taken = list(self._problems)
+        self._problems.clear()
+        return taken
+
     def put(self, pending: Pending, keep: bool) -> None:
+        """Queue `pending`, or refuse it (counted, reported) if it cannot be encoded."""
+        try:
+            pending.topic.encode("utf-8")
+            pending.payload()
+        except (ValueError, TypeError) as error:
+            self.unencodable += 1
+            self._problems.append(
+                f"message for {envelope.printable(pending.topic)} dropped, it cannot be sent: "
+                f"{envelope.printable(_why(error))}; {self.unencodable} dropped since start. "
+                "Check what the message quoted (a received id or reason)")
+            return
         if not keep:
             if len(self._telemetry) == self._telemetry.maxlen:
                 self.telemetry_dropped += 1
@@ -110,23 +158,43 @@ class Outbox:
         self._keep.clear()
         self._rewrite_spill(waiting + self._read_spill())
 
-    def _count_spilled(self) -> int:
-        return len(self._read_spill())
+    def _clean_spill(self) -> int:
+        """At start: count what the previous run left, and rewrite the file without the lines
+        that cannot be sent, so they are skipped (and reported) once, not at every read."""
+        lines = self._spill_lines()
+        read = self._read_spill(lines)
+        damaged = len(lines) - len(read)
+        if damaged:
+            self.spill_damaged += damaged
+            self._problems.append(
+                f"{damaged} of {len(lines)} lines of {self.spill_path} could not be read back "
+                "as messages (a torn write or a message that cannot be sent) and were skipped; "
+                f"the other {len(read)} are sent")
+            try:
+                self._rewrite_spill(read)
+            except OSError as error:
+                self._problems.append(f"{self.spill_path} could not be rewritten without its "
+                                      f"damaged lines ({error}); they are skipped at each read")
+        return len(read)
 
-    def _read_spill(self) -> list[Pending]:
+    def _spill_lines(self) -> list[bytes]:
         try:
-            lines = self.spill_path.read_text(encoding="utf-8").splitlines()
+            return [line for line in self.spill_path.read_bytes().splitlines() if line.strip()]
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError):
+        except OSError as error:
             self.spill_damaged += 1
+            self._problems.append(f"{self.spill_path} could not be read ({error}); what it "
+                                  "held is not sent")
             return []
+
+    def _read_spill(self, lines: list[bytes] | None = None) -> list[Pending]:
         read = []
-        for line in lines:
+        for line in self._spill_lines() if lines is None else lines:
             try:
                 read.append(Pending.from_line(line))
             except (ValueError, KeyError, TypeError):
-                self.spill_damaged += 1
+                pass  # counted and reported once, by _clean_spill
         return read
 
     def _append_spill(self, pending: list[Pending]) -> None:
@@ -157,3 +225,9 @@ class Outbox:
         room = self.keep_ram - len(self._keep)
         self._keep.extend(spilled[:room])
         self._rewrite_spill(spilled[room:])
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, UnicodeEncodeError):
+        return f"a lone UTF-16 surrogate ({error.object[error.start:error.end]})"
+    return f"{type(error).__name__}: {error}"

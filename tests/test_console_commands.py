@@ -2,6 +2,7 @@
 argument checks, remote subset, overrides that expire, tune and flow calibration end to end,
 diagnostics on faulty hardware, the generated docs, and `hearth ctl` with and without an agent."""
 
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +39,9 @@ def board(sim_dir):
 def test_parse_line_words_keywords_and_flags():
     parsed = parse_line("setpoint 4.5 for 30 --json -y", COMMANDS)
     assert (parsed.command.name, parsed.args, parsed.as_json, parsed.confirmed) == (
-        "setpoint", {"watts": "4.5", "minutes": "30"}, True, True)
+        "setpoint", {"watts": 4.5, "minutes": 30.0}, True, True)
+    assert parse_line("events 3", COMMANDS).args == {"count": 3}
+    assert parse_line("calibrate flow start", COMMANDS).args == {"litres": "start"}
     assert parse_line("help i2c scan", COMMANDS).args == {"command": "i2c scan"}
     with pytest.raises(CommandRefused, match="did you mean `status`"):
         parse_line("stauts", COMMANDS)
@@ -55,8 +58,92 @@ def test_json_and_text_arguments_are_judged_alike(board):
         assert not result.ok and "expected a number from 0 to 15 W" in result.reason, value
     assert "unknown argument 'wats'" in processor.execute("setpoint", {"wats": 4},
                                                           "operator").reason
-    assert processor.execute("setpoint", {"watts": "4"}, "serial").ok
+    assert processor.execute_line("setpoint 4", "serial")[0].ok
     assert processor.execute("setpoint", {"watts": 4.0}, "operator").ok
+
+
+def state_of(simulated, processor) -> tuple:
+    """What a refused command must leave as it was."""
+    agent = simulated.agent
+    return (agent.setpoints.current_w(agent.clock()), agent.setpoints.status,
+            dict(agent.supervisor.latched), agent.supervisor.mode, processor.request.source,
+            processor.override_until, processor.calibration, processor.tune)
+
+
+@pytest.mark.parametrize("value", ["3", "\u0663", "4.0", "1e0", True, [3], {"w": 3}])
+def test_json_arguments_must_be_json_numbers(board, value):
+    """Over MQTT and the socket's JSON requests a number is a JSON number: text is not."""
+    simulated, processor, run = board
+    before = state_of(simulated, processor)
+    for source in ("operator", "socket"):
+        result = processor.execute("setpoint", {"watts": value}, source)
+        assert not result.ok and result.reason.startswith("watts = "), result.reason
+        assert "expected a number from 0 to 15 W" in result.reason
+        assert state_of(simulated, processor) == before
+    assert not processor.execute("events", {"count": value}, "socket").ok
+
+
+def test_typed_numbers_are_ascii_digits_only(board):
+    simulated, processor, run = board
+    before = state_of(simulated, processor)
+    for line in ("setpoint \u0663", "setpoint \uff13", "setpoint nan", "setpoint inf",
+                 "setpoint 1_0", "setpoint 0x3", "events \u0663", "identify \u0968"):
+        result, _ = processor.execute_line(line, "serial")
+        assert not result.ok and "expected a" in result.reason, line
+        assert result.command == line.split()[0], line
+    assert state_of(simulated, processor) == before
+    assert processor.execute_line("setpoint 3.5e0", "serial")[0].ok
+    assert simulated.agent.setpoint_w == 3.5
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -10 ** 400, 10 ** 5000, float("inf"),
+                                   float("-inf"), 1e308, -1e-300],
+                         ids=["1e400", "-1e400", "1e5000", "inf", "-inf", "1e308", "-1e-300"])
+def test_huge_and_non_finite_numbers_are_refused_not_raised(board, value):
+    simulated, processor, run = board
+    before = state_of(simulated, processor)
+    for name, arg in (("setpoint", "watts"), ("events", "count"), ("identify", "seconds"),
+                      ("i2c scan", "bus"), ("calibrate flow", "litres")):
+        result = processor.execute(name, {arg: value}, "serial")
+        assert not result.ok and result.reason.startswith(f"{arg} = "), (name, result.reason)
+        assert len(result.reason) < 300, result.reason
+    assert state_of(simulated, processor) == before
+
+
+def test_execute_never_raises_and_never_returns_unsendable_text(board):
+    """Whatever a caller passes, the answer is a Result whose text any transport can encode."""
+    simulated, processor, run = board
+    before = state_of(simulated, processor)
+    calls = [("\ud800", {}, "operator"), ("setpoint", {"\udfff": 1}, "operator"),
+             ("help", {"command": "\ud800"}, "serial"), ("help", {"command": "a\x00b"}, "socket"),
+             (None, None, None), ("status", [("a", 1)], "serial"), ("status", {}, ["serial"]),
+             ("setpoint", {"watts": 10 ** 400}, "leader"), (b"status", {}, "serial"),
+             ("mode", {"mode": "safe\ud800"}, "operator"), ("help", {"command": "x" * 10 ** 5},
+                                                           "serial")]
+    for name, args, source in calls:
+        result = processor.execute(name, args, source)
+        assert not result.ok, (name, args)
+        json.dumps(result.as_dict(), ensure_ascii=False).encode("utf-8")
+        assert len(result.reason) < 300 and result.reason, result.reason
+    assert processor.refused_commands == len(calls)
+    assert processor.execute("status", {}, "serial").data["refused_commands"] == len(calls)
+    assert state_of(simulated, processor) == before
+
+
+@pytest.mark.parametrize("line", ["mode\x1csafe", "mode\u2028safe", "mode safe\x00",
+                                  "mode \x1b[2Jsafe", "mode safe\ud800", "mode\u00a0safe",
+                                  "mode safe" + " " * 300, "help " + "x" * 100_000],
+                         ids=["FS", "LS", "NUL", "ESC", "surrogate", "NBSP", "300", "100k"])
+def test_hostile_console_lines_are_refused_whole(board, line):
+    """A line that is not plain printable text, or too long to be typed, is never executed,
+    even when its words would otherwise make a command."""
+    simulated, processor, run = board
+    before = state_of(simulated, processor)
+    result, as_json = processor.execute_line(line, "socket")
+    assert not result.ok and as_json is False
+    assert "line" in result.reason and len(result.reason) < 300, result.reason
+    json.dumps(result.as_dict(), ensure_ascii=False).encode("utf-8")
+    assert state_of(simulated, processor) == before
 
 
 def test_remote_sources_get_only_the_remote_subset(board):

@@ -10,13 +10,18 @@ API (for transports, including the MQTT command path)
     processor = CommandProcessor(agent, config, run_in_loop=mailbox.call, state_dir=...)
     result = processor.execute("setpoint", {"watts": 4.5}, source="leader", confirmed=True)
 
-* `execute(name, args, source, confirmed=False) -> Result` never raises. `args` is a dict of
-  JSON values (or strings typed on a line); each is checked by its `Arg` (type, bounds,
-  choices) and unknown names are refused. `Result.ok`, `.data` (JSON-able dict), `.text` (for
-  people), `.reason` (why nothing was done: what was wrong and what to type instead).
-  `Result.as_dict()` is the reply payload; `Result.render(as_json)` the console's output.
+* `execute(name, args, source, confirmed=False) -> Result` never raises, whatever it is
+  given. `args` is a dict of JSON values; each is checked by its `Arg` (type, bounds,
+  choices) and unknown names are refused. A number must be a JSON number (int or float, not
+  bool, finite, within bounds): `"3"` is text and is refused. `Result.ok`, `.data` (JSON-able
+  dict), `.text` (for people), `.reason` (why nothing was done: what was wrong, the value, and
+  what to type instead). Every Result can be encoded (no lone surrogates); refusals are
+  counted in `refused_commands`. `Result.as_dict()` is the reply payload;
+  `Result.render(as_json)` the console's output.
 * `execute_line(line, source, confirmed=False) -> (Result, as_json)` parses a typed line
-  (`setpoint 4.5 for 30 --json`) with `parse_line` and executes it.
+  (`setpoint 4.5 for 30 --json`) with `parse_line`, the one place typed text becomes numbers
+  (ASCII digits only), and executes it. A line that is not printable text or is longer than
+  spec.MAX_LINE is refused whole.
 * Sources: "serial" and "socket" are local and may run every command. Anything else is remote
   ("leader", "operator" on MQTT) and may run only commands whose `remote` names it (docs/mqtt.md
   "Commands": setpoint, mode, reset, identify, tune); others are refused, changing nothing.
@@ -37,7 +42,9 @@ API (for transports, including the MQTT command path)
   not running.
 """
 
+import json
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +53,7 @@ from agent.console import handlers
 from agent.console.handlers import TechnicianRequest
 from agent.console.loop import LoopUnavailable
 from agent.console.spec import (
-    LOCAL_SOURCES, Arg, Command, CommandRefused, ParsedLine, Result, parse_line)
+    LOCAL_SOURCES, Arg, Command, CommandRefused, ParsedLine, Result, parse_line, shown)
 from agent.errors import ConfigError
 from agent.persist import StateStore
 
@@ -127,6 +134,17 @@ def remote_commands(source: str) -> list[Command]:
     return [command for command in COMMANDS if source in command.remote]
 
 
+def _sendable(result: Result) -> Result:
+    """The result, or a refusal in its place when it holds something no transport could
+    send (a lone surrogate, an object JSON cannot hold): nothing unsendable leaves here."""
+    try:
+        json.dumps(result.as_dict(), ensure_ascii=False, default=str).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as error:
+        return Result(False, result.command, reason=f"{result.command} produced an answer "
+                      f"that cannot be sent ({type(error).__name__}); see the journal")
+    return result
+
+
 def default_board_id(config: BoardConfig | None) -> str:
     """The board's name in the prompt: its configured identity, else the host name."""
     if config is not None and config.identity is not None:
@@ -155,6 +173,8 @@ class CommandProcessor:
         self.tune: handlers.TuneJob | None = None
         self.calibration: handlers.FlowCalibration | None = None
         self.led = None
+        self.refused_commands = 0
+        self._count_lock = threading.Lock()
         if agent is not None:
             agent.supervisor.checks.append(self.request)
 
@@ -182,15 +202,28 @@ class CommandProcessor:
         mode = self.agent.supervisor.mode.value if self.agent is not None else "NO-AGENT"
         return f"hearth {self.board_id} {mode}> "
 
-    def execute(self, name: str, args: Any, source: str, confirmed: bool = False) -> Result:
+    def execute(self, name: Any, args: Any, source: Any, confirmed: bool = False) -> Result:
+        """Never raises: whatever the caller passes, the answer is a Result any transport can
+        encode, and a refused command (counted in `refused_commands`) changed nothing."""
+        try:
+            result = _sendable(self._execute(name, args, source, confirmed))
+        except Exception as error:  # a console command must never take a transport down
+            result = Result(False, "", reason=f"the command could not be run "
+                            f"({type(error).__name__}); nothing was done; see the journal")
+        if not result.ok and not result.confirm:
+            with self._count_lock:
+                self.refused_commands += 1
+        return result
+
+    def _execute(self, name: Any, args: Any, source: Any, confirmed: bool) -> Result:
         command = command_named(name) if isinstance(name, str) else None
         if command is None:
-            return Result(False, str(name)[:40], reason=f"unknown command {str(name)[:40]!r}: "
-                          "`help` lists them")
+            return Result(False, "", reason=f"unknown command {shown(name)}: `help` lists them")
         if source not in LOCAL_SOURCES and source not in command.remote:
             allowed = ", ".join(c.name for c in remote_commands(source)) or "none"
             return Result(False, command.name, reason=f"{command.name} is not allowed from "
-                          f"{source!r}; allowed from there: {allowed}. Use the board's console")
+                          f"{shown(source)}; allowed from there: {allowed}. Use the board's "
+                          "console")
         try:
             values = command.coerce_args(args if args is not None else {})
         except CommandRefused as error:
@@ -199,7 +232,7 @@ class CommandProcessor:
             return Result(False, command.name, reason="the agent is not running, so "
                           f"{command.name} cannot be done; `systemctl status hearth-agent` and "
                           "`journalctl -u hearth-agent` say why")
-        if command.destructive and not confirmed:
+        if command.destructive and confirmed is not True:
             return Result(False, command.name, reason="needs confirmation",
                           confirm=command.destructive + CONFIRM_TAIL)
         try:
@@ -208,7 +241,8 @@ class CommandProcessor:
             return Result(False, command.name, reason=str(error))
         except Exception as error:  # a console command must never take a transport down
             return Result(False, command.name, reason=f"{command.name} failed: "
-                          f"{type(error).__name__}: {error}; see `events` and the journal")
+                          f"{type(error).__name__}: {shown(str(error))}; see `events` and the "
+                          "journal")
         return Result(True, command.name, text, data)
 
     def execute_line(self, line: str, source: str,
@@ -216,7 +250,10 @@ class CommandProcessor:
         try:
             parsed: ParsedLine = parse_line(line, COMMANDS)
         except CommandRefused as error:
-            return Result(False, "", reason=str(error)), "--json" in line.split()
+            with self._count_lock:
+                self.refused_commands += 1
+            as_json = isinstance(line, str) and line.isprintable() and "--json" in line.split()
+            return Result(False, error.command, reason=str(error)), as_json
         result = self.execute(parsed.command.name, parsed.args, source,
                               confirmed or parsed.confirmed)
         return result, parsed.as_json

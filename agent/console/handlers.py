@@ -147,6 +147,7 @@ def status(processor, args, source):
             "active": sorted(agent.supervisor.active),
             "tune": processor.tune.plan.loop if processor.tune else None,
             "calibrating_flow": processor.calibration is not None,
+            "refused_commands": processor.refused_commands,
         }
         return data
 

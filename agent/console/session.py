@@ -10,9 +10,8 @@ are rate-limited, and nothing here can raise into the transport's thread.
 import time
 from typing import Callable, Protocol
 
-from agent.console.spec import Result
+from agent.console.spec import MAX_LINE, Result
 
-MAX_LINE = 256
 RATE_PER_S = 5.0
 BURST = 20
 NOTICE_EVERY_S = 5.0

@@ -1,14 +1,17 @@
 """The shapes of console commands: arguments with types and bounds, results, and the text parser.
 
 Kept apart from the command list (agent.console.commands) so handlers can import these types
-without importing the list that names them. A value reaches `Arg.coerce` either as text typed
-on a serial line or as a JSON value from MQTT, and both are judged by the same bounds.
+without importing the list that names them. Typed text becomes a value in one place,
+`parse_line` (through `Arg.from_text`: numbers in ASCII digits only); every value, typed or
+JSON, is then judged by `Arg.coerce`, which takes JSON numbers only, so a caller on MQTT or the
+socket cannot smuggle in text that some other number parser would read.
 """
 
 import dataclasses
 import difflib
 import json
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 from agent.errors import HearthError
@@ -17,12 +20,64 @@ LOCAL_SOURCES = ("serial", "socket")
 """Sources that may run every command: a technician at the board (serial) or on it (socket)."""
 
 FLAG_JSON = "--json"
+MAX_LINE = 256
+"""The longest console line taken, from the serial line or the socket: longer than any command."""
 MAX_WORD = 64
+SHOWN_CHARS = 40
+"""How much of a refused value a reason quotes."""
 FLAGS_YES = ("--yes", "-y")
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
+FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+"""Numbers as a technician types them: ASCII digits only (no `nan`, `inf`, `1_0`, `٣`)."""
 
 
 class CommandRefused(HearthError, ValueError):
-    """A command or its arguments cannot be accepted; the message says why and what to type."""
+    """A command or its arguments cannot be accepted; the message says why and what to type.
+
+    `command` names the command when it was recognised, so the refusal can say which."""
+
+    def __init__(self, message: str, command: str = ""):
+        super().__init__(message)
+        self.command = command
+
+
+def shown(value: Any) -> str:
+    """A value as a reason quotes it: short, and encodable whatever it holds (repr escapes
+    control characters and lone surrogates; a huge integer is never turned into digits)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        if abs(value) >= 10 ** SHOWN_CHARS:
+            return f"a number of about {round(value.bit_length() * math.log10(2))} digits"
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        if len(value) > SHOWN_CHARS:
+            return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def check_line(line: Any) -> str:
+    """A console line, refused whole unless it is printable text of a typeable length: a
+    control character, a terminal escape or a lone surrogate is noise, never part of a command
+    (Python's split() would otherwise treat some of them as spaces)."""
+    if not isinstance(line, str):
+        raise CommandRefused(f"the line must be text, got {shown(line)}")
+    if len(line) > MAX_LINE:
+        raise CommandRefused(f"line too long ({len(line)} characters, at most {MAX_LINE}): "
+                             "nothing was done")
+    if not line.isprintable():
+        position, char = next((i, c) for i, c in enumerate(line) if not c.isprintable())
+        raise CommandRefused(f"the line holds U+{ord(char):04X} at position {position + 1}, "
+                             "which is not printable text: nothing was done; type the command "
+                             "in plain text")
+    return line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,29 +118,45 @@ class Arg:
         return f"{words} or {number}" if words else number
 
     def coerce(self, value: Any) -> Any:
-        """The value as this argument's type, or CommandRefused saying what was expected."""
+        """A JSON value as this argument's type, or CommandRefused naming the argument, the
+        value and what was expected. Numbers must be JSON numbers (bool is not one)."""
         if isinstance(value, str) and value in self.choices:
             return value
-        problem = f"{self.name} = {json.dumps(value) if not isinstance(value, str) else value!r}"
         if self.kind is str:
-            if not self.choices and isinstance(value, str) and len(value) <= MAX_WORD:
+            if (not self.choices and isinstance(value, str) and len(value) <= MAX_WORD
+                    and value.isprintable()):
                 return value
-            raise CommandRefused(f"{problem}: expected {self.expected()}")
-        if isinstance(value, bool):
-            raise CommandRefused(f"{problem}: expected {self.expected()}")
+            raise self.refused(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.refused(value)
+        if isinstance(value, float) and not (math.isfinite(value) and (
+                self.kind is float or value.is_integer())):
+            raise self.refused(value)
+        # Exact comparisons: a huge integer is judged without converting it to a float.
+        if (self.min is not None and value < self.min) or (
+                self.max is not None and value > self.max):
+            raise self.refused(value)
         try:
-            if self.kind is int and isinstance(value, float):
-                number = _whole(value)
-            else:
-                number = self.kind(value)
-        except (TypeError, ValueError):
-            raise CommandRefused(f"{problem}: expected {self.expected()}") from None
-        if isinstance(number, float) and not math.isfinite(number):
-            raise CommandRefused(f"{problem}: expected {self.expected()}")
-        if (self.min is not None and number < self.min) or (
-                self.max is not None and number > self.max):
-            raise CommandRefused(f"{problem}: expected {self.expected()}")
-        return number
+            return self.kind(value)
+        except OverflowError:
+            raise self.refused(value) from None
+
+    def from_text(self, word: str) -> Any:
+        """A typed word as a value for coerce(): a choice or a word as it is, a number only
+        when written in ASCII digits."""
+        if self.kind is str or word in self.choices:
+            return word
+        if self.kind is int and INT_TEXT.fullmatch(word):
+            return int(word)
+        if self.kind is float and FLOAT_TEXT.fullmatch(word):
+            return float(word)
+        raise self.refused(word, typed=True)
+
+    def refused(self, value: Any, typed: bool = False) -> CommandRefused:
+        hint = ""
+        if isinstance(value, str) and self.kind is not str and not typed:
+            hint = ", as a JSON number (not text)"
+        return CommandRefused(f"{self.name} = {shown(value)}: expected {self.expected()}{hint}")
 
     def usage(self) -> str:
         shape = "|".join(self.choices) if self.kind is str and self.choices else f"<{self.name}>"
@@ -93,12 +164,6 @@ class Arg:
             shape = f"{'|'.join(self.choices)}|<{self.name}>"
         text = f"{self.keyword} {shape}" if self.keyword else shape
         return f"[{text}]" if self.optional else text
-
-
-def _whole(value: float) -> int:
-    if not value.is_integer():
-        raise ValueError("not a whole number")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +234,9 @@ class Command:
             raise CommandRefused(f"arguments must be an object of names to values, got "
                                  f"{type(given).__name__}")
         known = {arg.name for arg in self.args}
-        unknown = sorted(set(given) - known)
+        unknown = [name for name in given if name not in known]
         if unknown:
-            raise CommandRefused(f"unknown argument {unknown[0]!r}; {self.name} takes "
+            raise CommandRefused(f"unknown argument {shown(unknown[0])}; {self.name} takes "
                                  f"{', '.join(sorted(known)) or 'no arguments'}")
         values = {}
         for arg in self.args:
@@ -193,9 +258,10 @@ class ParsedLine:
 
 
 def parse_line(line: str, commands: Sequence[Command]) -> ParsedLine:
-    """A typed line as a command and its raw arguments (not yet coerced); CommandRefused for
-    what cannot be a command, with the closest name when it looks like a typo."""
-    words = line.split()
+    """A typed line as a command and its values, numbers already numbers (bounds are judged
+    later by coerce, for typed and JSON values alike); CommandRefused for what cannot be a
+    command, with the closest name when it looks like a typo."""
+    words = check_line(line).split()
     as_json = FLAG_JSON in words
     confirmed = any(flag in words for flag in FLAGS_YES)
     words = [word for word in words if word != FLAG_JSON and word not in FLAGS_YES]
@@ -208,8 +274,15 @@ def parse_line(line: str, commands: Sequence[Command]) -> ParsedLine:
                                            for n in by_name) else words[0]
         close = difflib.get_close_matches(typed, list(by_name), n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
-        raise CommandRefused(f"unknown command {typed[:40]!r}: {hint}type `help` for the list")
-    rest = words[len(command.name.split()):]
+        raise CommandRefused(f"unknown command {shown(typed)}: {hint}type `help` for the list")
+    try:
+        args = _typed_args(command, words[len(command.name.split()):])
+    except CommandRefused as error:
+        raise CommandRefused(f"{error}; usage: {command.usage()}", command.name) from None
+    return ParsedLine(command, args, as_json, confirmed)
+
+
+def _typed_args(command: Command, rest: list[str]) -> dict[str, Any]:
     args: dict[str, Any] = {}
     pending = list(command.args)
     while rest:
@@ -217,16 +290,17 @@ def parse_line(line: str, commands: Sequence[Command]) -> ParsedLine:
         keyed = next((arg for arg in pending if arg.keyword and arg.keyword == word), None)
         if keyed is not None:
             if not rest:
-                raise CommandRefused(f"`{word}` needs a value after it; usage: "
-                                     f"{command.usage()}")
+                raise CommandRefused(f"`{word}` needs a value after it")
             pending.remove(keyed)
-            args[keyed.name] = rest.pop(0)
+            args[keyed.name] = keyed.from_text(rest.pop(0))
             continue
         positional = next((arg for arg in pending if not arg.keyword), None)
         if positional is None:
-            raise CommandRefused(f"unexpected {word[:40]!r}; usage: {command.usage()}")
+            raise CommandRefused(f"unexpected {shown(word)}")
         pending.remove(positional)
-        args[positional.name] = " ".join([word] + rest) if positional.rest else word
         if positional.rest:
+            args[positional.name] = positional.from_text(" ".join([word] + rest))
             rest = []
-    return ParsedLine(command, args, as_json, confirmed)
+        else:
+            args[positional.name] = positional.from_text(word)
+    return args

@@ -4,8 +4,10 @@ Regenerate with `python -m agent.console.docs > docs/console.md`; a test checks 
 """
 
 from agent.console.commands import COMMANDS, OVERRIDE_DEFAULT_MIN
-from agent.console.session import BURST, MAX_LINE, RATE_PER_S
-from agent.console.transports import DEFAULT_BAUD, DEFAULT_SERIAL, DEFAULT_SOCKET
+from agent.console.session import BURST, RATE_PER_S
+from agent.console.spec import MAX_LINE
+from agent.console.transports import DEFAULT_BAUD, DEFAULT_SERIAL, DEFAULT_SOCKET, MAX_CLIENTS
+from agent.console.wire import MAX_DEPTH, MAX_REQUEST
 
 INTRO = f"""# Technician console
 
@@ -23,6 +25,20 @@ acts on it without the network. The same commands are reached three ways, all th
   2 with one line when the agent does not answer.
 * **MQTT**: the remote subset below (docs/mqtt.md "Commands"), same definitions and checks.
 
+Typed lines are the only place text becomes a number, and only ASCII digits count (`4.5`,
+`3e0`; not `nan`, `inf`, `1_0` or `٣`). JSON callers (MQTT, the socket's `{{"command": ...,
+"args": ...}}`) must send JSON numbers: `{{"watts": "3"}}` is refused, as are `true`, non-finite
+and out-of-range numbers. Every refusal names the argument, the value and what was expected,
+changes nothing, and is counted (`refused_commands` in `status --json`).
+
+The socket takes one JSON object per line, at most {MAX_REQUEST} bytes and {MAX_DEPTH} levels
+deep, and answers each with exactly one line. A request it cannot represent (not UTF-8, a
+non-finite number, an integer beyond 2^53, a lone surrogate, an unknown key or a wrong type)
+is refused there with the reason. It serves {MAX_CLIENTS} clients at once; when a new client
+arrives and all places are taken, the client idle longest is told why and dropped, so a
+technician always gets in (only if all {MAX_CLIENTS} are in the middle of a command is the
+newcomer asked to try again).
+
 Every command takes `--json` (one JSON object per line: `{{"ok": true, "command": ..., "data":
 ...}}` or `{{"ok": false, "command": ..., "reason": ...}}`). Destructive commands ask for
 confirmation (type `yes`; `--yes` skips the question). A rejected command changes nothing and
@@ -30,8 +46,9 @@ says what was wrong and what to type.
 
 The prompt shows the board and its mode: `hearth b07 NORMAL> `. Lines end with CR, LF or CRLF;
 backspace/DEL edit, Ctrl-U clears the line, Ctrl-C cancels it (and a pending confirmation).
-A line longer than {MAX_LINE} characters is discarded; a line with any byte that is not text
-(line noise, a wrong baud rate) is dropped whole, never executed; at most {RATE_PER_S:g} lines
+A line longer than {MAX_LINE} characters is discarded; a line with any byte that is not
+printable text (line noise, a wrong baud rate, a control character or lone surrogate sent over
+the socket) is refused whole, never executed; at most {RATE_PER_S:g} lines
 per second are taken (bursts of {BURST}).
 
 A local setpoint or `mode hold` lasts {OVERRIDE_DEFAULT_MIN:g} minutes unless told otherwise,

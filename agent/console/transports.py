@@ -4,7 +4,8 @@ Each transport runs on its own daemon thread and only ever blocks that thread; a
 touches the agent is handed to the loop through the LoopMailbox. The socket speaks one JSON
 object per line both ways (request {"line": "status --json", "confirmed": false}, reply
 {"result": {...}, "json": bool, "prompt": str}), so `hearth ctl` and `hearth console` never
-parse human text.
+parse human text. Every request line gets exactly one answer line; agent.console.wire decodes
+it first and refuses what it cannot represent.
 """
 
 import json
@@ -19,7 +20,8 @@ from typing import Any, Callable
 from agent.console.commands import CommandProcessor
 from agent.console.loop import LoopMailbox
 from agent.console.session import RateLimit, Session
-from agent.console.spec import LOCAL_SOURCES, Result
+from agent.console.spec import Result, shown
+from agent.console.wire import MAX_REQUEST, RequestRefused, decode_request
 from agent.errors import HearthError
 from agent.safety.events import Event
 
@@ -28,7 +30,6 @@ DEFAULT_BAUD = 115200
 DEFAULT_SOCKET = Path("/run/hearth/console.sock")
 SOCKET_MODE = 0o660
 """Owner and group (hearth) only; /run/hearth itself is 0750 (RuntimeDirectoryMode=)."""
-MAX_REQUEST = 4096
 MAX_CLIENTS = 4
 IDLE_S = 120.0
 REOPEN_S = 2.0
@@ -106,17 +107,37 @@ class SerialTransport:
                     self.on_problem(f"serial console: {type(error).__name__}: {error}")
 
 
+class _Client:
+    """One connection to the socket; `idle_since` is None while a request of it runs."""
+
+    def __init__(self, connection: socket.socket, now: float):
+        self.connection = connection
+        self.idle_since: float | None = now
+        self.dropped = False
+
+
 class SocketServer:
-    """The agent's local socket: `hearth ctl` and `hearth console` talk to the agent here."""
+    """The agent's local socket: `hearth ctl` and `hearth console` talk to the agent here.
+
+    At most MAX_CLIENTS connections are served. When a new one arrives and all places are
+    taken, the client idle longest (waiting for its next request, however long that has
+    been) is told why and dropped to make room, so a technician always gets in; only when
+    every client is in the middle of a request is the newcomer asked to try again.
+    """
 
     def __init__(self, processor: CommandProcessor, path: Path = DEFAULT_SOCKET,
-                 on_problem: Callable[[str], None] = lambda message: None):
+                 on_problem: Callable[[str], None] = lambda message: None,
+                 clock: Callable[[], float] = time.monotonic):
         self.processor = processor
         self.path = Path(path)
         self.on_problem = on_problem
+        self.clock = clock
+        self.refused_requests = 0
+        """Requests refused before reaching the processor (see agent.console.wire)."""
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
-        self._clients = threading.Semaphore(MAX_CLIENTS)
+        self._clients: list[_Client] = []
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._accept, name=f"console {path}",
                                        daemon=True)
 
@@ -154,6 +175,10 @@ class SocketServer:
         self.thread.join(timeout=2.0)
         if self._listener is not None:
             self._listener.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            _shut(client.connection)
         self.path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
@@ -166,59 +191,109 @@ class SocketServer:
                 self.on_problem(f"console socket {self.path}: {error}")
                 self._stop.wait(REOPEN_S)
                 continue
-            if not self._clients.acquire(blocking=False):
-                _send(connection, {"result": Result(False, "", reason=(
-                    f"the console is busy ({MAX_CLIENTS} clients); try again")).as_dict()})
+            client = self._admit(connection)
+            if client is None:
+                connection.settimeout(1.0)
+                try:
+                    _send(connection, _refusal(f"the console is busy ({MAX_CLIENTS} clients, "
+                                               "all running a command); try again in a few "
+                                               "seconds"))
+                except OSError:
+                    pass  # the newcomer left already; nothing to tell
                 connection.close()
                 continue
-            threading.Thread(target=self._serve, args=(connection,), daemon=True,
+            threading.Thread(target=self._serve, args=(client,), daemon=True,
                              name="console client").start()
 
-    def _serve(self, connection: socket.socket) -> None:
+    def _admit(self, connection: socket.socket) -> _Client | None:
+        """A place for the new connection, made by dropping the longest-idle client when
+        full; None when every client is busy."""
+        now = self.clock()
+        with self._lock:
+            if len(self._clients) >= MAX_CLIENTS:
+                idle = [client for client in self._clients if client.idle_since is not None]
+                if not idle:
+                    return None
+                oldest = min(idle, key=lambda client: client.idle_since)
+                self._clients.remove(oldest)
+                oldest.dropped = True
+                # Ends its thread's wait for a request; that thread says why and closes.
+                _shut(oldest.connection, socket.SHUT_RD)
+            client = _Client(connection, now)
+            self._clients.append(client)
+        return client
+
+    def _serve(self, client: _Client) -> None:
+        connection = client.connection
         rate = RateLimit(20.0, 40, time.monotonic)
         try:
             connection.settimeout(IDLE_S)
             stream = connection.makefile("rb")
             while not self._stop.is_set():
                 raw = stream.readline(MAX_REQUEST + 1)
+                if client.dropped:
+                    _send(connection, _refusal(
+                        f"dropped: idle for {self.clock() - client.idle_since:.0f} s while "
+                        f"the console was full ({MAX_CLIENTS} clients) and someone else "
+                        "connected; reconnect when you have a request"))
+                    return
                 if not raw:
                     return
-                if len(raw) > MAX_REQUEST or not raw.endswith(b"\n"):
-                    _send(connection, _refusal(f"request longer than {MAX_REQUEST} bytes"))
+                if len(raw) > MAX_REQUEST:
+                    self._count_refused()
+                    _send(connection, _refusal(f"request longer than {MAX_REQUEST} bytes; "
+                                               "the connection is closed"))
+                    return
+                if not raw.endswith(b"\n"):
+                    self._count_refused()
+                    _send(connection, _refusal("the request ended without a newline; end "
+                                               "each JSON request with one"))
                     return
                 if not rate.allow():
                     _send(connection, _refusal("too many requests; slow down"))
                     continue
-                _send(connection, self.answer(raw))
+                client.idle_since = None
+                answer = self._answer_guarded(raw)
+                client.idle_since = self.clock()
+                _send(connection, answer)
         except (OSError, ValueError):
             return
         finally:
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
             connection.close()
-            self._clients.release()
+
+    def _answer_guarded(self, raw: bytes) -> dict[str, Any]:
+        try:
+            return self.answer(raw)
+        except Exception as error:  # one bad request must not end the connection unanswered
+            self.on_problem(f"console socket: a request failed: {type(error).__name__}: "
+                            f"{shown(str(error))}")
+            return _refusal(f"the request could not be handled ({type(error).__name__}); "
+                            "nothing was done; see the journal")
 
     def answer(self, raw: bytes) -> dict[str, Any]:
+        """The reply to one request line: decoded by agent.console.wire, then executed."""
         try:
-            request = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return _refusal("the request is not a JSON object on one line")
-        if not isinstance(request, dict):
-            return _refusal("the request is not a JSON object on one line")
-        source = request.get("source", "socket")
-        if source not in LOCAL_SOURCES:
-            return _refusal(f"source {source!r} is not a local source")
-        confirmed = request.get("confirmed") is True
+            request = decode_request(raw)
+        except RequestRefused as error:
+            self._count_refused()
+            return _refusal(str(error))
         processor = self.processor
-        if "line" in request and isinstance(request["line"], str):
-            result, as_json = processor.execute_line(request["line"], source, confirmed)
-        elif isinstance(request.get("command"), str):
-            result, as_json = processor.execute(request["command"], request.get("args") or {},
-                                                source, confirmed), True
-        elif request.get("prompt") is True:
+        if request.prompt:
             return {"prompt": processor.prompt()}
+        if request.line is not None:
+            result, as_json = processor.execute_line(request.line, request.source,
+                                                     request.confirmed)
         else:
-            return _refusal('expected {"line": ...}, {"command": ..., "args": ...} or '
-                            '{"prompt": true}')
+            result, as_json = processor.execute(request.command, request.args, request.source,
+                                                request.confirmed), True
         return {"result": result.as_dict(), "json": as_json, "prompt": processor.prompt()}
+
+    def _count_refused(self) -> None:
+        with self._lock:
+            self.refused_requests += 1
 
 
 def _refusal(reason: str) -> dict[str, Any]:
@@ -227,6 +302,13 @@ def _refusal(reason: str) -> dict[str, Any]:
 
 def _send(connection: socket.socket, payload: dict[str, Any]) -> None:
     connection.sendall(json.dumps(payload, default=str).encode() + b"\n")
+
+
+def _shut(connection: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    try:
+        connection.shutdown(how)
+    except OSError:
+        pass  # already closed by its own thread
 
 
 class SocketClient:

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         with scratch_directory("hearth-agent-sim-") as directory:
             return _run_sim(Path(directory), args, publish, should_stop)
     events = EventLog()
-    state = BoardState(StateStore(args.state_dir), events, time.monotonic())
+    state = BoardState(StateStore(args.state_dir), events, time.monotonic(), time.time())
     config = load_config(args.config)
     agent = BoardAgent(config, Hardware(), publish=publish, events=events,
                        save_latched=state.save_latched, latched=state.latched,

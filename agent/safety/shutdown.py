@@ -36,21 +36,24 @@ class ShutdownPath:
         self._terminated_at: float | None = None
         self._powered_off = False
 
-    def _guard(self, now: float, step: str, action: Callable[[], None]) -> bool:
+    def _guard(self, now: float, step: str, action: Callable[[], None]) -> str | None:
+        """Run one step; None if it worked, else what went wrong (also an event)."""
         try:
             action()
-            return True
+            return None
         except Exception as error:  # every step is guarded: one failure must not stop the rest
             self.events.record(Event(now, f"shutdown_step_failed:{step}", str(error),
                                      f"{step} failed: {error}", "SHUTDOWN", "error"))
-            return False
+            return str(error)
 
     def fault(self, now: float, finding: Finding, latched: dict[str, str]) -> None:
         """A latched fault: SAFE settings come from the mode; keep the latch across restarts."""
         self.persist_latched(now, latched)
 
-    def persist_latched(self, now: float, latched: dict[str, str]) -> None:
-        self._guard(now, "persist latched faults", lambda: self.save_latched(dict(latched)))
+    def persist_latched(self, now: float, latched: dict[str, str]) -> str | None:
+        """Save the latched faults; None, or why they could not be saved."""
+        return self._guard(now, "persist latched faults",
+                           lambda: self.save_latched(dict(latched)))
 
     def power_off(self, now: float, finding: Finding | None = None) -> None:
         """Stop the workload (TERM, then KILL after the grace period), then run poweroff.
@@ -69,7 +72,7 @@ class ShutdownPath:
         self._powered_off = True
         self._guard(now, "stop workload (KILL)",
                     lambda: (self.workload_dir / "cgroup.kill").write_text("1\n"))
-        if self._guard(now, "poweroff", lambda: self.run(self.poweroff_command)):
+        if self._guard(now, "poweroff", lambda: self.run(self.poweroff_command)) is None:
             self.events.record(Event(now, "poweroff", " ".join(self.poweroff_command),
                                      "poweroff command ran", "SHUTDOWN", "critical"))
         else:

@@ -142,16 +142,23 @@ class Supervisor:
             self.mode = mode
 
     def reset(self, now: float) -> tuple[bool, str]:
-        """Clear latched faults whose causes are gone; say which remain and why."""
+        """Clear latched faults whose causes are gone; say which remain and why.
+
+        The cleared state is saved first and the faults stay latched if it cannot be: a
+        reset that a restart would undo is no reset, and a damaged latch file
+        (`state_file:latched`) is cleared only by rewriting it good."""
         if not self.latched:
             return False, "nothing is latched"
         still = sorted(cause for cause in self.latched if cause in self.active)
         if still:
             return False, (f"not reset: {', '.join(still)} still present; remove the cause "
                            "first")
+        failure = self.shutdown.persist_latched(now, {})
+        if failure is not None:
+            return False, (f"not reset: the latched faults could not be saved ({failure}); "
+                           "check the state directory and the SD card, then reset again")
         cleared = sorted(self.latched)
         self.latched.clear()
-        self.shutdown.persist_latched(now, self.latched)
         self._unsafe_until = now + self.settings.recover_s
         self.events.record(Event(now, "reset", ", ".join(cleared),
                                  f"latched fault(s) {', '.join(cleared)} reset by a technician",

@@ -181,14 +181,15 @@ def test_ten_minute_broker_outage_loses_no_event_and_shows_telemetry_gaps(mosqui
         link.close()
 
 
-_BASE = {"v": 1, "boot": "fuzz", "seq": 1, "ts": 0.0, "id": "c1", "by": "operator"}
+_BASE = {"v": 1, "boot": "fuzz", "id": "c1", "by": "operator"}
 _NUMBERS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.text(),
                      st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
 
 
 @st.composite
 def _bad_commands(draw):
-    """(command name, raw payload) pairs that must each be rejected, never run."""
+    """(command name, raw payload or envelope fields) pairs that must each be rejected, never
+    run; the test adds a fresh seq and the board's time to the fields."""
     kind = draw(st.sampled_from(["garbage", "json", "envelope", "sender", "args", "range",
                                  "unknown", "hist"]))
     name = draw(st.sampled_from(["setpoint", "mode", "reset", "identify", "tune"]))
@@ -196,7 +197,7 @@ def _bad_commands(draw):
     if kind == "garbage":
         return name, draw(st.binary(max_size=64))
     if kind == "json":
-        return name, json.dumps(draw(st.one_of(_NUMBERS, st.lists(_NUMBERS)))).encode()
+        return name, json.dumps(draw(st.one_of(_NUMBERS, st.lists(_NUMBERS))))
     if kind == "envelope":
         key = draw(st.sampled_from(["v", "id"]))
         bad = draw(_NUMBERS.filter(lambda value: value != 1 and not isinstance(value, str)
@@ -234,7 +235,7 @@ def _bad_commands(draw):
     else:
         body["args"] = {"watts": 4.0}
         body["hist"] = True
-    return name, json.dumps(body).encode()
+    return name, body
 
 
 def _board_state(board):
@@ -257,8 +258,10 @@ def test_fuzzed_commands_are_each_rejected_with_a_reason_and_change_nothing(mosq
     @given(_bad_commands())
     def check(command):
         name, payload = command
-        sender._client.publish(board.topics.command(name), payload, qos=1)
         counted[0] += 1
+        if isinstance(payload, dict):
+            payload = json.dumps({"seq": counted[0], "ts": EPOCH + board.clock(), **payload})
+        sender._client.publish(board.topics.command(name), payload, qos=1)
         listener.wait(lambda: len(listener.on(board.topics.reply)) == counted[0],
                       step=board.step)
         reply = listener.on(board.topics.reply)[-1]
@@ -268,5 +271,182 @@ def test_fuzzed_commands_are_each_rejected_with_a_reason_and_change_nothing(mosq
 
     check()
     assert board.link.link.connected and board.agent.supervisor.mode.value == "NORMAL"
+    for link in (board.link, listener):
+        link.close()
+
+
+# -- hostile and stale input: decoded once at the boundary, rejected there, never fatal ---------
+
+def _command(board, *, seq, id="c1", by="operator", args=None, boot="operator-boot",
+             age_s=0.0, **fields) -> bytes:
+    """A command as an operator's tool sends it: json.dumps escapes (ensure_ascii) what it
+    cannot write, so a lone surrogate travels as the six characters \\ud800."""
+    body = {"v": 1, "boot": boot, "seq": seq, "ts": EPOCH + board.clock() - age_s, "id": id,
+            "by": by, "args": {"watts": 4.0} if args is None else args, **fields}
+    return json.dumps(body).encode()
+
+
+def _replies(listener, board):
+    return listener.on(board.topics.reply)
+
+
+def test_a_lone_surrogate_is_rejected_at_the_envelope_and_the_board_keeps_running(mosquitto,
+                                                                                 tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    board.step(5.0)
+    setpoint_before = board.agent.setpoint_w
+    sender = listener.link._client
+    payloads = [_command(board, seq=1, id="\ud800"),
+                _command(board, seq=2, id="ok-1", args={"watts": 4.0, "\udc00": 1}),
+                _command(board, seq=3, id="ok-2", by="operator\udfff")]
+    for payload in payloads:
+        assert b"\\ud" in payload
+        sender.publish(board.topics.command("setpoint"), payload, qos=1)
+    listener.wait(lambda: len(_replies(listener, board)) == 3, step=board.step)
+    for reply in _replies(listener, board):
+        assert reply["status"] == "rejected" and reply["id"] is None
+        assert "surrogate" in reply["reason"], reply
+    assert board.agent.setpoint_w == setpoint_before
+    assert board.link.rejected["command"] == 3
+    board.step(2.0)  # ticks on, nothing poisoned waits in the outbox
+    assert board.link.link.outbox.unencodable == 0
+    for link in (board.link, listener):
+        link.close()
+
+
+def test_an_interlock_or_setpoint_that_cannot_be_represented_changes_nothing(mosquitto,
+                                                                            tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    leader = _link(broker, tmp_path, "leader")
+    leader.start()
+    board.step(30.0)
+    listener.wait(lambda: leader.connected)
+    raw = leader._client
+    raw.publish(board.topics.interlock, b'{"v":1,"boot":"l","seq":1,"ts":1,"active":true,'
+                b'"reason":"\\ud800 flow lost"}', qos=1)
+    raw.publish(board.topics.setpoint, b'{"v":1,"boot":"l","seq":2,"ts":1,"setpoint_w":1'
+                + b"0" * 400 + b"}", qos=1)
+    raw.publish(board.topics.setpoint, b'{"v":1,"boot":"l","seq":3,"ts":1,"setpoint_w":1e400}',
+                qos=1)
+    listener.wait(lambda: sum(board.link.rejected.values()) == 3, step=board.step)
+    assert board.link.rejected == {"interlock": 1, "setpoint": 2}
+    assert board.agent.supervisor.interlock_reason == ""
+    assert board.agent.setpoints.status == "fallback"
+    assert board.link.link.handler_errors == 0
+    listener.wait(lambda: any(e["cause"] == "mqtt:rejected"
+                              for e in listener.on(board.topics.event)), step=board.step)
+    board.step(2.0)
+    assert board.agent.supervisor.mode.value == "NORMAL"
+    for link in (leader, board.link, listener):
+        link.close()
+
+
+def test_a_retained_or_stale_command_is_never_run(mosquitto, tmp_path):
+    broker = mosquitto()
+    listener = Listener(broker, tmp_path, "hearth/#")
+    listener.ready("hearth/probe")
+    topics = BoardTopics("s1", "m1", "b01")
+    # Left retained on the broker years ago: it must not run at this (or any) start.
+    retained = json.dumps({"v": 1, "boot": "op", "seq": 1, "ts": 1_000_000_000.0, "id": "old-1",
+                           "by": "operator", "args": {"watts": 4.0}}).encode()
+    listener.link._client.publish(topics.command("setpoint"), retained, qos=1, retain=True)
+    listener.link._client.publish(topics.setpoint, b'{"v":1,"boot":"l","seq":1,"ts":1,'
+                                  b'"setpoint_w":4.5}', qos=1, retain=True)
+    listener.wait(lambda: len(listener.on(topics.command("setpoint"))) == 1)
+    board = Board(broker, tmp_path)
+    listener.wait(lambda: len(_replies(listener, board)) == 1, step=board.step)
+    reply = _replies(listener, board)[0]
+    assert reply["status"] == "rejected" and "retained" in reply["reason"], reply
+    assert board.agent.setpoints.status == "fallback"  # the retained leader setpoint ignored
+    sender = listener.link._client
+    sender.publish(board.topics.command("setpoint"),
+                   _command(board, seq=1, id="late-1", age_s=3600.0), qos=1)
+    sender.publish(board.topics.command("setpoint"),
+                   _command(board, seq=2, id="no-ts-1", ts=None), qos=1)
+    listener.wait(lambda: len(_replies(listener, board)) == 3, step=board.step)
+    late, no_ts = _replies(listener, board)[1:]
+    assert late["status"] == "rejected" and "old" in late["reason"], late
+    assert no_ts["status"] == "rejected" and "'ts'" in no_ts["reason"], no_ts
+    assert board.agent.setpoints._local_w is None
+    board.step(3.0)
+    assert len(_replies(listener, board)) == 3
+    for link in (board.link, listener):
+        link.close()
+
+
+def test_a_repeated_boot_and_seq_is_dropped_and_a_reused_id_is_not_run(mosquitto, tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    board.step(5.0)
+    sender = listener.link._client
+    topic = board.topics.command("setpoint")
+    sender.publish(topic, _command(board, seq=5, id="a1", args={"watts": 4.0}), qos=1)
+    listener.wait(lambda: len(_replies(listener, board)) == 1, step=board.step)
+    assert _replies(listener, board)[0]["status"] == "accepted"
+    assert board.agent.setpoint_w == 4.0
+    # the same (boot, seq) again with a new id: a duplicate on the wire, dropped unanswered
+    sender.publish(topic, _command(board, seq=5, id="a2", args={"watts": 5.0}), qos=1)
+    # the same id with other content: not run, and said so
+    sender.publish(topic, _command(board, seq=6, id="a1", args={"watts": 5.0}), qos=1)
+    # the same id with the same content (a retry): the first answer again, not run twice
+    sender.publish(topic, _command(board, seq=7, id="a1", args={"watts": 4.0}), qos=1)
+    listener.wait(lambda: len(_replies(listener, board)) == 3, step=board.step)
+    board.step(2.0)
+    first, reused, retried = _replies(listener, board)
+    assert [r["id"] for r in (first, reused, retried)] == ["a1", "a1", "a1"]
+    assert reused["status"] == "rejected" and "duplicate id" in reused["reason"], reused
+    assert retried["status"] == "accepted" and retried["data"] == first["data"]
+    assert board.agent.setpoint_w == 4.0
+    assert board.link.duplicates == 1
+    for link in (board.link, listener):
+        link.close()
+
+
+class _BrokenRunner:
+    """A command runner that fails the way a bug would (the console's processor promises
+    never to raise; this is the guard for when a promise breaks)."""
+
+    def execute(self, name, args, source, confirmed=False):
+        raise RuntimeError("processor bug \ud800")
+
+
+def test_a_failing_command_handler_becomes_a_rejected_reply_and_an_event(mosquitto, tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    board.link.commands = _BrokenRunner()
+    board.step(5.0)
+    listener.link._client.publish(board.topics.command("setpoint"), _command(board, seq=1),
+                                  qos=1)
+    listener.wait(lambda: len(_replies(listener, board)) == 1, step=board.step)
+    reply = _replies(listener, board)[0]
+    assert reply["status"] == "rejected" and "RuntimeError" in reply["reason"], reply
+    assert "\\ud800" in reply["reason"]  # the unencodable part shown, not sent raw
+    listener.wait(lambda: any(e["cause"] == "mqtt:handler_failed"
+                              for e in listener.on(board.topics.event)), step=board.step)
+    board.step(1.0)
+    for link in (board.link, listener):
+        link.close()
+
+
+def test_a_poisoned_outbox_file_does_not_stop_the_next_start(mosquitto, tmp_path):
+    broker = mosquitto()
+    listener = Listener(broker, tmp_path, "hearth/#")
+    listener.ready("hearth/probe")
+    outbox_dir = tmp_path / "b01" / "outbox"
+    outbox_dir.mkdir(parents=True)
+    stamp = {"v": 1, "boot": "before", "ts": EPOCH - 60}
+    (outbox_dir / "outbox.jsonl").write_text("".join(json.dumps(line) + "\n" for line in [
+        {"topic": "hearth/v1/s1/m1/b01/event", "qos": 1, "retain": False,
+         "message": {**stamp, "seq": 1, "cause": "before-1"}},
+        {"topic": "hearth/v1/s1/m1/b01/reply", "qos": 1, "retain": False,  # the old poison
+         "message": {**stamp, "seq": 1, "id": "\ud800", "status": "rejected"}},
+        {"topic": "hearth/v1/s1/m1/b01/event", "qos": 1, "retain": False,
+         "message": {**stamp, "seq": 2, "cause": "before-2"}}]))
+    board = Board(broker, tmp_path)
+    listener.wait(lambda: board.link.link.connected, step=board.step)
+    listener.wait(lambda: any(e["cause"] == "mqtt:outbox_damaged"
+                              for e in listener.on(board.topics.event)), step=board.step)
+    causes = [e["cause"] for e in listener.on(board.topics.event)]
+    assert causes[:2] == ["before-1", "before-2"]
+    assert not any(t == board.topics.reply for t, _ in listener.received)
+    board.step(2.0)
     for link in (board.link, listener):
         link.close()

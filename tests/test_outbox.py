@@ -5,7 +5,7 @@ line by line, the bad lines skipped and reported, never a crash at start."""
 import json
 
 from agent.mqtt import envelope
-from agent.mqtt.outbox import SPILL_FILE, Outbox, Pending
+from agent.mqtt.outbox import SPILL_DAMAGED, SPILL_FILE, UNENCODABLE, Outbox, Pending
 
 STAMP = {"v": 1, "boot": "b", "seq": 1, "ts": 1.0}
 
@@ -29,11 +29,10 @@ def test_a_message_that_cannot_be_encoded_is_refused_and_reported(tmp_path):
     outbox.put(_pending(mode="\ud83d"), keep=False)  # telemetry too
     assert len(outbox) == 1 and outbox.unencodable == 3
     problems = outbox.take_problems()
-    assert len(problems) == 3 and all("hearth/v1/s1/m1/b01/reply" in p or "b01" in p
-                                      for p in problems)
-    assert all("surrogate" in p for p in problems), problems
-    problem_text = " ".join(problems)
-    problem_text.encode("utf-8")  # the report itself can be sent
+    assert [cause for cause, _ in problems] == [UNENCODABLE] * 3
+    assert all("hearth/v1/s1/m1/b01/reply" in text and "surrogate" in text
+               for _, text in problems), problems
+    " ".join(text for _, text in problems).encode("utf-8")  # the report itself can be sent
     assert outbox.take_problems() == []
     outbox.put(_pending(id="ok-2"), keep=True)  # spills: the file holds only what can be sent
     lines = (tmp_path / SPILL_FILE).read_bytes().splitlines()
@@ -71,8 +70,8 @@ def test_a_poisoned_spill_file_is_read_line_by_line_and_reported(tmp_path):
     (tmp_path / SPILL_FILE).write_bytes(b"\n".join(lines) + b"\n")
     outbox = Outbox(tmp_path)
     assert outbox.spilled == 3 and outbox.spill_damaged == 5
-    problems = outbox.take_problems()
-    assert problems and "5" in " ".join(problems) and SPILL_FILE in " ".join(problems)
+    (cause, text), = outbox.take_problems()
+    assert cause == SPILL_DAMAGED and "5 of 8 lines" in text and SPILL_FILE in text
     sent = _drain(outbox)
     assert [p.message["seq"] for p in sent] == [1, 2, 3]
     assert all(envelope.decode(p.payload())["hist"] is True for p in sent)

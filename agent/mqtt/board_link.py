@@ -10,10 +10,17 @@ loop thread, before the supervisor runs: an interlock that arrived during a peri
 period SAFE. Commands go to the console's CommandProcessor, which itself hands agent work to the
 loop through its mailbox and waits for it; so they run on a command thread of this link
 (started on the first command), never on the loop thread, which would wait for itself.
+
+Every message in is decoded once (agent.mqtt.envelope) and checked here before anything acts on
+it; what fails is rejected with a reason (a command's reply, the log, a rate-limited event) and
+counted in `rejected`, and changes nothing. No handler raises into the control loop: a failure
+in one is a rejection and an event. Commands are taken only as sent: never from a retained
+message, never older than COMMAND_MAX_AGE_S, never twice for one (boot, seq).
 """
 
 import collections
 import dataclasses
+import json
 import logging
 import math
 import queue
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from agent.errors import MessageError
+from agent.mqtt.envelope import finite_number, printable
 from agent.mqtt.link import Link, LinkSettings, Message, NetworkLoop
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
@@ -40,7 +48,17 @@ lost to a power cut, and no steady stream of SD-card writes."""
 COMMAND_SENDERS = ("leader", "operator")
 COMMAND_ID_MAX = 64
 REMEMBERED_REPLIES = 64
-"""Replies kept to answer a QoS 1 re-delivery of the same command id without running it twice."""
+"""Replies kept to answer a retry of the same command id without running it twice."""
+REMEMBERED_DELIVERIES = 256
+"""(topic, boot, seq) of commands kept to drop a second delivery of one message."""
+COMMAND_MAX_AGE_S = 60.0
+"""A command whose `ts` is older than this (by the board's clock) is rejected, not run late: a
+command waits nowhere on its way (the board's session is clean, a sender's backlog is marked
+`hist`), so an old one is a replay or a retained leftover. A module constant rather than a
+config key: boards keep NTP time, and a minute is far beyond their skew."""
+REJECTION_EVENT_S = 60.0
+"""At most one event per kind of rejected input in this time (the rest counted in it), so a
+flood of bad messages cannot flood the outbox."""
 
 
 class CommandResult(Protocol):
@@ -70,9 +88,20 @@ class BoardLink:
         self._last_report_s: float | None = None
         self._energy_saved_s = agent.clock()
         self._leader_seen: tuple[str, int] | None = None
-        self._replies: collections.OrderedDict[tuple[str, str], dict] = (
+        self.rejected: collections.Counter[str] = collections.Counter()
+        """Messages rejected since start, by kind: command, setpoint, interlock."""
+        self.duplicates = 0
+        """Commands dropped as a second delivery of a (boot, seq) already taken."""
+        self._rejection_events: dict[str, tuple[float, int]] = {}
+        """kind -> (time of its last event, rejections counted then)"""
+        self._events_waiting: queue.SimpleQueue[tuple[str, Any, str, str]] = queue.SimpleQueue()
+        """Events found on the command thread, recorded on the loop thread by _poll."""
+        self._replies: collections.OrderedDict[str, tuple[tuple, dict]] = (
             collections.OrderedDict())
+        """command id -> (what was asked, the reply)"""
         self._replies_lock = threading.Lock()
+        self._deliveries: collections.OrderedDict[tuple[str, str, int], None] = (
+            collections.OrderedDict())
         self._commands_waiting: queue.Queue[Message | None] = queue.Queue(maxsize=100)
         self._command_thread: threading.Thread | None = None
         # The agent calls its publish callback each report period; we take it over and pass
@@ -80,7 +109,7 @@ class BoardLink:
         self._previous_publish = agent.publish
         agent.publish = self._on_report
         agent.events.listeners.append(self._on_event)
-        agent.inputs.append(link.poll)
+        agent.inputs.append(self._poll)
         link.subscribe(topics.setpoint, self._on_setpoint)
         link.subscribe(topics.interlock, self._on_interlock)
         link.subscribe(topics.commands, self._queue_command)
@@ -92,8 +121,8 @@ class BoardLink:
             agent.publish = self._previous_publish
         if self._on_event in agent.events.listeners:
             agent.events.listeners.remove(self._on_event)
-        if self.link.poll in agent.inputs:
-            agent.inputs.remove(self.link.poll)
+        if self._poll in agent.inputs:
+            agent.inputs.remove(self._poll)
         if self._command_thread is not None:
             self._commands_waiting.put(None)
             self._command_thread.join(timeout=5.0)
@@ -135,6 +164,13 @@ class BoardLink:
         return reading.value if math.isfinite(reading.value) else None
 
     def _on_report(self, report) -> None:
+        """Called inside the agent's tick: a failure here is an event, never a raise."""
+        try:
+            self._publish_report(report)
+        except Exception as error:
+            self._handler_failed("the state report", error)
+
+    def _publish_report(self, report) -> None:
         if self._previous_publish is not None:
             self._previous_publish(report)
         payload = self.state_payload(report)
@@ -144,6 +180,14 @@ class BoardLink:
         self.link.publish(self.topics.state, payload, qos=0)
 
     def _on_event(self, event: Event) -> None:
+        """Called while the supervisor decides: it must never raise. A failure to publish an
+        event is only logged (an event about it could fail the same way)."""
+        try:
+            self._publish_event(event)
+        except Exception:
+            self.log.exception("event %s not published; the agent goes on", event.cause)
+
+    def _publish_event(self, event: Event) -> None:
         value = event.value
         if isinstance(value, float) and not math.isfinite(value):
             value = repr(value)  # "nan" says more than null about a sensor's failure
@@ -151,14 +195,70 @@ class BoardLink:
             "cause": event.cause, "value": value, "message": event.message,
             "mode": event.mode, "severity": event.severity, "mono": event.time}, qos=1)
 
-    # -- in (run from link.poll in the agent's tick) ------------------------------------------
+    # -- in (run from _poll in the agent's tick) ----------------------------------------------
+
+    def _poll(self) -> None:
+        """The agent's input each tick: received messages handled, then the events found
+        since (outbox refusals, failures on the command thread) recorded, on the loop thread."""
+        try:
+            self.link.poll()
+            for cause, problem in self.link.outbox.take_problems():
+                self._record(cause, None, problem, "error")
+            while not self._events_waiting.empty():  # one consumer: the loop thread
+                self._record(*self._events_waiting.get_nowait())
+        except Exception as error:
+            self._handler_failed("the message input", error)
+
+    def _record(self, cause: str, value: Any, message: str, severity: str) -> None:
+        agent = self.agent
+        agent.events.record(Event(agent.clock(), cause, value, message,
+                                  agent.supervisor.mode.value, severity))
+
+    def _handler_failed(self, what: str, error: Exception, on_loop: bool = True) -> None:
+        """A bug met in a handler: logged with its traceback, and an event."""
+        self.log.error("%s failed on %s: %s", what, self.topics.board, printable(repr(error)),
+                       exc_info=error)
+        message = (f"{what} failed: {type(error).__name__}: {printable(str(error))[:200]}; the "
+                   "board went on, and what came in changed nothing on purpose. Report it "
+                   "with the journal")
+        if not on_loop:
+            self._events_waiting.put(("mqtt:handler_failed", what, message, "error"))
+            return
+        try:
+            self._record("mqtt:handler_failed", what, message, "error")
+        except Exception:
+            self.log.exception("the event about it failed too")
+
+    def _reject_input(self, kind: str, reason: str) -> None:
+        """Count a rejected setpoint or interlock and say so: one event per kind per
+        REJECTION_EVENT_S, with how many were rejected since the last one."""
+        self.rejected[kind] += 1
+        now = self.agent.clock()
+        last_s, counted = self._rejection_events.get(kind, (None, 0))
+        if last_s is not None and now - last_s < REJECTION_EVENT_S:
+            return
+        self._rejection_events[kind] = (now, self.rejected[kind])
+        more = self.rejected[kind] - counted - 1
+        message = (f"{kind} message rejected, nothing changed: {printable(reason)[:200]}"
+                   + (f" ({more} more since the last report)" if more > 0 else "")
+                   + "; check the leader, and who else can publish on its topics")
+        self.log.warning("%s", message)
+        self._record("mqtt:rejected", kind, message, "warning")
 
     def _on_setpoint(self, message: Message) -> None:
         try:
-            data = message.data()
+            self._take_setpoint(message)
         except MessageError as error:
-            self.log.warning("setpoint from the leader ignored: %s", error)
-            return
+            self._reject_input("setpoint", str(error))
+        except Exception as error:
+            self.rejected["setpoint"] += 1
+            self._handler_failed("the leader's setpoint", error)
+
+    def _take_setpoint(self, message: Message) -> None:
+        if message.retained:
+            raise MessageError("a retained setpoint is not the leader's word now (nor its "
+                               "heartbeat); clear it with an empty retained message")
+        data = message.data()
         if data.get("hist") is True:
             return  # a backlog of old setpoints says nothing about what the leader wants now
         boot, seq = data.get("boot"), data.get("seq")
@@ -171,15 +271,18 @@ class BoardLink:
 
     def _on_interlock(self, message: Message) -> None:
         try:
-            data = message.data()
+            self._take_interlock(message)
         except MessageError as error:
-            self.log.warning("module interlock message ignored (interlock unchanged): %s", error)
-            return
+            self._reject_input("interlock", f"{error} (interlock unchanged)")
+        except Exception as error:
+            self.rejected["interlock"] += 1
+            self._handler_failed("the module interlock", error)
+
+    def _take_interlock(self, message: Message) -> None:
+        data = message.data()
         active, reason = data.get("active"), data.get("reason", "")
         if not isinstance(active, bool):
-            self.log.warning("module interlock message without a true/false 'active' ignored "
-                             "(interlock unchanged): %r", active)
-            return
+            raise MessageError(f"'active' must be true or false (got {_short(active)})")
         if active:
             self.agent.set_interlock(reason if isinstance(reason, str) and reason
                                      else "module interlock (the leader gave no reason)")
@@ -194,29 +297,53 @@ class BoardLink:
         try:
             self._commands_waiting.put_nowait(message)
         except queue.Full:
-            self._reply(None, message.topic.rsplit("/", 1)[-1], False,
-                        "too many commands waiting on this board; send it again later")
+            self.rejected["command"] += 1
+            self.link.publish(self.topics.reply, _reply(
+                None, message.topic.rsplit("/", 1)[-1], False,
+                "too many commands waiting on this board; send it again later"), qos=1)
 
     def _run_commands(self) -> None:
         while True:
             message = self._commands_waiting.get()
             if message is None:
                 return
-            try:
-                self._on_command(message)
-            except Exception:
-                self.log.exception("command on %s failed; the command thread goes on",
-                                   message.topic)
+            self._on_command(message)
 
     def _on_command(self, message: Message) -> None:
+        """Answer one command message: exactly one reply, or none for a second delivery of a
+        (boot, seq) already taken. Runs on the command thread; never raises."""
         name = message.topic.rsplit("/", 1)[-1]
+        try:
+            reply = self._answer(name, message)
+        except Exception as error:
+            self.rejected["command"] += 1
+            self._handler_failed(f"command {printable(name)[:40]}", error, on_loop=False)
+            reply = _reply(_command_id(message), name, False,
+                           f"{name} failed: {type(error).__name__}: {error}; see the board's "
+                           "events and journal")
+        if reply is None:
+            return
+        try:
+            self.link.publish(self.topics.reply, reply, qos=1)
+        except Exception as error:
+            self._handler_failed(f"the reply to {printable(name)[:40]}", error, on_loop=False)
+
+    def _answer(self, name: str, message: Message) -> dict | None:
+        """The reply to a command, after running it if it may run; None to drop it."""
         command_id: str | None = None
         try:
             data = message.data()
             raw_id = data.get("id")
             if isinstance(raw_id, str) and 0 < len(raw_id) <= COMMAND_ID_MAX:
                 command_id = raw_id
-            else:
+            if not self._first_delivery(message.topic, data):
+                self.duplicates += 1
+                return None
+            if message.retained:
+                raise MessageError("the command was sent retained, and commands are never taken "
+                                   "from retained messages; send it without retain, and clear "
+                                   "the retained one with an empty retained message")
+            if command_id is None:
                 raise MessageError(f"'id' must be a string of 1 to {COMMAND_ID_MAX} characters "
                                    f"(got {_short(raw_id)})")
             sender = data.get("by")
@@ -229,40 +356,62 @@ class BoardLink:
             if data.get("hist") is True:
                 raise MessageError("the command waited in a backlog (hist); a command is only "
                                    "run when it is sent, send it again if it still applies")
+            self._check_age(data.get("ts"))
         except MessageError as error:
-            self._reply(command_id, name, False, str(error))
-            return
+            self.rejected["command"] += 1
+            return _reply(command_id, name, False, str(error))
+        asked = (name, sender, json.dumps(args, sort_keys=True))
         with self._replies_lock:
-            remembered = self._replies.get((name, command_id))
+            remembered = self._replies.get(command_id)
         if remembered is not None:
-            self.link.publish(self.topics.reply, remembered, qos=1)
-            return
+            if remembered[0] == asked:
+                return remembered[1]  # a retry: the first answer again, not a second run
+            self.rejected["command"] += 1
+            return _reply(command_id, name, False, "duplicate id: this id was used for another "
+                          "command, so this one is not run; give each command an id of its own")
         if self.commands is None:
-            self._reply(command_id, name, False, "this board takes no commands over MQTT; "
-                        "use its console")
-            return
-        try:
-            result = self.commands.execute(name, args, sender, confirmed=True)
-        except Exception as error:  # the command path must never take the link down
-            self.log.exception("command %s %s failed", name, command_id)
-            self._reply(command_id, name, False, f"{name} failed: {type(error).__name__}: "
-                        f"{error}; see the board's events and journal")
-            return
+            self.rejected["command"] += 1
+            return _reply(command_id, name, False, "this board takes no commands over MQTT; "
+                          "use its console")
+        result = self.commands.execute(name, args, sender, confirmed=True)
         data = result.data
-        self._reply(command_id, name, bool(result.ok), result.reason or "",
-                    dict(data) if isinstance(data, dict) or hasattr(data, "keys") else {})
+        reply = _reply(command_id, name, bool(result.ok), result.reason or "",
+                       dict(data) if isinstance(data, dict) or hasattr(data, "keys") else {})
+        if not result.ok:
+            self.rejected["command"] += 1
+        with self._replies_lock:
+            self._replies[command_id] = (asked, reply)
+            while len(self._replies) > REMEMBERED_REPLIES:
+                self._replies.popitem(last=False)
+        return reply
 
-    def _reply(self, command_id: str | None, name: str, accepted: bool, reason: str,
-               data: dict | None = None) -> None:
-        reply = {"id": command_id, "cmd": name[:COMMAND_ID_MAX],
-                 "status": "accepted" if accepted else "rejected",
-                 "reason": reason if reason or accepted else "rejected", "data": data or {}}
-        if command_id is not None:
-            with self._replies_lock:
-                self._replies[(name, command_id)] = reply
-                while len(self._replies) > REMEMBERED_REPLIES:
-                    self._replies.popitem(last=False)
-        self.link.publish(self.topics.reply, reply, qos=1)
+    def _first_delivery(self, topic: str, data: dict) -> bool:
+        """Whether this (topic, boot, seq) is new; MessageError when the envelope lacks them.
+        A sender counts seq per topic, so the topic is part of the key."""
+        boot, seq = data.get("boot"), data.get("seq")
+        if not isinstance(boot, str) or not boot or isinstance(seq, bool) or not isinstance(
+                seq, int):
+            raise MessageError(f"the envelope needs 'boot' (a string) and 'seq' (an integer); "
+                               f"got {_short(boot)} and {_short(seq)}")
+        key = (topic, boot, seq)
+        if key in self._deliveries:
+            return False
+        self._deliveries[key] = None
+        while len(self._deliveries) > REMEMBERED_DELIVERIES:
+            self._deliveries.popitem(last=False)
+        return True
+
+    def _check_age(self, sent: Any) -> None:
+        sent_s = finite_number(sent)
+        if sent_s is None:
+            raise MessageError(f"'ts' must be the sender's clock in Unix seconds (got "
+                               f"{_short(sent)}); a command without it cannot be told from a "
+                               "replay")
+        age_s = self.link.envelope.wall_clock() - sent_s
+        if age_s > COMMAND_MAX_AGE_S:
+            raise MessageError(f"the command is {age_s:.0f} s old (sent at {sent_s:.0f}), older "
+                               f"than {COMMAND_MAX_AGE_S:.0f} s, and is not run late; send it "
+                               "again if it still applies, and check the sender's clock")
 
     # -- energy ----------------------------------------------------------------------------
 
@@ -307,8 +456,26 @@ class BoardLink:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = printable(repr(value))
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _reply(command_id: str | None, name: str, accepted: bool, reason: str,
+           data: dict | None = None) -> dict:
+    """docs/mqtt.md "Commands"; the reason is made printable, as it may quote what came in."""
+    return {"id": command_id, "cmd": printable(name[:COMMAND_ID_MAX]),
+            "status": "accepted" if accepted else "rejected",
+            "reason": printable(reason) if reason or accepted else "rejected",
+            "data": data or {}}
+
+
+def _command_id(message: Message) -> str | None:
+    """The command's id if it has a usable one: to answer a command whose handling failed."""
+    try:
+        raw_id = message.data().get("id")
+    except Exception:
+        return None
+    return raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= COMMAND_ID_MAX else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,8 @@ from agent.mqtt import envelope
 SPILL_FILE = "outbox.jsonl"
 PROBLEMS_KEPT = 16
 """Reports of refused messages and damaged lines kept for the owner; older ones are counted."""
+UNENCODABLE = "mqtt:unencodable"
+SPILL_DAMAGED = "mqtt:outbox_damaged"
 
 
 @dataclasses.dataclass
@@ -82,7 +84,8 @@ class Outbox:
         last write, a message an older version stored although it could not be sent)."""
         self.unencodable = 0
         """Messages refused by put() because they cannot be encoded (never stored, never sent)."""
-        self._problems: collections.deque[str] = collections.deque(maxlen=PROBLEMS_KEPT)
+        self._problems: collections.deque[tuple[str, str]] = collections.deque(
+            maxlen=PROBLEMS_KEPT)
         self._spilled = self._clean_spill()
 
     @property
@@ -93,9 +96,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._keep) + self._spilled + len(self._telemetry)
 
-    def take_problems(self) -> list[str]:
-        """Operator sentences about refused messages and damaged spill lines since the last
-        call, for the owner to raise as events; each is valid UTF-8."""
+    def take_problems(self) -> list[tuple[str, str]]:
+        """(cause, operator sentence) for each message refused and each damaged spill file
+        since the last call (UNENCODABLE, SPILL_DAMAGED), for the owner to raise as events;
+        the sentences are valid UTF-8."""
         taken = list(self._problems)
         self._problems.clear()
         return taken
@@ -107,10 +111,10 @@ class Outbox:
             pending.payload()
         except (ValueError, TypeError) as error:
             self.unencodable += 1
-            self._problems.append(
+            self._problems.append((UNENCODABLE,
                 f"message for {envelope.printable(pending.topic)} dropped, it cannot be sent: "
                 f"{envelope.printable(_why(error))}; {self.unencodable} dropped since start. "
-                "Check what the message quoted (a received id or reason)")
+                "Check what the message quoted (a received id or reason)"))
             return
         if not keep:
             if len(self._telemetry) == self._telemetry.maxlen:
@@ -166,15 +170,16 @@ class Outbox:
         damaged = len(lines) - len(read)
         if damaged:
             self.spill_damaged += damaged
-            self._problems.append(
+            self._problems.append((SPILL_DAMAGED,
                 f"{damaged} of {len(lines)} lines of {self.spill_path} could not be read back "
                 "as messages (a torn write or a message that cannot be sent) and were skipped; "
-                f"the other {len(read)} are sent")
+                f"the other {len(read)} are sent"))
             try:
                 self._rewrite_spill(read)
             except OSError as error:
-                self._problems.append(f"{self.spill_path} could not be rewritten without its "
-                                      f"damaged lines ({error}); they are skipped at each read")
+                self._problems.append((SPILL_DAMAGED, f"{self.spill_path} could not be "
+                                       f"rewritten without its damaged lines ({error}); they "
+                                       "are skipped at each read"))
         return len(read)
 
     def _spill_lines(self) -> list[bytes]:
@@ -184,8 +189,8 @@ class Outbox:
             return []
         except OSError as error:
             self.spill_damaged += 1
-            self._problems.append(f"{self.spill_path} could not be read ({error}); what it "
-                                  "held is not sent")
+            self._problems.append((SPILL_DAMAGED, f"{self.spill_path} could not be read "
+                                   f"({error}); what it held is not sent"))
             return []
 
     def _read_spill(self, lines: list[bytes] | None = None) -> list[Pending]:

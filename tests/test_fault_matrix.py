@@ -419,3 +419,27 @@ def test_wall_clock_jump_changes_nothing(sim_dir, monkeypatch, outcomes):
     assert list(sim.agent.events.events)[events_before:] == []
     record(outcomes, Outcome("wall clock jump (+1 year, -5 h)", "-", "process: time.time",
                              0.0, None, "unchanged, no event"))
+
+
+def test_a_stuck_power_reading_is_trusted_again_only_once_it_moves_beyond_its_noise(sim_dir):
+    """Judged stuck at 0 W, the INA219 then jitters a few mW (a stuck converter's last bit,
+    not a working sensor): the board stays SAFE. Once it reads the board's real power again
+    it is trusted and the board ramps back up."""
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=11)
+    sim.agent.set_setpoint(5.0, "leader")
+
+    def keep_contact(report):
+        sim.agent.setpoints.contact(sim.clock())
+
+    sim.run_for(WARMUP_S, keep_contact)
+    power_stuck_at_zero(sim)
+    sim.run_for(125, keep_contact)
+    assert sim.agent.last_report.mode == "SAFE"
+    sim.board.ina219.set_current(0.008)  # 5 V x 8 mA = 0.04 W, within the 0.05 W noise
+    sim.run_for(30, lambda report: (keep_contact(report), assert_mode_respected(sim, report)))
+    assert 0.0 < sim.agent.readings["board_power.power_w"].value <= 0.05
+    assert sim.agent.last_report.mode == "SAFE" and is_safe(sim)
+    unstuck("board_power")(sim)
+    sim.run_for(30, keep_contact)
+    assert sim.agent.last_report.mode == "NORMAL"
+    sim.agent.close()

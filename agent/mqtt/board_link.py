@@ -110,6 +110,7 @@ class BoardLink:
         agent.publish = self._on_report
         agent.events.listeners.append(self._on_event)
         agent.inputs.append(self._poll)
+        link.problem_listeners.append(lambda problem: self._record(*problem, "error"))
         link.subscribe(topics.setpoint, self._on_setpoint)
         link.subscribe(topics.interlock, self._on_interlock)
         link.subscribe(topics.commands, self._queue_command)

@@ -18,6 +18,16 @@ broker acknowledges them. paho itself re-sends what was in flight when a connect
 after a reconnect nothing new is handed over until that re-send is acknowledged: order holds
 and no message is sent twice by us (QoS 1 can still duplicate on the wire; receivers drop a
 (boot, seq) they have seen).
+
+Identity: the broker gives a client id one connection and closes the older one when another
+logs in with it (with the generated broker config, a client id is the account's username). Two
+boards flashed with one identity therefore take the connection from each other at every
+reconnect, and over MQTT 3.1.1 the one closed learns no reason, only that the connection is
+gone. So the Link counts connections the broker closed soon after accepting them: TWIN_LOSSES
+in a row are reported once (DUPLICATE_IDENTITY, to `problem_listeners` from poll() and to the
+log), and the Link then reconnects only every reconnect_max_s until a connection holds again.
+MQTT 5 would name the reason (0x8E, session taken over), but the built-in broker of the
+simulator speaks 3.1.1 only, and paho builds reason codes and properties for every v5 message.
 """
 
 import array
@@ -36,6 +46,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.errors import MessageError
+from agent.identity import IDENTITY_FILE, IDENTITY_TABLE
 from agent.mqtt import envelope
 from agent.mqtt.outbox import Outbox, Pending
 from agent.mqtt.topics import topic_matches
@@ -45,6 +56,13 @@ OFFLINE = "offline"
 HANDLER_CACHE_MAX = 10_000
 READS_PER_WAKE = 256
 """Packets a NetworkLoop reads from one ready socket before it serves the others."""
+DUPLICATE_IDENTITY = "mqtt:duplicate_identity"
+TWIN_LOSSES = 3
+"""Connections in a row closed by the broker within the twin window of being accepted, before
+the Link concludes that another client logs in with its identity."""
+TWIN_WINDOW_STEPS = 3
+"""The twin window, in reconnect_min_s: a twin takes the connection back after its own first
+backoff step (reconnect_min_s), so a connection it closes has lasted about that long."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +102,15 @@ class Message(NamedTuple):
 Handler = Callable[[Message], None]
 
 
+class LinkProblem(NamedTuple):
+    """Something about the connection that an operator must act on; an agent makes it an
+    event. `value` is the client id."""
+
+    cause: str
+    value: str
+    message: str
+
+
 class Link:
     def __init__(self, settings: LinkSettings, *, client_id: str, outbox: Outbox, boot: str,
                  wall_clock: Callable[[], float] = time.time, status_topic: str = "",
@@ -104,6 +131,13 @@ class Link:
         """Received messages dropped because poll() fell behind by inbox_max."""
         self.connects = 0
         """Successful connections so far (1 after the first; more after reconnects)."""
+        self.problem_listeners: list[Callable[[LinkProblem], None]] = []
+        """Called from poll(), on the caller's thread, with each LinkProblem found."""
+        self._problems: queue.SimpleQueue[LinkProblem] = queue.SimpleQueue()
+        self._connected_at_s = 0.0
+        self._quick_losses = 0
+        """Connections in a row that the broker closed within the twin window."""
+        self._twin_reported = False
         self._connected = False
         self._generation = 0
         self._pumped_generation = 0
@@ -192,6 +226,7 @@ class Link:
         """
         with self._lock:
             self._pump()
+        self._report_problems()
         handled = 0
         wait_s = timeout_s
         while handled < max_messages:
@@ -274,6 +309,17 @@ class Link:
                 self.log.exception("%s: handler for %s failed; the link goes on",
                                    self.client_id, message.topic)
 
+    def _report_problems(self) -> None:
+        while not self._problems.empty():  # one consumer: the thread that polls
+            problem = self._problems.get_nowait()
+            for listener in self.problem_listeners:
+                try:
+                    listener(problem)
+                except Exception:
+                    self.handler_errors += 1
+                    self.log.exception("%s: problem listener failed; the link goes on",
+                                       self.client_id)
+
     def _drain_acks(self) -> None:
         acks = self._acks
         while not acks.empty():  # one consumer (under self._lock): not empty means one waits
@@ -346,6 +392,7 @@ class Link:
                                  self.settings.host, self.settings.port, reason_code)
                 return
             self.connects += 1
+            self._connected_at_s = time.monotonic()
             if self.network is not None:
                 self.network.connected(client)
             if self.status_topic:
@@ -362,11 +409,45 @@ class Link:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             was_connected, self._connected = self._connected, False
-            if was_connected and self._started:
-                self.log.warning("%s: lost the broker (%s); reconnecting with backoff",
-                                 self.client_id, reason_code)
+            if not (was_connected and self._started):
+                return
+            held_s = time.monotonic() - self._connected_at_s
+            if held_s >= TWIN_WINDOW_STEPS * self.settings.reconnect_min_s:
+                if self._quick_losses >= TWIN_LOSSES:
+                    self._reconnect_delays(self.settings.reconnect_min_s)
+                self._quick_losses, self._twin_reported = 0, False
+            else:
+                self._quick_losses += 1
+            if self._quick_losses >= TWIN_LOSSES:
+                self._reconnect_delays(self.settings.reconnect_max_s)
+                if not self._twin_reported:
+                    self._twin_reported = True
+                    self._report_twin(held_s)
+                return  # said once; the losses that follow are the twin's logins
+            self.log.warning("%s: lost the broker (%s); reconnecting with backoff",
+                             self.client_id, reason_code)
         except Exception:
             self.log.exception("%s: on_disconnect failed", self.client_id)
+
+    def _reconnect_delays(self, first_s: int) -> None:
+        """Wait first_s before each reconnect (then doubling, up to reconnect_max_s)."""
+        if self.network is not None:
+            self.network.backoff(self._client, first_s, self.settings.reconnect_max_s)
+        else:
+            self._client.reconnect_delay_set(first_s, self.settings.reconnect_max_s)
+
+    def _report_twin(self, held_s: float) -> None:
+        account = f" (MQTT account {self.settings.username})" if self.settings.username else ""
+        message = (f"{self.client_id}{account}: the broker closed this connection "
+                   f"{self._quick_losses} times in a row, the last after {held_s:.1f} s: "
+                   "another client is logging in with the same identity, and the broker keeps "
+                   "the newest. Two boards were most likely flashed with the same identity: "
+                   "find the other one (the broker's log shows the address of each login) and "
+                   f"give it its own ({IDENTITY_FILE} on its boot partition, or its slot or "
+                   f"serial in {IDENTITY_TABLE}). Reconnecting only every "
+                   f"{self.settings.reconnect_max_s} s until a connection holds.")
+        self.log.error("%s", message)
+        self._problems.put(LinkProblem(DUPLICATE_IDENTITY, self.client_id, message))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # paho holds its message lock here: only a lock-free hand-over, never self._lock.
@@ -655,6 +736,14 @@ class NetworkLoop:
             if client not in self._clients or client in self._retry_at:
                 return
         self._lost(client)
+
+    def backoff(self, client: paho.Client, reconnect_min_s: float,
+                reconnect_max_s: float) -> None:
+        """Change `client`'s reconnect backoff from its next lost connection on."""
+        with self._lock:
+            retry = self._clients.get(client)
+            if retry is not None:
+                retry[1], retry[2] = float(reconnect_min_s), float(reconnect_max_s)
 
     def connected(self, client: paho.Client) -> None:
         """Called by the Link on a successful connection: the backoff starts over."""

@@ -61,7 +61,7 @@ class BoardState:
             kept = f"it could not be kept aside ({error.strerror or error})"
         message = (f"{problem}. The faults it held are unknown, so the board stays in FAULT "
                    f"(SAFE settings); {kept}. Check the board's event history and the SD card, "
-                   "then `reset`: it succeeds once the latch file has been rewritten good")
+                   "then `reset` (refused until the latch file can be written good again)")
         latched = {LATCH_FILE_CAUSE: message}
         self.events.record(Event(now, LATCH_FILE_CAUSE, str(path), message, "STARTING",
                                  "critical"))

@@ -1,31 +1,75 @@
-"""The `hearth` command: one entry point, one subcommand per role or tool."""
+"""The `hearth` command: one entry point, one subcommand per role or tool.
+
+A command's module is imported only when that command runs: `hearth failsafe` (systemd's
+ExecStopPost=, on a board in trouble) must not wait for the simulator and paho to load, and a
+broken optional dependency must not take every other command down with it. So the list of
+commands with their one-line help is kept here, and each module adds its own options.
+"""
 
 import argparse
+import importlib
 import sys
+from typing import NamedTuple
 
 from agent import __version__
-from agent.commands import agent_cmd, broker_config, config, failsafe, sensors, sim, sim_board, tune
-from agent.commands import console, ctl, term
-from agent.commands import leader, site
 from agent.errors import HearthError
 
-COMMAND_MODULES: list = [agent_cmd, broker_config, config, failsafe, sensors, sim, sim_board, tune,
-                          console, ctl, term, leader, site]
+
+class Command(NamedTuple):
+    name: str
+    module: str
+    """Has `add_parser(subparsers)`, which adds `name` with this help and sets `run`."""
+    help: str
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = (
+    Command("agent", "agent.commands.agent_cmd",
+            "run the board agent (one per board, under systemd)"),
+    Command("broker-config", "agent.commands.broker_config",
+            "write Mosquitto configs (accounts, ACLs, TLS, bridge) for a site"),
+    Command("config", "agent.commands.config", "check, show or document the configuration"),
+    Command("failsafe", "agent.commands.failsafe",
+            "cap the CPU to its lowest frequency and freeze the workload"),
+    Command("sensors", "agent.commands.sensors", "sample every configured sensor once"),
+    Command("sim", "agent.commands.sim",
+            "run a simulated site (site role, leaders, boards) over MQTT"),
+    Command("sim-board", "agent.commands.sim_board",
+            "run simulated boards, without MQTT, through a board scenario"),
+    Command("tune", "agent.commands.tune",
+            "relay-autotune the power and SoC loops and store the gains"),
+    Command("console", "agent.commands.console",
+            "serve the technician console on the serial port"),
+    Command("ctl", "agent.commands.ctl",
+            "run a console command on this board's agent (hearth ctl help)"),
+    Command("term", "agent.commands.term",
+            "open a board's serial console from a laptop (history, tab completion)"),
+    Command("leader", "agent.commands.leader",
+            "run the module leader (one per module, next to its broker)"),
+    Command("site", "agent.commands.site",
+            "run the site role: building demand into module budgets"),
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command listed with its help; only `command`'s module imported, for its options."""
     parser = argparse.ArgumentParser(
         prog="hearth", description="Hearth: Raspberry Pi boards that heat buildings.")
     parser.add_argument("--version", action="version", version=f"hearth {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.add_parser(subparsers)
+    for row in COMMANDS:
+        if row.name == command:
+            importlib.import_module(row.module).add_parser(subparsers)
+        else:
+            subparsers.add_parser(row.name, help=row.help)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Each subcommand's parser sets `run`, which returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # No top-level option takes a value, so the first word that is not an option names the command.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args.run(args)
     except HearthError as error:

@@ -16,6 +16,7 @@ from agent.console.loop import LoopMailbox
 from agent.mqtt.board_link import BoardConnection, connect_board
 from agent.mqtt.link import LinkSettings
 from agent.mqtt.topics import BoardTopics
+from agent.safety.events import Event
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 from test_mqtt_link import Listener, _link
@@ -450,3 +451,23 @@ def test_a_poisoned_outbox_file_does_not_stop_the_next_start(mosquitto, tmp_path
     board.step(2.0)
     for link in (board.link, listener):
         link.close()
+
+
+def test_an_event_that_cannot_be_encoded_is_dropped_with_an_event_of_its_own(mosquitto,
+                                                                            tmp_path):
+    broker, listener, board = _board_and_listener(mosquitto, tmp_path)
+    board.step(2.0)
+    agent = board.agent
+    # Whatever raised it (a reason quoted from outside, a bug): UTF-8 cannot carry it.
+    agent.events.record(Event(agent.clock(), "poisoned", "\ud800", "reason \udfff quoted",
+                              agent.supervisor.mode.value, "warning"))
+    board.step(2.0)  # ticks on: the outbox refused it instead of failing at its turn
+    listener.wait(lambda: any(e["cause"] == "mqtt:unencodable"
+                              for e in listener.on(board.topics.event)), step=board.step)
+    assert "poisoned" not in [e["cause"] for e in listener.on(board.topics.event)]
+    dropped = [e for e in listener.on(board.topics.event) if e["cause"] == "mqtt:unencodable"]
+    assert "surrogate" in dropped[0]["message"] and board.topics.event in dropped[0]["message"]
+    assert board.link.link.outbox.unencodable == 1
+    board.link.close()
+    assert not (tmp_path / "b01" / "outbox" / "outbox.jsonl").exists()  # nothing kept of it
+    listener.close()

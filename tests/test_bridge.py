@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_broker_config import INVENTORY, Client, Mosquitto, free_port, login
 
-from agent.broker_config import mosquitto_hash
 from agent.cli import main as hearth
+from agent.deploy.broker_config import mosquitto_hash
 
 ROOT = "hearth/v1/maple-school/m1"
 BRIDGE_QUEUE = 20

@@ -22,8 +22,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker_config import check_mosquitto_hash
 from agent.cli import main as hearth
+from agent.deploy.broker_config import check_mosquitto_hash
 
 ROOT = "hearth/v1/maple-school"
 QUIET_S = 0.5

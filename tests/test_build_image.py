@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from agent.deploy import image as image_module
+from agent.deploy.disk import Ext4Partition, FatPartition, raspberry_pi_layout
 
-from hearth_deploy import image as image_module  # noqa: E402
-from hearth_deploy.disk import Ext4Partition, FatPartition, raspberry_pi_layout  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 MIB = 1 << 20
 SITE_PACKAGES = "/opt/hearth/lib/python3.13/site-packages"

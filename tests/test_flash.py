@@ -4,17 +4,15 @@ verified by read-back hash, with the board's identity file on its boot partition
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from test_build_image import make_raspberry_pi_os_image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from agent.deploy.disk import FatPartition, raspberry_pi_layout
 
-from hearth_deploy.disk import FatPartition, raspberry_pi_layout  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

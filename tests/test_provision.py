@@ -5,19 +5,16 @@ TLS material that verifies against its CA, re-runs that keep passwords, inventor
 import os
 import socket
 import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from agent.deploy.broker_config import check_mosquitto_hash, mosquitto_hash
+from agent.identity import Identity, resolve
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-
-from agent.broker_config import check_mosquitto_hash, mosquitto_hash  # noqa: E402
-
-from agent.identity import Identity, resolve  # noqa: E402
 
 INVENTORY = """
 site = "maple-school"

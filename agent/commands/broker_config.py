@@ -1,7 +1,8 @@
 """`hearth broker-config`: write each module broker's Mosquitto config from the site inventory.
 
-The same generation scripts/provision runs (agent.broker_config), as a package command so an
-operator can renew passwords, turn TLS on or add a bridge without re-provisioning identities.
+The same generation scripts/provision runs (agent.deploy.broker_config), as a package command
+so an operator can renew passwords, turn TLS on or add a bridge without re-provisioning
+identities.
 """
 
 import argparse
@@ -9,7 +10,7 @@ import dataclasses
 import subprocess
 from pathlib import Path
 
-from agent.broker_config import (
+from agent.deploy.broker_config import (
     DEFAULT_BRIDGE_QUEUE, DEFAULT_BROKER_ETC, Bridge, InventoryError, load_inventory,
     parse_bridge_address, write_broker_configs)
 from agent.errors import HearthError

@@ -1,11 +1,12 @@
 """Turn a site inventory into what each board and leader needs: identity files, the identity
-table, and (from agent.broker_config, the one definition `hearth broker-config` also uses)
-per-board MQTT credentials, each leader's Mosquitto configuration and optional TLS material."""
+table, and (from agent.deploy.broker_config, the one definition `hearth broker-config` also
+uses) per-board MQTT credentials, each leader's Mosquitto configuration and optional TLS
+material."""
 
 import os
 from pathlib import Path
 
-from agent.broker_config import (
+from agent.deploy.broker_config import (
     DEFAULT_BROKER_ETC, load_inventory, write_atomic, write_broker_configs)
 
 

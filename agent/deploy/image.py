@@ -2,7 +2,6 @@
 mounting: the agent, its wheels and its aarch64 extension in /opt/hearth, the units enabled, the
 hearth user, config.txt and cmdline.txt edited once, and (leader images) Mosquitto."""
 
-import ast
 import dataclasses
 import hashlib
 import lzma
@@ -18,8 +17,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from hearth_deploy.disk import (DiskImageError, Ext4Partition, FatPartition, raspberry_pi_layout,
-                                run)
+from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition,
+                               raspberry_pi_layout, run)
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = "/opt/hearth"
@@ -66,25 +65,20 @@ class StagedFile:
     directory: bool = False
 
 
-# ---------------------------------------------------------------- the project, read from setup.py
+# ---------------------------------------------------------------- the project, read from runtime.toml
 
-def setup_call() -> ast.Call:
-    tree = ast.parse((REPO / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
-            return node
-    raise BuildError("setup.py has no setup() call")
+RUNTIME_FILE = Path(__file__).with_name("runtime.toml")
 
 
-def _literal(node):
-    return ast.literal_eval(node)
+def runtime() -> dict:
+    """The runtime's requirements and compiled modules, from the file setup.py also reads, so
+    the image holds what `pip install` would."""
+    with RUNTIME_FILE.open("rb") as handle:
+        return tomllib.load(handle)
 
 
 def install_requires() -> list[str]:
-    for keyword in setup_call().keywords:
-        if keyword.arg == "install_requires":
-            return _literal(keyword.value)
-    return []
+    return runtime()["requires"]
 
 
 def requirement_name(requirement: str) -> str:
@@ -104,22 +98,12 @@ class ExtensionSpec:
 
 
 def extensions() -> list[ExtensionSpec]:
-    """The Extension(...) definitions in setup.py, so the cross build uses the same module
+    """The compiled modules as setup.py builds them, so the cross build uses the same module
     names, macros and flags as the native one (e.g. -ffp-contract=off for bit-exact PID)."""
-    specs = []
-    for node in ast.walk(ast.parse((REPO / "setup.py").read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Extension":
-            name, sources = _literal(node.args[0]), _literal(node.args[1])
-            keywords = {k.arg: k.value for k in node.keywords}
-            macros = _literal(keywords["define_macros"]) if "define_macros" in keywords else []
-            args = _literal(keywords["extra_compile_args"]) \
-                if "extra_compile_args" in keywords else []
-            specs.append(ExtensionSpec(name, sources, macros, args))
-    if not specs:
-        specs = [ExtensionSpec(f"agent.control._{pyx.stem}", [str(pyx.relative_to(REPO))],
-                               [("Py_LIMITED_API", "0x030B0000")], [])
-                 for pyx in sorted((REPO / "cext").glob("*.pyx"))]
-    return specs
+    return [ExtensionSpec(spec["name"], spec["sources"],
+                          [tuple(macro) for macro in spec["define_macros"]],
+                          spec["extra_compile_args"])
+            for spec in runtime()["extension"]]
 
 
 # ---------------------------------------------------------------- the aarch64 extension
@@ -220,8 +204,9 @@ def build_extensions(options: Options, work: Path) -> list[tuple[str, Path]]:
     for spec in extensions():
         macros = dict(spec.macros)
         if "Py_LIMITED_API" not in macros:
-            raise BuildError(f"setup.py builds {spec.name} without Py_LIMITED_API; the image "
-                             "needs an abi3 build that loads on the target's Python")
+            raise BuildError(f"{RUNTIME_FILE} builds {spec.name} without Py_LIMITED_API; add "
+                             "it there: the image needs an abi3 build that loads on the "
+                             "target's Python")
         stem = spec.name.rsplit(".", 1)[1]
         c_file = work / f"{stem}.c"
         cython, environment = cython_command(work)

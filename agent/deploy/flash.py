@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from hearth_deploy.disk import FatPartition, raspberry_pi_layout
+from agent.deploy.disk import FatPartition, raspberry_pi_layout
 
 CHUNK = 4 << 20
 IDENTITY_NAME = "hearth-identity.toml"

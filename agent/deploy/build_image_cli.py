@@ -1,0 +1,56 @@
+"""Builds the Hearth golden SD image from stock Raspberry Pi OS Lite (arm64), without mounting.
+
+Usage: scripts/build-image SOURCE.img[.xz] OUTPUT.img [--wheelhouse DIR] [--identity-table
+FILE] [--leader --mosquitto-debs DIR [--broker-dir DIR]] [--site]. See docs/deployment.md."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.deploy.disk import DiskImageError
+from agent.deploy.image import BuildError, Options, build
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="build-image", description=__doc__.split("\n")[0])
+    parser.add_argument("source", type=Path, help="Raspberry Pi OS Lite arm64 .img or .img.xz")
+    parser.add_argument("output", type=Path, help="the new image to write")
+    parser.add_argument("--wheelhouse", type=Path,
+                        help="aarch64 wheels of the dependencies (default: pip download them)")
+    parser.add_argument("--python-include", type=Path,
+                        help="aarch64 CPython headers (default: the host's, with a pyconfig shim)")
+    parser.add_argument("--leader", action="store_true",
+                        help="a module leader image: Mosquitto and hearth-leader enabled")
+    parser.add_argument("--mosquitto-debs", type=Path,
+                        help="arm64 .debs of Mosquitto and its libraries (leader images)")
+    parser.add_argument("--broker-dir", type=Path,
+                        help="the leader's broker directory from scripts/provision")
+    parser.add_argument("--site", action="store_true", help="enable hearth-site.service too")
+    parser.add_argument("--identity-table", type=Path,
+                        help="identity-table.toml from scripts/provision (serials and slots)")
+    args = parser.parse_args(argv)
+    if not args.source.exists():
+        print(f"build-image: source image {args.source} does not exist; download Raspberry Pi "
+              "OS Lite (arm64) and give its path", file=sys.stderr)
+        return 2
+    options = Options(args.source, args.output, args.wheelhouse, args.leader, args.site,
+                      args.mosquitto_debs, args.broker_dir, args.python_include,
+                      args.identity_table)
+    try:
+        problems = build(options)
+    except (BuildError, DiskImageError) as error:
+        print(f"build-image: {error}", file=sys.stderr)
+        return 2
+    if problems:
+        print(f"build-image: {args.output} failed its own verification; do not flash it:",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"build-image: {args.output} verified (config.txt, cmdline.txt, files, owners, modes, "
+          "aarch64 extension, file systems)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

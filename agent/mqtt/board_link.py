@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from agent.energy_meter import EnergyMeter
 from agent.errors import MessageError
 from agent.mqtt.envelope import finite_number, printable
 from agent.mqtt.link import Link, LinkSettings, Message, NetworkLoop
@@ -40,11 +41,6 @@ from agent.safety.events import Event
 
 WATER_CP_J_PER_KG_K = 4180.0
 WATER_KG_PER_L = 1.0
-ENERGY_FILE = "energy.json"
-ENERGY_VERSION = 1
-ENERGY_SAVE_S = 900.0
-"""Energy counters are written this often (and at a clean stop): at most 15 minutes of energy
-lost to a power cut, and no steady stream of SD-card writes."""
 COMMAND_SENDERS = ("leader", "operator")
 COMMAND_ID_MAX = 64
 REMEMBERED_REPLIES = 64
@@ -82,11 +78,8 @@ class BoardLink:
         self.link = link
         self.topics = topics
         self.commands = commands
-        self.energy_store = energy_store
         self.log = log or link.log
-        self.energy_electric_wh, self.energy_heat_wh = self._load_energy()
-        self._last_report_s: float | None = None
-        self._energy_saved_s = agent.clock()
+        self.energy = EnergyMeter(energy_store, agent.report_period_s, agent.clock(), self.log)
         self._leader_seen: tuple[str, int] | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
         """Messages rejected since start, by kind: command, setpoint, interlock."""
@@ -109,6 +102,9 @@ class BoardLink:
         self._previous_publish = agent.publish
         agent.publish = self._on_report
         agent.events.listeners.append(self._on_event)
+        energy_reset = self.energy.load(link.envelope.wall_clock())
+        if energy_reset is not None:
+            self._record("energy_counter_reset", None, energy_reset, "warning")
         agent.inputs.append(self._poll)
         link.problem_listeners.append(lambda problem: self._record(*problem, "error"))
         link.subscribe(topics.setpoint, self._on_setpoint)
@@ -128,7 +124,7 @@ class BoardLink:
             self._commands_waiting.put(None)
             self._command_thread.join(timeout=5.0)
             self._command_thread = None
-        self._save_energy()
+        self.energy.save(agent.clock())
         self.link.close()
 
     # -- out -------------------------------------------------------------------------------
@@ -154,8 +150,9 @@ class BoardLink:
             "soc_c": report.soc_c, "oil_c": report.oil_c, "water_in_c": water_in_c,
             "water_out_c": water_out_c, "flow_l_per_min": flow_l_per_min, "heat_w": heat_w,
             "min_w": min_w, "max_w": max_w, "faults": sorted(agent.supervisor.latched),
-            "energy_electric_wh": self.energy_electric_wh,
-            "energy_heat_wh": self.energy_heat_wh, "overruns": agent.timer.overruns,
+            "energy_electric_wh": self.energy.electric_wh,
+            "energy_heat_wh": self.energy.heat_wh, "counter_reset": self.energy.counter_reset,
+            "overruns": agent.timer.overruns,
         }
 
     def _reading(self, name: str | None) -> float | None:
@@ -175,9 +172,9 @@ class BoardLink:
         if self._previous_publish is not None:
             self._previous_publish(report)
         payload = self.state_payload(report)
-        self._count_energy(report.time, report.power_w, payload["heat_w"])
-        payload["energy_electric_wh"] = self.energy_electric_wh
-        payload["energy_heat_wh"] = self.energy_heat_wh
+        self.energy.count(report.time, report.power_w, payload["heat_w"])
+        payload["energy_electric_wh"] = self.energy.electric_wh
+        payload["energy_heat_wh"] = self.energy.heat_wh
         self.link.publish(self.topics.state, payload, qos=0)
 
     def _on_event(self, event: Event) -> None:
@@ -413,47 +410,6 @@ class BoardLink:
             raise MessageError(f"the command is {age_s:.0f} s old (sent at {sent_s:.0f}), older "
                                f"than {COMMAND_MAX_AGE_S:.0f} s, and is not run late; send it "
                                "again if it still applies, and check the sender's clock")
-
-    # -- energy ----------------------------------------------------------------------------
-
-    def _count_energy(self, now: float, power_w: float | None, heat_w: float | None) -> None:
-        """Integrate over report periods; a gap (a stall, a restart) is not filled in."""
-        last, self._last_report_s = self._last_report_s, now
-        if last is None:
-            return
-        dt_s = now - last
-        if not 0 < dt_s <= 3 * self.agent.report_period_s:
-            return
-        if power_w is not None and math.isfinite(power_w):
-            self.energy_electric_wh += max(0.0, power_w) * dt_s / 3600.0
-        if heat_w is not None:
-            self.energy_heat_wh += max(0.0, heat_w) * dt_s / 3600.0
-        if now - self._energy_saved_s >= ENERGY_SAVE_S:
-            self._save_energy()
-
-    def _load_energy(self) -> tuple[float, float]:
-        if self.energy_store is None:
-            return 0.0, 0.0
-        read = self.energy_store.read(ENERGY_FILE, ENERGY_VERSION,
-                                      {"electric_wh": 0.0, "heat_wh": 0.0})
-        if read.problem and self.energy_store.path(ENERGY_FILE).exists():
-            self.log.warning("energy counters unusable (%s); counting from zero", read.problem)
-        values = []
-        for key in ("electric_wh", "heat_wh"):
-            value = read.payload.get(key)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            values.append(float(value) if ok and math.isfinite(value) and value >= 0 else 0.0)
-        return values[0], values[1]
-
-    def _save_energy(self) -> None:
-        self._energy_saved_s = self.agent.clock()
-        if self.energy_store is None:
-            return
-        try:
-            self.energy_store.write(ENERGY_FILE, ENERGY_VERSION, {
-                "electric_wh": self.energy_electric_wh, "heat_wh": self.energy_heat_wh})
-        except OSError as error:
-            self.log.warning("energy counters not saved: %s", error)
 
 
 def _short(value: Any) -> str:

@@ -193,15 +193,15 @@ def counters(electric, heat):
 
 def test_ledger_survives_board_reboot_without_subtracting(tmp_path):
     ledger = EnergyLedger()
-    ledger.board_sample("b1", "boot1", counters(100.0, 90.0))
-    ledger.board_sample("b1", "boot1", counters(110.0, 99.0))
-    ledger.board_sample("b1", "boot1", counters(105.0, 95.0))  # late message: ignored
+    ledger.board_sample("b1", "boot1", counters(100.0, 90.0), 0.0)
+    ledger.board_sample("b1", "boot1", counters(110.0, 99.0), 3600.0)
+    ledger.board_sample("b1", "boot1", counters(105.0, 95.0), 3601.0)  # late message: ignored
     assert ledger.boards["b1"].total_wh == {"electric": 10.0, "heat": 9.0}
-    ledger.board_sample("b1", "boot2", counters(1.0, 0.5))  # lost its counters: new segment
-    ledger.board_sample("b1", "boot2", counters(3.0, 2.5))
+    ledger.board_sample("b1", "boot2", counters(1.0, 0.5), 3700.0)  # lost its counters
+    ledger.board_sample("b1", "boot2", counters(3.0, 2.5), 7200.0)  # new segment
     assert ledger.boards["b1"].total_wh == {"electric": 12.0, "heat": 11.0}
     assert ledger.boards["b1"].segments == 1
-    ledger.board_sample("b1", "boot3", counters(4.0, 3.0))  # kept its counters: continues
+    ledger.board_sample("b1", "boot3", counters(4.0, 3.0), 7600.0)  # kept its counters
     assert ledger.boards["b1"].total_wh == {"electric": 13.0, "heat": 11.5}
     assert ledger.totals_wh() == {"electric": 13.0, "heat": 11.5}
 
@@ -209,9 +209,9 @@ def test_ledger_survives_board_reboot_without_subtracting(tmp_path):
 def test_ledger_persists_rarely_and_reloads(tmp_path):
     store = StateStore(tmp_path)
     ledger = EnergyLedger(save_every_s=300)
-    ledger.board_sample("b1", "boot1", counters(100.0, 90.0))
+    ledger.board_sample("b1", "boot1", counters(100.0, 90.0), 0.0)
     assert ledger.save_if_due(0, store)  # a new board: written at once
-    ledger.board_sample("b1", "boot1", counters(101.0, 91.0))
+    ledger.board_sample("b1", "boot1", counters(101.0, 91.0), 600.0)
     assert not ledger.save_if_due(10, store)
     assert not ledger.save_if_due(299, store)
     assert ledger.save_if_due(300, store)
@@ -220,14 +220,15 @@ def test_ledger_persists_rarely_and_reloads(tmp_path):
     ledger.meter_sample(936, 100.0)
     assert ledger.save_if_due(937, store, force=True)
     restarted = EnergyLedger()
-    assert restarted.load(store) is None
+    assert restarted.load(store, 1200.0) is None
     assert restarted.module_heat_metered_wh == pytest.approx(1.0)
-    restarted.board_sample("b1", "boot1", counters(103.0, 92.0))  # energy during the restart
+    # energy during the restart
+    restarted.board_sample("b1", "boot1", counters(103.0, 92.0), 1200.0)
     assert restarted.boards["b1"].total_wh == {"electric": 3.0, "heat": 2.0}
 
 
 def test_ledger_damaged_file_starts_from_zero(tmp_path):
     (tmp_path / LEDGER_FILE).write_text("{not json")
     ledger = EnergyLedger()
-    assert "corrupt" in ledger.load(StateStore(tmp_path))
+    assert "corrupt" in ledger.load(StateStore(tmp_path), 0.0)
     assert ledger.boards == {}

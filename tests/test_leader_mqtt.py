@@ -14,7 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
 from agent.mqtt.board_link import BoardConnection, connect_board
@@ -300,7 +302,7 @@ def test_energy_ledger_across_board_reboot_and_leader_restart(broker, tmp_path, 
                  "energy counted")
         # b2 reboots and loses its counters (no energy store): a new segment, nothing subtracted
         link = module.remove("b2")
-        b2_first_boot_wh = link.energy_electric_wh
+        b2_first_boot_wh = link.energy.electric_wh
         wait_for(lambda: leader.role.tracker.boards["b2"].status == "offline", 5, "b2 offline")
         counted_before = leader.role.ledger.boards["b2"].total_wh["electric"]
         assert counted_before == pytest.approx(b2_first_boot_wh, rel=0.05)
@@ -319,8 +321,8 @@ def test_energy_ledger_across_board_reboot_and_leader_restart(broker, tmp_path, 
         time.sleep(2)
         module.pause()  # no new reports: the leader catches up with every one sent
         with module.lock:
-            b1_wh = module.boards["b1"][1].energy_electric_wh
-            b2_wh = module.boards["b2"][1].energy_electric_wh
+            b1_wh = module.boards["b1"][1].energy.electric_wh
+            b2_wh = module.boards["b2"][1].energy.electric_wh
         ledger = leader.role.ledger
         b2_total = b2_first_boot_wh + b2_wh
         # what the boards counted (b2 over both boots), to the last report sent
@@ -331,6 +333,39 @@ def test_energy_ledger_across_board_reboot_and_leader_restart(broker, tmp_path, 
               f"(board {b1_wh * 1000:.3f}), b2 {ledger.boards['b2'].total_wh['electric'] * 1000:.3f}"
               f" mWh (board, both boots {b2_total * 1000:.3f})")
     finally:
+        leader.close()
+        module.close()
+
+
+def test_poisoned_board_state_on_the_wire_is_rejected_and_the_leader_runs_on(broker, tmp_path,
+                                                                               sim_dir):
+    """Issue 13 item 2: a board account sending a lone surrogate in `mode` or `faults`, or an
+    impossible number, used to stop the leader at its next publish; now each is rejected,
+    counted for that board, and the leader goes on sending setpoints and its state."""
+    module = Module(sim_dir, broker.port, ["b1"])
+    leader = RunningLeader(tmp_path, broker.port, {}, None, budget_w=6.0)
+    hostile = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hostile-b9")
+    hostile.connect("127.0.0.1", broker.port)
+    hostile.loop_start()
+    try:
+        wait_for(lambda: all_usable(leader, 1), 40, "b1 usable")
+        topic = f"{module_topics(SITE, MODULE)['base']}/b9/state"
+        poison = [b'{"v":1,"boot":"x","seq":1,"mode":"\\ud800","faults":[]}',
+                  b'{"v":1,"boot":"x","seq":2,"mode":"NORMAL","faults":["\\udfff"]}',
+                  b'{"v":1,"boot":"x","seq":3,"mode":"NORMAL","power_w":1e308}',
+                  b'{"v":1,"boot":"x","seq":4,"mode":"NORMAL","energy_electric_wh":1e308}']
+        for payload in poison:
+            hostile.publish(topic, payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: leader.role.snapshot.get("boards", {}).get("b9", {}).get(
+            "rejected_states") == len(poison), 10, "every poisoned state counted")
+        ticks_before = leader.role.resplits
+        wait_for(lambda: leader.role.resplits >= ticks_before + 2, 5, "the leader ticking on")
+        assert leader._thread.is_alive()
+        assert leader.role.snapshot["boards_usable"] == 1
+        assert leader.role.ledger.totals_wh()["electric"] < 1.0
+    finally:
+        hostile.loop_stop()
+        hostile.disconnect()
         leader.close()
         module.close()
 

@@ -52,8 +52,10 @@ def leader_with_boards():
         role.tracker.on_state(now[0], board, {
             "boot": "x", "seq": seq, "mode": "NORMAL", "faults": [], "min_w": 2.0, "max_w": 6.5,
             "power_w": 4.0, "energy_electric_wh": 1.5, "energy_heat_wh": 1.2})
-        role.ledger.board_sample(board, "x", {"energy_electric_wh": 1.0, "energy_heat_wh": 1.0})
-        role.ledger.board_sample(board, "x", {"energy_electric_wh": 1.5, "energy_heat_wh": 1.2})
+        role.ledger.board_sample(board, "x", {"energy_electric_wh": 1.0, "energy_heat_wh": 1.0},
+                                 0.0)
+        role.ledger.board_sample(board, "x", {"energy_electric_wh": 1.5, "energy_heat_wh": 1.2},
+                                 3600.0)
     role.tick(now[0])
     return role
 

@@ -8,17 +8,46 @@ continues; one that went back (the board lost it) starts a new segment from its 
 ledger adds only rises it saw, it never subtracts and never invents energy. Persisted through
 agent/persist.py's StateStore only when due (`save_every_s`) or when a board restarted, so the
 leader's SD card sees a write every few minutes at most, not one per period.
+
+Why a bound on every rise: a board's counters are only its word. A rise is taken only if the
+board could have drawn it since the last report the ledger took, at the most any board may be
+configured to draw (POWER_CEILING_W, 15 W) with ENERGY_MARGIN: the counter covers the whole
+interval while `max_w` is only what the board may draw now, and the heat counter includes heat
+the oil gives back after a power drop. Anything more is a rejected report (counted, with the
+reason): the ledger keeps its reference, so the next honest report still counts. A counter
+that jumped is taken as the new reference only at the board's next boot, without the jump.
+Time is the leader's wall clock, kept in the file, so the bound also holds across a leader
+restart. The totals therefore stay finite and never go down.
 """
 
 import dataclasses
+import math
 from typing import Any
 
+from agent.leader.board_state import ENERGY_MAX_WH, POWER_CEILING_W
 from agent.mqtt.envelope import finite_number
 from agent.persist import StateStore
 
 LEDGER_FILE = "leader-energy.json"
 LEDGER_VERSION = 1
 KINDS = ("electric", "heat")
+ENERGY_MARGIN = 1.5
+TOTAL_MAX_WH = 1e15
+"""A stored total above this (a 15 W board for 7.6 billion years) did not come from a ledger."""
+
+
+class LedgerFileError(ValueError):
+    """The ledger file parsed but holds something a ledger cannot (the message names it)."""
+
+
+def _stored_number(where: str, value: Any, high: float, nullable: bool) -> float | None:
+    if value is None and nullable:
+        return None
+    number = finite_number(value)
+    if number is None or not 0.0 <= number <= high:
+        raise LedgerFileError(f"{where} is {value!r}, expected a number from 0 to {high:g}"
+                              + (" or null" if nullable else ""))
+    return number
 
 
 @dataclasses.dataclass
@@ -29,17 +58,41 @@ class BoardEnergy:
     total_wh: dict[str, float] = dataclasses.field(
         default_factory=lambda: {kind: 0.0 for kind in KINDS})
     segments: int = 0
+    wall_s: float | None = None
+    """The leader's wall-clock time of the last report taken: the next rise must fit in the
+    time since. None (a ledger written before it was kept): the next rise is not counted."""
+    rejected: int = 0
+    """Reports not counted since the leader started (not kept in the file)."""
+    rejection: str | None = None
+    rejecting: bool = False
+    """The last report was not counted: a streak an operator has been told about."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"boot": self.boot, "last": dict(self.last), "total_wh": dict(self.total_wh),
-                "segments": self.segments}
+                "segments": self.segments, "wall_s": self.wall_s}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BoardEnergy":
-        return cls(data.get("boot"),
-                   {k: finite_number(data.get("last", {}).get(k)) for k in KINDS},
-                   {k: finite_number(data.get("total_wh", {}).get(k)) or 0.0 for k in KINDS},
-                   int(data.get("segments", 0)))
+    def from_dict(cls, board: str, data: Any) -> "BoardEnergy":
+        """An entry of the ledger file; LedgerFileError naming the board and key otherwise."""
+        where = f"board {board!r}"
+        if not isinstance(data, dict):
+            raise LedgerFileError(f"{where} is {type(data).__name__}, expected an object")
+        boot, segments, wall_s = data.get("boot"), data.get("segments", 0), data.get("wall_s")
+        last, total = data.get("last", {}), data.get("total_wh", {})
+        if boot is not None and not isinstance(boot, str):
+            raise LedgerFileError(f"{where} boot is {boot!r}, expected a string or null")
+        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 0:
+            raise LedgerFileError(f"{where} segments is {segments!r}, expected a count")
+        if wall_s is not None and finite_number(wall_s) is None:
+            raise LedgerFileError(f"{where} wall_s is {wall_s!r}, expected a time or null")
+        if not isinstance(last, dict) or not isinstance(total, dict):
+            raise LedgerFileError(f"{where} last and total_wh must be objects")
+        return cls(boot,
+                   {k: _stored_number(f"{where} last.{k}", last.get(k), ENERGY_MAX_WH, True)
+                    for k in KINDS},
+                   {k: _stored_number(f"{where} total_wh.{k}", total.get(k, 0.0), TOTAL_MAX_WH,
+                                      False) for k in KINDS},
+                   segments, finite_number(wall_s))
 
 
 class EnergyLedger:
@@ -48,25 +101,43 @@ class EnergyLedger:
         self.boards: dict[str, BoardEnergy] = {}
         self.module_heat_metered_wh = 0.0
         """Heat to water measured by the module's own meter (HeatMeter), integrated here."""
+        self.reset_reason: str | None = None
+        """Why the ledger started from zero although a file was there (damaged, other
+        version); published with the totals, which went back for that reason."""
         self.dirty = False
         self.urgent = False
         self._last_save_s: float | None = None
         self._last_meter_s: float | None = None
 
-    def board_sample(self, board: str, boot: str | None, counters: dict[str, Any]) -> float:
-        """Take a board's cumulative counters; returns the electric Wh added (for tests and logs)."""
+    def board_sample(self, board: str, boot: str | None, counters: dict[str, Any],
+                     wall_s: float) -> str | None:
+        """Take a board's cumulative counters reported at `wall_s` (the leader's wall clock);
+        returns why they were not counted, or None when they were."""
         entry = self.boards.setdefault(board, BoardEnergy())
         restarted = boot != entry.boot
+        values = {kind: finite_number(counters.get(f"energy_{kind}_wh")) for kind in KINDS}
+        problem = self._beyond_bound(entry, values, wall_s)
+        if problem is not None:
+            entry.rejected += 1
+            entry.rejecting = True
+            if not restarted:
+                entry.rejection = f"{problem}; report not counted"
+                return entry.rejection
+            entry.rejection = f"{problem}; at its restart: counted on from there, without it"
+            for kind in KINDS:
+                entry.last[kind] = values[kind] if values[kind] is not None else entry.last[kind]
+            entry.boot, entry.wall_s = boot, wall_s
+            entry.segments += 1
+            self.dirty = self.urgent = True
+            return entry.rejection
         if restarted:
             entry.boot = boot
             self.urgent = True
-        added_electric = 0.0
         went_back = False
         for kind in KINDS:
-            value = finite_number(counters.get(f"energy_{kind}_wh"))
+            value, last = values[kind], entry.last[kind]
             if value is None:
                 continue
-            last = entry.last[kind]
             if last is None or (restarted and value < last):
                 went_back = went_back or last is not None
                 entry.last[kind] = value
@@ -77,14 +148,38 @@ class EnergyLedger:
             entry.total_wh[kind] += value - last
             entry.last[kind] = value
             self.dirty = True
-            if kind == "electric":
-                added_electric = value - last
         entry.segments += went_back
-        return added_electric
+        entry.wall_s = wall_s
+        entry.rejecting = False
+        return None
+
+    def rejecting(self, board: str) -> bool:
+        """Was the board's last report not counted? (One event per streak, not per report.)"""
+        entry = self.boards.get(board)
+        return entry is not None and entry.rejecting
+
+    @staticmethod
+    def _beyond_bound(entry: BoardEnergy, values: dict[str, float | None],
+                      wall_s: float) -> str | None:
+        """What in these counters rose more than the board could have drawn, or None."""
+        for kind in KINDS:
+            value, last = values[kind], entry.last[kind]
+            if value is None or last is None or value <= last:
+                continue
+            if entry.wall_s is None:
+                return f"energy_{kind}_wh rose {value - last:.4g} Wh since a time not known"
+            elapsed_s = max(0.0, wall_s - entry.wall_s)
+            allowed_wh = POWER_CEILING_W * ENERGY_MARGIN * elapsed_s / 3600.0
+            if value - last > allowed_wh:
+                return (f"energy_{kind}_wh rose {value - last:.4g} Wh in {elapsed_s:.0f} s, "
+                        f"more than the {allowed_wh:.4g} Wh a board can draw in that time "
+                        f"({POWER_CEILING_W:g} W x {ENERGY_MARGIN:g})")
+        return None
 
     def meter_sample(self, now: float, heat_w: float | None) -> None:
         """Integrate the module meter's heat; an unknown reading adds nothing for its interval."""
-        if self._last_meter_s is not None and heat_w is not None and heat_w > 0:
+        if (self._last_meter_s is not None and heat_w is not None and math.isfinite(heat_w)
+                and heat_w > 0 and now > self._last_meter_s):
             self.module_heat_metered_wh += heat_w * (now - self._last_meter_s) / 3600.0
             self.dirty = True
         self._last_meter_s = now
@@ -97,23 +192,43 @@ class EnergyLedger:
         return {"boards": {name: entry.to_dict() for name, entry in sorted(self.boards.items())},
                 "module_heat_metered_wh": self.module_heat_metered_wh}
 
-    def load(self, store: StateStore) -> str | None:
-        """Load the persisted ledger; returns the problem (None when it was read well)."""
+    def load(self, store: StateStore, wall_s: float) -> str | None:
+        """Load the persisted ledger; returns the problem (None when it was read well). A file
+        that is there but cannot be used is copied aside (`<file>.damaged-<time>`) before
+        anything overwrites it, and `reset_reason` says so."""
         read = store.read(LEDGER_FILE, LEDGER_VERSION, {"boards": {},
                                                         "module_heat_metered_wh": 0.0})
+        problem = read.problem
+        if problem is None:
+            try:
+                boards = read.payload.get("boards", {})
+                if not isinstance(boards, dict):
+                    raise LedgerFileError(f"boards is {type(boards).__name__}, expected an "
+                                          "object")
+                self.boards = {str(name): BoardEnergy.from_dict(str(name), data)
+                               for name, data in boards.items()}
+                self.module_heat_metered_wh = _stored_number(
+                    "module_heat_metered_wh", read.payload.get("module_heat_metered_wh", 0.0),
+                    TOTAL_MAX_WH, False)
+                return None
+            except LedgerFileError as error:
+                self.boards, self.module_heat_metered_wh = {}, 0.0
+                problem = f"state file {store.path(LEDGER_FILE)}: {error}"
+        if not store.path(LEDGER_FILE).exists():
+            return problem
         try:
-            self.boards = {str(name): BoardEnergy.from_dict(data)
-                           for name, data in read.payload.get("boards", {}).items()}
-        except (AttributeError, TypeError, ValueError) as error:
-            self.boards = {}
-            return f"energy ledger unusable ({error}); starting from zero"
-        self.module_heat_metered_wh = finite_number(
-            read.payload.get("module_heat_metered_wh")) or 0.0
-        return read.problem
+            kept = f"kept as {store.keep_aside(LEDGER_FILE, wall_s).name}"
+        except OSError as error:
+            kept = f"could not be kept aside ({error})"
+        self.reset_reason = (f"energy ledger unusable ({problem}); {kept}; the module's totals "
+                             "start again from zero")
+        self.urgent = True
+        return self.reset_reason
 
     def save_if_due(self, now: float, store: StateStore, force: bool = False) -> bool:
         """Write when something changed and either a board restarted (its old counters would be
-        lost with a leader crash now), the save period passed, or `force` (clean exit)."""
+        lost with a leader crash now), the save period passed, or `force` (clean exit).
+        OSError (a full or failing SD card) is the caller's to report."""
         if not self.dirty and not self.urgent:
             return False
         due = (self._last_save_s is None or now - self._last_save_s >= self.save_every_s)

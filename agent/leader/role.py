@@ -8,16 +8,23 @@ of availability (a Last Will, a board going SAFE) re-splits the budget at once, 
 board's share reaches the others well within one leader period; the periodic tick publishes
 setpoints to every board (they double as the leader's heartbeat), the module totals, and the
 retained interlock whenever it changes.
+
+Everything a board sends is decoded once, at the door (agent/leader/board_state.py): a message
+the leader cannot use is rejected there, counted per board with its reason (in `leader/state`
+and the metrics) and reported once per streak as a `leader/event`, and it changes nothing; the
+leader keeps running whatever its boards say.
 """
 
 import dataclasses
 import logging
+import time
 from typing import Any, Callable
 
 from agent.errors import MessageError
+from agent.leader.board_state import BoardStateError, checked_envelope, checked_state
 from agent.leader.heat import HeatMeter
 from agent.leader.interlock import ModuleInterlock
-from agent.leader.ledger import LEDGER_FILE, EnergyLedger
+from agent.leader.ledger import EnergyLedger
 from agent.leader.split import BudgetSplitter, Split, capacity_from_state
 from agent.leader.tracker import BoardTracker
 from agent.leader.trim import TrimLoop
@@ -30,6 +37,8 @@ LINK_WINDOW = 256
 board, QoS 1). More is handed over only when the leader next polls or publishes, so a 64-board
 round through the default window of 10 waited for seven acknowledgements, each caught only at
 a later poll (scripts/bench-mqtt-scale found it)."""
+MODULE_BUDGET_MAX_W = 100_000.0
+"""A module budget above this is not a heat demand (64 boards at the 15 W ceiling draw 1 kW)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +69,22 @@ def module_topics(site: str, module: str) -> dict[str, str]:
     base = f"{ROOT}/{site}/{module}"
     return {"base": base, "leader": f"{base}/{LEADER}", "status": f"{base}/{LEADER}/status",
             "interlock": f"{base}/{LEADER}/interlock", "state": f"{base}/{LEADER}/state",
-            "budget": f"{base}/{LEADER}/budget", "setpoint": f"{base}/{LEADER}/setpoint"}
+            "budget": f"{base}/{LEADER}/budget", "setpoint": f"{base}/{LEADER}/setpoint",
+            "event": f"{base}/{LEADER}/event"}
 
 
 class LeaderRole:
     def __init__(self, site: str, module: str, link, clock: Callable[[], float],
                  settings: LeaderSettings, read_module: Callable[[], ModuleReadings],
-                 store: StateStore | None = None, log: logging.Logger | None = None):
+                 store: StateStore | None = None, log: logging.Logger | None = None,
+                 wall_clock: Callable[[], float] = time.time):
+        """`clock` paces the leader; `wall_clock` times the boards' energy reports, which
+        must fit in the time since the last one even across a leader restart."""
         self.site = site
         self.module = module
         self.link = link
         self.clock = clock
+        self.wall_clock = wall_clock
         self.settings = settings
         self.read_module = read_module
         self.store = store
@@ -92,7 +106,8 @@ class LeaderRole:
         self.snapshot: dict[str, Any] = {}
         """The last `leader/state` payload; read by the metrics endpoint's thread (replaced
         whole each period, never mutated, so no lock is needed)."""
-        self.ledger_problem = self.ledger.load(store) if store is not None else None
+        self.ledger_problem = (self.ledger.load(store, wall_clock()) if store is not None
+                               else None)
         self._availability_changed = False
         self._interlock_published = False
         self._next_tick_s: float | None = None
@@ -105,9 +120,25 @@ class LeaderRole:
                               ("event", self._on_event)):
             self.link.subscribe(f"{base}/+/{kind}", handler)
         self.link.subscribe(self.topics["budget"], self._on_budget)
-        if self.ledger_problem and self.store is not None and self.store.path(
-                LEDGER_FILE).exists():
-            self.log.warning("%s/%s: %s", self.site, self.module, self.ledger_problem)
+        if self.ledger.reset_reason is not None:
+            self.log.warning("%s/%s: %s", self.site, self.module, self.ledger.reset_reason)
+            self._event("ledger_reset", None, f"{self.ledger.reset_reason}; check the state "
+                        "directory's SD card and keep the damaged copy for the records")
+
+    def _event(self, cause: str, board: str | None, message: str) -> None:
+        """A `leader/event` (QoS 1, kept while the broker is away); `message` is ASCII-safe."""
+        self.link.publish(self.topics["event"], {"cause": cause, "board": board,
+                                                 "message": message, "severity": "warning"},
+                          qos=1)
+
+    def _reject(self, board: str, kind: str, reason: str) -> None:
+        """Count a board's message rejected at the door; report the first of a streak."""
+        if self.tracker.reject(board, kind, reason):
+            self.log.warning("%s/%s: %s from %s rejected: %s", self.site, self.module, kind,
+                             board, reason)
+            self._event(f"{kind}_rejected", board, f"{kind} from board {board} rejected: "
+                        f"{reason}; nothing changed. Check that board's agent version and "
+                        "who else holds its account")
 
     def _board_of(self, topic: str) -> str | None:
         board = topic.split("/")[-2]
@@ -115,7 +146,14 @@ class LeaderRole:
 
     def _on_status(self, message) -> None:
         board = self._board_of(message.topic)
-        if board is not None and self.tracker.on_status(self.clock(), board, message.text()):
+        if board is None:
+            return
+        try:
+            text = message.text()
+        except MessageError:
+            self.rejected_messages += 1
+            return
+        if self.tracker.on_status(self.clock(), board, text):
             self._availability_changed = True
 
     def _on_state(self, message) -> None:
@@ -123,39 +161,48 @@ class LeaderRole:
         if board is None:
             return
         try:
-            data = message.data()
-        except MessageError as error:
-            self.rejected_messages += 1
-            self.log.warning("%s: state rejected: %s", message.topic, error)
+            state = checked_state(message.data(), message.retained)
+        except MessageError as error:  # BoardStateError is one
+            self._reject(board, "state", str(error))
             return
         view = self.tracker.view(board)
         was_usable = view.usable()
-        self.tracker.on_state(self.clock(), board, data)
+        notes = self.tracker.on_state(self.clock(), board, state)
+        if "late" in notes:
+            return
         if view.usable() != was_usable:
             # re-split at once only when the board joins or leaves the split: a mode change
             # that keeps it usable (NORMAL <-> LIMITED) waits for the next period, or a module
             # of flapping boards would send a whole round per state message
             self._availability_changed = True
-        self.ledger.board_sample(board, data.get("boot"), data)
+        streak = not self.ledger.rejecting(board)
+        problem = self.ledger.board_sample(board, state["boot"], state, self.wall_clock())
+        if problem is not None and streak:
+            self.log.warning("%s/%s: energy from %s not counted: %s", self.site, self.module,
+                             board, problem)
+            self._event("energy_rejected", board, f"energy report from board {board}: "
+                        f"{problem}. Check the board's power sensor and energy.json")
 
     def _on_event(self, message) -> None:
         board = self._board_of(message.topic)
-        try:
-            data = message.data()
-        except MessageError:
-            self.rejected_messages += 1
+        if board is None:
             return
-        if board is not None:
-            self.tracker.on_event(self.clock(), board, data)
+        try:
+            envelope = checked_envelope(message.data())
+        except MessageError as error:
+            self._reject(board, "event", str(error))
+            return
+        self.tracker.on_event(self.clock(), board, envelope)
 
     def _on_budget(self, message) -> None:
         try:
             budget = finite_number(message.data().get("budget_w"))
         except MessageError:
             budget = None
-        if budget is None or budget < 0:
+        if budget is None or not 0 <= budget <= MODULE_BUDGET_MAX_W:
             self.rejected_messages += 1
-            self.log.warning("%s: budget rejected, keeping %.1f W", message.topic, self.budget_w)
+            self.log.warning("%s: budget rejected (a number from 0 to %g W expected), keeping "
+                             "%.1f W", message.topic, MODULE_BUDGET_MAX_W, self.budget_w)
             return
         self.budget_w = budget
 
@@ -210,8 +257,18 @@ class LeaderRole:
         self.redistribute(now)
         self.snapshot = self.state_payload(electric_w)
         self.link.publish(self.topics["state"], self.snapshot, qos=0)
-        if self.store is not None:
-            self.ledger.save_if_due(now, self.store)
+        self._save_ledger(now, force=False)
+
+    def _save_ledger(self, now: float, force: bool) -> None:
+        """A full or failing SD card costs the ledger its latest minutes, never the leader."""
+        if self.store is None:
+            return
+        try:
+            self.ledger.save_if_due(now, self.store, force=force)
+        except OSError as error:
+            self.log.warning("%s/%s: energy ledger not saved (%s); the totals are kept in "
+                             "memory and saved again next period; check the SD card",
+                             self.site, self.module, error)
 
     def state_payload(self, electric_w: float | None) -> dict[str, Any]:
         usable = [capacity_from_state(v.board, v.state) for v in self.tracker.usable()]
@@ -238,12 +295,20 @@ class LeaderRole:
             "energy_electric_wh": totals["electric"],
             "energy_heat_wh": totals["heat"],
             "energy_heat_metered_wh": self.ledger.module_heat_metered_wh,
+            "energy_reset": self.ledger.reset_reason,
+            "rejected_messages": self.rejected_messages,
             "boards": {
                 v.board: {"status": v.status, "mode": v.mode, "faults": list(v.faults),
                           "setpoint_w": self.split.setpoints_w.get(v.board),
                           "power_w": finite_number(v.state.get("power_w")),
                           "restarts": v.restarts, "lost_states": v.lost_states,
                           "lost_events": v.lost_events,
+                          "rejected_states": v.rejected_states,
+                          "rejected_events": v.rejected_events, "rejection": v.rejection,
+                          "rejected_energy": self.ledger.boards[v.board].rejected
+                          if v.board in self.ledger.boards else 0,
+                          "energy_rejection": self.ledger.boards[v.board].rejection
+                          if v.board in self.ledger.boards else None,
                           "energy_electric_wh": self.ledger.boards[v.board].total_wh["electric"]
                           if v.board in self.ledger.boards else 0.0,
                           "energy_heat_wh": self.ledger.boards[v.board].total_wh["heat"]
@@ -266,5 +331,4 @@ class LeaderRole:
 
     def close(self) -> None:
         """Keep the ledger (a clean stop loses nothing)."""
-        if self.store is not None:
-            self.ledger.save_if_due(self.clock(), self.store, force=True)
+        self._save_ledger(self.clock(), force=True)

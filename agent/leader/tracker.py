@@ -4,7 +4,10 @@ Why a separate class: availability has three sources that disagree in time (the 
 `status`, the broker's Last Will, and plain silence on `state` when a board hangs with its TCP
 connection still open), and the splitter must see one answer. Restarts and gaps come from the
 envelope's boot id and sequence number; they are counted, not acted on, so an operator can see a
-flaky board in `leader/state` and Prometheus.
+flaky board in `leader/state` and Prometheus. The same goes for messages rejected at the door
+(agent/leader/board_state.py): counted per board, with the last reason. Payloads reach the
+tracker already checked; a `(boot, seq)` it has seen, or one overtaken by a newer message, is
+a duplicate delivery and changes nothing.
 """
 
 import dataclasses
@@ -32,6 +35,13 @@ class BoardView:
     mode: str | None = None
     faults: tuple[str, ...] = ()
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The last accepted state, checked field by field (agent/leader/board_state.py)."""
+    rejected_states: int = 0
+    rejected_events: int = 0
+    rejection: str | None = None
+    """Why the last rejected message was rejected."""
+    rejecting: bool = False
+    """The board's last message was rejected: a streak an operator has been told about."""
 
     def usable(self) -> bool:
         """May this board be given a share of the module budget?"""
@@ -72,28 +82,44 @@ class BoardTracker:
     def _recent(self, now: float, view: BoardView) -> bool:
         return view.last_state_s is not None and now - view.last_state_s < self.silence_timeout_s
 
-    def on_state(self, now: float, board: str, payload: dict[str, Any]) -> list[str]:
-        """A state message (envelope already checked); returns notes: "restart", "gap:<n>",
-        "online" (the board came back), "mode" (its mode or faults changed)."""
+    def on_state(self, now: float, board: str, state: dict[str, Any]) -> list[str]:
+        """A checked state message; returns notes: "restart", "gap:<n>", "late" (a duplicate
+        or overtaken delivery, ignored), "online" (the board came back), "mode" (its mode or
+        faults changed)."""
         view = self.view(board)
-        notes = self._sequence(view, payload, "state")
-        if payload.get("hist"):
+        notes = self._sequence(view, state, "state")
+        if "late" in notes:
+            return notes
+        view.rejecting = False
+        if state.get("hist"):
             return notes
         view.last_state_s = now
-        view.state = payload
-        mode = payload.get("mode")
-        faults = payload.get("faults") or ()
-        faults = tuple(sorted(str(f) for f in faults)) if isinstance(faults, (list, tuple)) else (
-            ("unreadable faults field",))
+        view.state = state
+        mode, faults = state.get("mode"), tuple(state.get("faults") or ())
         if (mode, faults) != (view.mode, view.faults):
-            view.mode, view.faults = mode if isinstance(mode, str) else None, faults
+            view.mode, view.faults = mode, faults
             notes.append("mode")
         if view.status in ("silent", "unknown") and self._set_status(now, view, "online"):
             notes.append("online")
         return notes
 
-    def on_event(self, now: float, board: str, payload: dict[str, Any]) -> list[str]:
-        return self._sequence(self.view(board), payload, "event")
+    def reject(self, board: str, kind: str, reason: str) -> bool:
+        """Count a `state` or `event` rejected at the door; True when it starts a streak (the
+        board's previous message was fine), which is worth one event, not one per message."""
+        view = self.view(board)
+        setattr(view, f"rejected_{kind}s", getattr(view, f"rejected_{kind}s") + 1)
+        view.rejection = reason
+        started = not view.rejecting
+        view.rejecting = True
+        return started
+
+    def on_event(self, now: float, board: str, envelope: dict[str, Any]) -> list[str]:
+        """A checked event envelope (boot, seq): counts restarts and lost events."""
+        view = self.view(board)
+        notes = self._sequence(view, envelope, "event")
+        if "late" not in notes:
+            view.rejecting = False
+        return notes
 
     def _sequence(self, view: BoardView, payload: dict[str, Any], kind: str) -> list[str]:
         """Boot id and sequence bookkeeping; a new boot id restarts the sequence at 1."""
@@ -109,12 +135,14 @@ class BoardTracker:
             view.last_state_seq = view.last_event_seq = None
         attribute = f"last_{kind}_seq"
         last = getattr(view, attribute)
+        if last is not None and seq <= last:
+            notes.append("late")
+            return notes
         if last is not None and seq > last + 1:
             lost = seq - last - 1
             setattr(view, f"lost_{kind}s", getattr(view, f"lost_{kind}s") + lost)
             notes.append(f"gap:{lost}")
-        if last is None or seq > last:
-            setattr(view, attribute, seq)
+        setattr(view, attribute, seq)
         return notes
 
     def check(self, now: float) -> list[str]:

@@ -132,7 +132,7 @@ class SimModule:
                     status_topic=module_topics(SITE, self.name)["status"],
                     network=self.network, window=LINK_WINDOW)
         self.leader = LeaderRole(SITE, self.name, link, self.clock, LEADER_SETTINGS,
-                                 self.readings, store=self.store)
+                                 self.readings, store=self.store, wall_clock=self.wall_clock)
         self.leader.start()
         link.start()
         self.next_leader_s = self.clock()

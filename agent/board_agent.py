@@ -6,9 +6,12 @@ Everything it touches comes in through the seam (`Hardware`), so hundreds of age
 in one process against simulated boards, and one runs on a Pi against the real thing.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
+import types
+from collections.abc import Iterator, Mapping
 from typing import Callable
 
 from agent.control.autotune import StoredGains, apply_gains
@@ -20,12 +23,13 @@ from agent.drivers.base import DriverContext
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
+from agent.errors import PeriodFailed
 from agent.leader.sensors import module_sensor_names
 from agent.readings import Reading
 from agent.seam import Hardware
 from agent.config_watch import ConfigWatch
 from agent.safety.build import build_supervisor
-from agent.safety.checks import Level
+from agent.safety.checks import Finding, Level
 from agent.safety.events import Event, EventLog
 from agent.safety.shutdown import ShutdownPath, run_command
 from agent.setpoints import SetpointSource
@@ -57,9 +61,27 @@ class TickReport:
     """The most power the supervisor allowed this period (None: not known)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentStatus:
+    """What other parts (console, MQTT link, simulator) read of the agent: a snapshot taken on
+    the loop's thread, so nobody walks the agent's insides or sees them half-updated."""
+
+    time: float
+    mode: str
+    setpoint_w: float
+    setpoint_source: str
+    power_min_w: float
+    power_max_w: float
+    latched: Mapping[str, str]
+    """Latched FAULT causes -> their messages."""
+    active: tuple[str, ...]
+    """The causes the supervisor sees this period, sorted."""
+    last_report: TickReport | None
+    readings: Mapping[str, Reading]
+
+
 class BoardAgent:
     def __init__(self, config, hardware: Hardware,
-                 publish: Callable[[TickReport], None] | None = None,
                  events: EventLog | None = None,
                  run_command: Callable[[list[str]], None] = run_command,
                  send_signal: Callable[[int, int], None] = os.kill,
@@ -111,10 +133,10 @@ class BoardAgent:
         self.setpoints = SetpointSource(control.fallback_setpoint_w, control.leader_timeout_s,
                                         control.setpoint_hold_s, limits.power_min_w,
                                         limits.power_max_w, self.events, now)
-        self.publish = publish
-        self.inputs: list[Callable[[], None]] = []
+        self._inputs: list[tuple[object, Callable[[], None]]] = []
         """Called at the start of every tick, on the loop's thread: how messages received on
         other threads (MQTT) reach the agent without racing the loop."""
+        self._report_listeners: list[tuple[object, Callable[[TickReport], None]]] = []
         self.config_watch = ConfigWatch(config.path, self.events, now)
         self.period_s = control.period_s
         self.report_period_s = control.report_period_s
@@ -126,6 +148,75 @@ class BoardAgent:
         self._last_command_w = 0.0
         self._last_cpu_sample: tuple[float, int, int, int] | None = None
         self._demand_cores = float(self.cores)
+
+    def add_input(self, owner: object, poll: Callable[[], None]) -> None:
+        """Call `poll()` at the start of every period until `remove(owner)`."""
+        self._inputs.append((owner, poll))
+
+    def add_report_listener(self, owner: object, listener: Callable[[TickReport], None]) -> None:
+        """Hand `listener` each report at the report rate until `remove(owner)`."""
+        self._report_listeners.append((owner, listener))
+
+    def subscribe_events(self, owner: object, subscriber) -> None:
+        """Hand `subscriber` every event, after the period's actuators are written."""
+        self.events.subscribe(owner, subscriber)
+
+    def remove(self, owner: object) -> None:
+        """Undo everything `owner` registered: inputs, report listeners, event subscriptions,
+        supervisor checks."""
+        self._inputs = [entry for entry in self._inputs if entry[0] is not owner]
+        self._report_listeners = [e for e in self._report_listeners if e[0] is not owner]
+        self.events.unsubscribe(owner)
+        self.supervisor.remove_checks(owner)
+
+    @contextlib.contextmanager
+    def override_controller(self, controller) -> Iterator[None]:
+        """Run `controller` in place of the heat controller for the `with` block (the relay
+        autotune); the heat controller is back afterwards whatever happened."""
+        saved, self.controller = self.controller, controller
+        try:
+            yield
+        finally:
+            self.controller = saved
+
+    def record(self, cause: str, value, message: str, severity: str = "warning") -> None:
+        """An event from another part (link, console), stamped with the agent's time and mode."""
+        self.events.record(Event(self.clock(), cause, value, message,
+                                 self.supervisor.mode.value, severity))
+
+    def status(self) -> AgentStatus:
+        now = self.clock()
+        setpoints, supervisor = self.setpoints, self.supervisor
+        return AgentStatus(now, supervisor.mode.value, setpoints.current_w(now),
+                           setpoints.status, setpoints.power_min_w, setpoints.power_max_w,
+                           types.MappingProxyType(dict(supervisor.latched)),
+                           tuple(sorted(supervisor.active)), self.last_report,
+                           types.MappingProxyType(self.readings))
+
+    def latest_events(self, count: int) -> list[Event]:
+        return self.events.latest(count)
+
+    def reset_faults(self) -> tuple[bool, str]:
+        """A technician's or an authorised reset: clears latched faults whose causes are gone."""
+        return self.supervisor.reset(self.clock())
+
+    def clear_local_setpoint(self) -> None:
+        self.setpoints.clear_local()
+
+    def apply_gains(self, gains: StoredGains) -> None:
+        """Tuned gains, applied bumplessly to the heat controller."""
+        apply_gains(self.controller, gains)
+
+    def power_off(self, cause: str, value, message: str) -> float:
+        """An orderly shutdown asked for from outside (a technician): the workload is stopped
+        now and the board powered off after the grace period, which is returned."""
+        shutdown = self.supervisor.shutdown
+        shutdown.power_off(self.clock(), Finding(cause, Level.SHUTDOWN, value, message))
+        return shutdown.grace_s
+
+    def run_command(self, argv: list[str]) -> None:
+        """Run a system command the way the shutdown path does (reboot from the console)."""
+        self.supervisor.shutdown.run(argv)
 
     @property
     def setpoint_w(self) -> float:
@@ -148,8 +239,32 @@ class BoardAgent:
                             for cause, finding in self.supervisor.active.items()))
 
     def tick(self) -> TickReport:
-        """One period: sample, supervise, control, govern, report."""
-        for poll in self.inputs:
+        """One period: sample, supervise, control, govern, report.
+
+        Anything that raises inside it is a bug: the board is put in SAFE settings, the cause
+        recorded and delivered, and PeriodFailed raised for the caller to end the process
+        (Klipper's one shutdown path; systemd restarts the agent)."""
+        try:
+            return self._period()
+        except Exception as error:
+            self._fail_safe(error)
+            raise PeriodFailed(f"{type(error).__name__}: {error}") from error
+
+    def _fail_safe(self, error: Exception) -> None:
+        """Each step in its own guard: a broken actuator must not keep the event unrecorded."""
+        message = (f"the control period failed with {type(error).__name__}: {error}; the "
+                   "board is left in SAFE settings and the agent exits for systemd to restart "
+                   "it. Report this with the journal around it.")
+        try:
+            self.governor.safe(freeze_workload=False)
+        except Exception as safe_error:
+            message += f" Writing the SAFE settings failed too ({safe_error}): run hearth failsafe."
+        self.events.record(Event(self.clock(), "internal_error", type(error).__name__, message,
+                                 "SAFE", "critical"))
+        self.events.deliver()
+
+    def _period(self) -> TickReport:
+        for _, poll in self._inputs:
             poll()
         now = self.clock()
         self.readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
@@ -176,11 +291,13 @@ class BoardAgent:
                             self._value(self.oil_reading), command_w, selected, allowance.mode,
                             settings, self._demand_cores, allowance.max_power_w)
         self.last_report = report
-        if self.publish is not None and now >= self._next_report_s - self.period_s / 2:
+        if self._report_listeners and now >= self._next_report_s - self.period_s / 2:
             # on a grid like the loop's (half a period of slack for float sums), so reports
             # do not slip a tick each time
             self._next_report_s = max(self._next_report_s + self.report_period_s, now)
-            self.publish(report)
+            for _, listener in self._report_listeners:
+                listener(report)
+        self.events.deliver()
         return report
 
     def _undithered(self, power_w: float | None) -> float | None:
@@ -250,6 +367,7 @@ class BoardAgent:
         notifier.stopping()
 
     def close(self) -> None:
+        self.events.deliver()
         for sensor in self.sensors:
             sensor.close()
         self.workload.close()

@@ -43,3 +43,13 @@ class DeviceIdentityError(HardwareError):
 class MessageError(HearthError, ValueError):
     """An MQTT payload that cannot be used (not UTF-8, not a JSON object, wrong schema version);
     the message says what was wrong, for the rejection reason or the log."""
+
+
+class PeriodFailed(HearthError, RuntimeError):
+    """A control period raised: the agent left the board in SAFE settings and recorded why; the
+    process ends non-zero so systemd restarts it (ExecStopPost= caps the board meanwhile)."""
+
+
+class BrokerProcessError(HearthError, OSError):
+    """A Mosquitto of our own (simulator, benchmarks) could not run: not installed, exited at
+    start or never listened; the message says which and what to do."""

@@ -22,11 +22,10 @@ from agent.drivers.base import DriverContext
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
+from agent.drivers.safe_actuators import MIN_HEATFILL_CPUS
 from agent.supervisor_hook import Allowance
 
 QUOTA_STEP_CPUS = 0.25
-MIN_HEATFILL_CPUS = 0.02
-"""The heat-fill group's parked quota while frozen, as Hearth's governor leaves it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,7 +144,8 @@ def test_loop_timer_keeps_its_grid_and_counts_overruns():
 
 def test_reports_keep_their_period_without_drifting(sim_dir):
     reports = []
-    simulated = SimulatedAgent(sim_dir / "reports", SimClock(), publish=reports.append)
+    simulated = SimulatedAgent(sim_dir / "reports", SimClock())
+    simulated.agent.add_report_listener(reports, reports.append)
     simulated.run_for(600)
     assert len(reports) == 601, "one per report period over ten minutes, plus the first"
     simulated.agent.close()

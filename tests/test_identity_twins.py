@@ -55,7 +55,7 @@ class Twin:
         self.clock = SimClock()
         self.sim = SimulatedAgent(directory, self.clock)
         self.events = []
-        self.sim.agent.events.listeners.append(self.events.append)
+        self.sim.agent.subscribe_events(self, self.events.append)
         self.board_link = connect_board(self.sim.agent, BoardConnection(
             settings, BoardTopics("maple-school", "m1", "b01"), directory / "outbox",
             lambda: EPOCH + self.clock()))

@@ -35,10 +35,10 @@ class Board:
         mailbox = LoopMailbox()
         self.processor = CommandProcessor(self.agent, load_config(self.sim.config_path),
                                           run_in_loop=mailbox.call)
-        self.agent.inputs.append(mailbox.service)
+        self.agent.add_input(self, mailbox.service)
         self.topics = BoardTopics("s1", "m1", name)
         self.raised = []
-        self.agent.events.listeners.append(self.raised.append)
+        self.agent.subscribe_events(self, self.raised.append)
         self.link = connect_board(self.agent, BoardConnection(
             LinkSettings(broker.host, broker.port, keepalive_s=5, reconnect_max_s=1),
             self.topics, directory / name / "outbox", lambda: EPOCH + self.clock(),

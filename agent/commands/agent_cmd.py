@@ -17,9 +17,6 @@ from agent.mqtt.link import LinkSettings
 from agent.mqtt.topics import BoardTopics
 from agent.safety.events import EventLog
 from agent.seam import Hardware
-from agent.sim.clock import SimClock
-from agent.sim.harness import SimulatedAgent
-from agent.sim.scratch import scratch_directory
 from agent.systemd_notify import Notifier
 
 
@@ -72,7 +69,6 @@ def format_report(report: TickReport) -> str:
 def run(args: argparse.Namespace) -> int:
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-    publish = None if args.quiet else (lambda report: print(format_report(report), flush=True))
     started = time.monotonic()
 
     def should_stop() -> bool:
@@ -80,16 +76,19 @@ def run(args: argparse.Namespace) -> int:
             args.duration is not None and time.monotonic() - started >= args.duration)
 
     if args.sim:
+        from agent.sim.scratch import scratch_directory  # the simulator only when asked for
+
         if args.sim_dir is not None:
-            return _run_sim(args.sim_dir, args, publish, should_stop)
+            return _run_sim(args.sim_dir, args, should_stop)
         with scratch_directory("hearth-agent-sim-") as directory:
-            return _run_sim(Path(directory), args, publish, should_stop)
+            return _run_sim(Path(directory), args, should_stop)
     events = EventLog()
     state = BoardState(StateStore(args.state_dir), events, time.monotonic(), time.time())
     config = load_config(args.config)
-    agent = BoardAgent(config, Hardware(), publish=publish, events=events,
+    agent = BoardAgent(config, Hardware(), events=events,
                        save_latched=state.save_latched, latched=state.latched,
                        gains=state.gains)
+    _print_reports(agent, args.quiet)
     _set_setpoint(agent, args.setpoint)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
     console = _start_console(agent, config, args, DEFAULT_SOCKET, args.state_dir)
@@ -105,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_sim(directory: Path, args: argparse.Namespace, publish, should_stop) -> int:
-    simulated = SimulatedAgent(directory, SimClock(time.monotonic()), publish=publish,
-                               events=EventLog())
+def _run_sim(directory: Path, args: argparse.Namespace, should_stop) -> int:
+    from agent.sim.clock import SimClock
+    from agent.sim.harness import SimulatedAgent
+
+    simulated = SimulatedAgent(directory, SimClock(time.monotonic()), events=EventLog())
+    _print_reports(simulated.agent, args.quiet)
     _set_setpoint(simulated.agent, args.setpoint)
     console = _start_console(simulated.agent, load_config(simulated.config_path), args, None,
                              None)
@@ -155,6 +157,13 @@ def _connect(agent: BoardAgent, config, state_dir: Path,
         link_settings(config.mqtt), BoardTopics(identity.site, identity.module, identity.board),
         state_dir / "outbox", time.time), commands=console.processor,
         energy_store=StateStore(state_dir))
+
+
+def _print_reports(agent: BoardAgent, quiet: bool) -> None:
+    """A state line per report on stdout (the journal), unless --quiet."""
+    if not quiet:
+        agent.add_report_listener(
+            "stdout", lambda report: print(format_report(report), flush=True))
 
 
 def _set_setpoint(agent: BoardAgent, watts: float | None) -> None:

@@ -79,18 +79,17 @@ def tune_loop(agent: BoardAgent, plan: RelayPlan, advance: Callable[[], None],
     of the simulated plant and clock in the simulator.
     """
     relay = RelayController(plan, power_min_w, power_max_w, soc_critical_c - SOC_ABORT_MARGIN_C)
-    controller, agent.controller = agent.controller, relay
     started_s = agent.clock()
     try:
-        while not relay.finished:
-            advance()
-            report = agent.tick()
-            if report.selected == "safe" and relay.relay is not None:
-                relay.abort(f"the safety supervisor put the board in {report.mode} during the "
-                            "relay test; see its event, fix the cause, then tune again")
-            relay.watch(agent.clock(), report.soc_c)
+        with agent.override_controller(relay):
+            while not relay.finished:
+                advance()
+                report = agent.tick()
+                if report.selected == "safe" and relay.relay is not None:
+                    relay.abort(f"the safety supervisor put the board in {report.mode} during "
+                                "the relay test; see its event, fix the cause, then tune again")
+                relay.watch(agent.clock(), report.soc_c)
     finally:
-        agent.controller = controller
         agent.governor.safe(freeze_workload=False)
     return TuneOutcome(plan, relay, agent.clock() - started_s)
 

@@ -176,7 +176,7 @@ class CommandProcessor:
         self.refused_commands = 0
         self._count_lock = threading.Lock()
         if agent is not None:
-            agent.supervisor.checks.append(self.request)
+            agent.supervisor.add_check(self, self.request)
 
     @classmethod
     def without_agent(cls, config_path: Path, board_id: str | None = None,
@@ -277,6 +277,8 @@ class CommandProcessor:
             self.calibration.poll(now, agent.readings.get(self.calibration.reading))
 
     def close(self) -> None:
+        if self.agent is not None:
+            self.agent.remove(self)
         if self.tune is not None:
             self.tune.restore()
             self.tune = None

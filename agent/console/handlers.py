@@ -6,6 +6,7 @@ control periods in the loop's thread; file and config reads that do not touch th
 on the caller's thread.
 """
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -76,12 +77,13 @@ class TuneJob:
         self.agent = agent
         self.plan = plan
         self.relay = relay
-        self.saved_controller = agent.controller
         self.started_s = now
-        agent.controller = relay
+        self._override = contextlib.ExitStack()
+        """Holds the relay in the agent from this period until `restore()`."""
+        self._override.enter_context(agent.override_controller(relay))
 
     def restore(self) -> None:
-        self.agent.controller = self.saved_controller
+        self._override.close()
 
 
 def _number(value: float | None, unit: str, digits: int = 2) -> str:

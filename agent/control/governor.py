@@ -17,9 +17,9 @@ import math
 from agent.control.power_model import PowerModel
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
-
-MIN_WORKLOAD_QUOTA_CPUS = 0.05
-MIN_HEATFILL_CPUS = 0.02
+from agent.drivers.safe_actuators import (
+    MIN_HEATFILL_CPUS, MIN_WORKLOAD_QUOTA_CPUS, safe_actuators)
+from agent.errors import HardwareError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +66,9 @@ class DvfsGovernor:
         """The SAFE settings: lowest frequency, workload frozen or at its minimum quota,
         heat-fill stopped."""
         self._dither_accumulator = 0.0
-        self.heatfill.freeze(True)
-        self.heatfill.set_quota(MIN_HEATFILL_CPUS)
-        self.workload.set_quota(MIN_WORKLOAD_QUOTA_CPUS)
-        self.workload.freeze(freeze_workload)
-        self.policy.cap(self.policy.min_khz)
+        failures = safe_actuators([self.policy], self.workload, self.heatfill, freeze_workload)
+        if failures:
+            raise HardwareError("SAFE settings not written: " + "; ".join(failures))
         return Settings(self.policy.min_khz, MIN_WORKLOAD_QUOTA_CPUS, freeze_workload, 0.0, 0.0)
 
     def _dither(self, command_w: float, demand: float, model: PowerModel,

@@ -97,15 +97,12 @@ class BoardLink:
             collections.OrderedDict())
         self._commands_waiting: queue.Queue[Message | None] = queue.Queue(maxsize=100)
         self._command_thread: threading.Thread | None = None
-        # The agent calls its publish callback each report period; we take it over and pass
-        # every report on to the previous one (the terminal's state lines).
-        self._previous_publish = agent.publish
-        agent.publish = self._on_report
-        agent.events.listeners.append(self._on_event)
+        agent.add_report_listener(self, self._on_report)
+        agent.subscribe_events(self, self._on_event)
         energy_reset = self.energy.load(link.envelope.wall_clock())
         if energy_reset is not None:
             self._record("energy_counter_reset", None, energy_reset, "warning")
-        agent.inputs.append(self._poll)
+        agent.add_input(self, self._poll)
         link.problem_listeners.append(lambda problem: self._record(*problem, "error"))
         link.subscribe(topics.setpoint, self._on_setpoint)
         link.subscribe(topics.interlock, self._on_interlock)
@@ -114,12 +111,7 @@ class BoardLink:
     def close(self) -> None:
         """Stop cleanly: energy saved, `offline` published, unsent events kept for next time."""
         agent = self.agent
-        if agent.publish == self._on_report:
-            agent.publish = self._previous_publish
-        if self._on_event in agent.events.listeners:
-            agent.events.listeners.remove(self._on_event)
-        if self._poll in agent.inputs:
-            agent.inputs.remove(self._poll)
+        agent.remove(self)
         if self._command_thread is not None:
             self._commands_waiting.put(None)
             self._command_thread.join(timeout=5.0)
@@ -132,31 +124,34 @@ class BoardLink:
     def state_payload(self, report) -> dict[str, Any]:
         """docs/mqtt.md "Board state"; anything unknown is None (null), never a guess."""
         agent = self.agent
-        water_in_c = self._reading("water_in")
-        water_out_c = self._reading("water_out")
-        flow_l_per_min = self._reading(agent.flow_reading)
+        status = agent.status()
+        water_in_c = self._value(status.readings, "water_in")
+        water_out_c = self._value(status.readings, "water_out")
+        flow_l_per_min = self._value(status.readings, agent.flow_reading)
         heat_w = None
         if None not in (water_in_c, water_out_c, flow_l_per_min):
             heat_w = (flow_l_per_min / 60.0 * WATER_KG_PER_L * WATER_CP_J_PER_KG_K
                       * (water_out_c - water_in_c))
-        min_w, max_w = agent.setpoints.power_min_w, agent.setpoints.power_max_w
+        min_w, max_w = status.power_min_w, status.power_max_w
         if report.allowed_w is not None:
             max_w = min(max_w, report.allowed_w)
             min_w = min(min_w, max_w)
         return {
             "mode": report.mode, "setpoint_w": report.setpoint_w,
-            "setpoint_source": agent.setpoints.status, "power_w": report.power_w,
+            "setpoint_source": status.setpoint_source, "power_w": report.power_w,
             "command_w": report.command_w, "selected": report.selected,
             "soc_c": report.soc_c, "oil_c": report.oil_c, "water_in_c": water_in_c,
             "water_out_c": water_out_c, "flow_l_per_min": flow_l_per_min, "heat_w": heat_w,
-            "min_w": min_w, "max_w": max_w, "faults": sorted(agent.supervisor.latched),
+            "min_w": min_w, "max_w": max_w, "faults": sorted(status.latched),
             "energy_electric_wh": self.energy.electric_wh,
             "energy_heat_wh": self.energy.heat_wh, "counter_reset": self.energy.counter_reset,
             "overruns": agent.timer.overruns,
         }
 
-    def _reading(self, name: str | None) -> float | None:
-        reading = self.agent.readings.get(name) if name else None
+    @staticmethod
+    def _value(readings, name: str | None) -> float | None:
+        """A reading's value if it is valid and finite, else None."""
+        reading = readings.get(name) if name else None
         if reading is None or not reading.ok or reading.value is None:
             return None
         return reading.value if math.isfinite(reading.value) else None
@@ -169,8 +164,6 @@ class BoardLink:
             self._handler_failed("the state report", error)
 
     def _publish_report(self, report) -> None:
-        if self._previous_publish is not None:
-            self._previous_publish(report)
         payload = self.state_payload(report)
         self.energy.count(report.time, report.power_w, payload["heat_w"])
         payload["energy_electric_wh"] = self.energy.electric_wh
@@ -208,9 +201,7 @@ class BoardLink:
             self._handler_failed("the message input", error)
 
     def _record(self, cause: str, value: Any, message: str, severity: str) -> None:
-        agent = self.agent
-        agent.events.record(Event(agent.clock(), cause, value, message,
-                                  agent.supervisor.mode.value, severity))
+        self.agent.record(cause, value, message, severity)
 
     def _handler_failed(self, what: str, error: Exception, on_loop: bool = True) -> None:
         """A bug met in a handler: logged with its traceback, and an event."""

@@ -26,20 +26,44 @@ class Event:
 
 
 class EventLog:
-    """The last `capacity` events, plus a journal line and listeners for each new one."""
+    """The last `capacity` events, and for each new one a journal line and the subscribers' calls.
+
+    Recording only keeps the event: the journal line and the subscribers (the MQTT link, a
+    simulator's farm) run in `deliver()`, which the agent calls after it has written its
+    actuators, so no I/O sits inside the supervise step and a slow subscriber cannot delay SAFE.
+    """
 
     def __init__(self, capacity: int = 256, journal: TextIO | None = sys.stdout):
         self.events: collections.deque[Event] = collections.deque(maxlen=capacity)
         self.journal = journal
-        self.listeners: list[Callable[[Event], None]] = []
+        self._subscribers: list[tuple[object, Callable[[Event], None]]] = []
+        self._pending: list[Event] = []
 
     def record(self, event: Event) -> None:
         self.events.append(event)
-        if self.journal is not None:
-            print(f"<{PRIORITY[event.severity]}>{event.cause}: {event.message}",
-                  file=self.journal, flush=True)
-        for listener in self.listeners:
-            listener(event)
+        self._pending.append(event)
+
+    def subscribe(self, owner: object, subscriber: Callable[[Event], None]) -> None:
+        """Call `subscriber` with every event delivered from now on, until `unsubscribe(owner)`."""
+        self._subscribers.append((owner, subscriber))
+
+    def unsubscribe(self, owner: object) -> None:
+        self._subscribers = [(o, s) for o, s in self._subscribers if o is not owner]
+
+    def deliver(self) -> None:
+        """Hand out what was recorded since the last call: a journal line each, then each
+        subscriber in the order they subscribed."""
+        pending, self._pending = self._pending, []
+        for event in pending:
+            if self.journal is not None:
+                print(f"<{PRIORITY[event.severity]}>{event.cause}: {event.message}",
+                      file=self.journal, flush=True)
+            for owner, subscriber in self._subscribers:
+                try:
+                    subscriber(event)
+                except Exception as error:  # a subscriber's bug must not reach the loop
+                    print(f"<3>events: {owner!r} failed on {event.cause}: {error!r}",
+                          file=sys.stderr, flush=True)
 
     def latest(self, count: int) -> list[Event]:
         return list(self.events)[-count:]

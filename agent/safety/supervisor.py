@@ -47,6 +47,8 @@ class Supervisor:
         self.sensor_checks = sensor_checks
         """SensorHealth checks: run first; a reading they flag is hidden from the rest."""
         self.checks = checks
+        self._added: list[tuple[object, object]] = []
+        """Checks other parts added (a technician's SAFE request), with their owners."""
         self.settings = settings
         self.power_min_w = power_min_w
         self.power_max_w = power_max_w
@@ -89,6 +91,16 @@ class Supervisor:
         self._escalate(now, findings)
         self.shutdown.power_off(now)
         return self._allowance(now, findings)
+
+    def add_check(self, owner: object, check) -> None:
+        """Run `check` after the built-in ones every period until `remove_checks(owner)`."""
+        self._added.append((owner, check))
+        self.checks.append(check)
+
+    def remove_checks(self, owner: object) -> None:
+        for added_by, check in [entry for entry in self._added if entry[0] is owner]:
+            self._added.remove((added_by, check))
+            self.checks.remove(check)
 
     def _raised(self, now: float, finding: Finding) -> None:
         severity = {Level.NOTICE: "warning", Level.LIMIT: "warning", Level.SAFE: "error", Level.FAULT: "critical",

@@ -99,7 +99,7 @@ class SimBoard:
         self.module, self.name, self.key = spec.module, spec.name, spec.key
         self.sim = SimulatedAgent(spec.directory / "board", clock, seed=spec.seed,
                                   extra_config=BOARD_CONFIG, events=EventLog(journal=None))
-        self.sim.agent.events.listeners.append(lambda event: on_event(self.key, event))
+        self.sim.agent.subscribe_events(self, lambda event: on_event(self.key, event))
         start_s = settings.clock_start_s
         self.link: BoardLink = connect_board(self.sim.agent, BoardConnection(
             LinkSettings(settings.host, settings.port, reconnect_max_s=2),

@@ -292,7 +292,7 @@ def acl_text(inventory: Inventory, module: str) -> str:
         f"topic read {module_root}/#",
         f"topic write {module_root}/leader/setpoint/+",
         *(f"topic write {module_root}/leader/{kind}" for kind in ("interlock", "status",
-                                                                   "state")),
+                                                                   "state", "event")),
         *(f"topic write {module_root}/+/cmd/{name}" for name in LEADER_COMMANDS),
         f"topic read {site_root}/site/#",
         "topic readwrite homeassistant/#"]))

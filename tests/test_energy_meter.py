@@ -56,12 +56,12 @@ def test_damaged_counter_file_is_kept_reported_and_the_reset_said(tmp_path, dama
     sim, link = board(tmp_path, store)
     kept = sorted(tmp_path.glob(f"{ENERGY_FILE}.damaged-*"))
     assert len(kept) == 1 and kept[0].read_text() == damage
+    sim.run_for(3.0)  # events are handed out after a period's actuators are written
     events = [e for e in sim.agent.events.events if e.cause == "energy_counter_reset"]
     assert len(events) == 1 and kept[0].name in events[0].message
     queued = link.link.outbox.peek_kept()  # it goes out over MQTT too, once connected
     assert queued.topic.endswith("/event")
     assert queued.message["cause"] == "energy_counter_reset"
-    sim.run_for(3.0)
     state = link.state_payload(sim.agent.last_report)
     assert kept[0].name in state["counter_reset"]
     link.close()  # the next save writes fresh counters; the kept copy stays as it was

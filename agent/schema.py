@@ -1,5 +1,6 @@
-"""Typed, bounded config fields: each driver declares its keys with these, and the config
-checker and the generated reference docs both read them, so they cannot drift apart."""
+"""Typed, bounded TOML fields: each driver and each file format declares its keys with these, and
+the table checker (agent.tables) and the generated reference docs both read them, so they cannot
+drift apart."""
 
 import dataclasses
 import re
@@ -21,6 +22,7 @@ class Field:
     pattern: str | None = None
     example: str = ""
     hex: bool = False
+    items: "Field | None" = None  # for a list: what each item must be
 
     @property
     def required(self) -> bool:

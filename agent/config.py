@@ -7,18 +7,14 @@ anything is raised, so an operator fixes a config in one round instead of one er
 """
 
 import dataclasses
-import difflib
 import importlib.resources
-import json
-import math
-import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigFileError, ConfigValueError
 from agent.schema import Field, Schema
+from agent.tables import ABSENT, TableCheck, suggest, toml_value
 
 DEFAULT_CONFIG_PATH = Path("/etc/hearth/hearth.toml")
 
@@ -178,11 +174,8 @@ PINS_SCHEMA: Schema = {
     "flow_gpio": Field(int, "pulse output of the water flow meter", min=0, max=27),
     "status_led_gpio": Field(int, "status LED, blinked by `identify`", min=0, max=27),
     "slot_id_gpios": Field(list, "slot-ID straps on the backplane, bit 0 first, each a BCM GPIO "
-                           "number from 0 to 27", example="[5, 6, 13]"),
+                           "number from 0 to 27", example="[5, 6, 13]", items=_GPIO),
 }
-
-# Keys whose value is a list, and what each item must be.
-_LIST_ITEMS: dict[str, Field] = {"slot_id_gpios": _GPIO}
 
 # Sections of the site config: (table name, schema, what it is for, required as a whole).
 SECTIONS: tuple[tuple[str, Schema, str, bool], ...] = (
@@ -226,9 +219,6 @@ MISSING_KEY_HINTS: dict[tuple[str, str], str] = {
     ("ds18b20", "id"): "the board definition leaves DS18B20 ids to each board: set it in the site "
                        "config; `hearth w1 list` shows the ids on this bus",
 }
-
-_ABSENT = object()
-
 
 def _dataclass_from(name: str, schema: Schema, doc: str) -> type:
     """Turn a section schema into a frozen dataclass, so the keys are declared only once."""
@@ -288,55 +278,6 @@ class BoardConfig:
         return effective
 
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One thing wrong in a config file, with what an operator needs to fix it.
-
-    key is a path such as `sensor[2] 'oil'.address` ([[sensor]] tables count from 1 within the
-    named file), or "" when the file as a whole is the problem.
-    """
-
-    file: str
-    key: str
-    expected: str
-    value: Any = _ABSENT
-    hint: str = ""
-    hex: bool = False
-
-    @property
-    def missing(self) -> bool:
-        return self.value is _ABSENT
-
-    def __str__(self) -> str:
-        if not self.key:
-            head = self.file
-        elif self.missing:
-            head = f"{self.file}: {self.key} is missing"
-        else:
-            head = f"{self.file}: {self.key} = {toml_value(self.value, hex=self.hex)}"
-        text = f"{head}: expected {self.expected}"
-        return f"{text}; {self.hint}" if self.hint else text
-
-
-def toml_value(value: Any, hex: bool = False) -> str:
-    """Render a value as TOML, for error messages and `hearth config show`."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"0x{value:02x}" if hex and value >= 0 else str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(item, hex) for item in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
-    return str(value)
-
-
 def board_definitions(config_dir: Path, packaged_boards: Any = None) -> dict[str, Any]:
     """Known board types and their files; one in <config dir>/boards replaces a shipped one."""
     packaged = packaged_boards if packaged_boards is not None else (
@@ -365,18 +306,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH, *,
     return _Check(Path(path), sensor_classes, packaged_boards).run()
 
 
-def _raise(problems: list[Problem]) -> None:
-    count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
-    message = f"{count} in the configuration:\n" + "\n".join(f"  {p}" for p in problems)
-    error_class = ConfigFileError if any(not p.key for p in problems) else ConfigValueError
-    raise error_class(message, problems=problems)
-
-
-def _suggest(word: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(word, known, n=1)
-    return f"did you mean {close[0]!r}?" if close else ""
-
-
 @dataclasses.dataclass
 class _Entry:
     """A value with where it was written, so an error can name the right file and table."""
@@ -396,41 +325,26 @@ class _SensorDraft:
     entries: dict[str, _Entry]
 
 
-class _Check:
+class _Check(TableCheck):
     """One pass over a site config and its board definition, collecting problems as it goes."""
 
     def __init__(self, path: Path, sensor_classes: Mapping[str, type], packaged_boards: Any):
+        super().__init__()
         self.path = path
         self.file = str(path)
         self.sensor_classes = sensor_classes
         self.packaged_boards = packaged_boards
-        self.problems: list[Problem] = []
         self.board_usable = True
         self.written: dict[str, _Entry] = {}  # section key path -> the value as written
 
-    def report(self, *args: Any, **kwargs: Any) -> None:
-        self.problems.append(Problem(*args, **kwargs))
-
-    def read_toml(self, source: Any) -> dict | None:
-        try:
-            return tomllib.loads(source.read_bytes().decode("utf-8"))
-        except OSError as error:
-            self.report(str(source), "", "a readable TOML file",
-                        hint=f"{error.strerror or error}; pass the right path, or start from "
-                        "docs/examples/hearth.toml")
-        except UnicodeDecodeError as error:
-            self.report(str(source), "", "a UTF-8 TOML file", hint=str(error))
-        except tomllib.TOMLDecodeError as error:
-            self.report(str(source), "", "valid TOML", hint=str(error))
-        return None
-
     def run(self) -> BoardConfig:
-        site = self.read_toml(self.path)
+        site = self.read_toml(self.path, "pass the right path, or start from "
+                              "docs/examples/hearth.toml")
         if site is None:
-            _raise(self.problems)
-        self.unknown_keys(site, {**TOP_SCHEMA, **{name: None for name, *_ in SECTIONS},
-                                 "sensor": None}, self.file, lambda key: key, "the top level")
-        board_type = self.value(TOP_SCHEMA["board_type"], site.get("board_type", _ABSENT),
+            self.raise_problems("the configuration")
+        self.unknown_keys(site, [*TOP_SCHEMA, *(name for name, *_ in SECTIONS), "sensor"],
+                          self.file, "", "the top level")
+        board_type = self.value(TOP_SCHEMA["board_type"], site.get("board_type", ABSENT),
                                 self.file, "board_type")
         board_file, board = self.board_definition(board_type)
         self.board_usable = board is not None
@@ -445,8 +359,7 @@ class _Check:
                                           report_missing=self.board_usable or name != "pins")
         sensors = self.sensors(site, board, board_file)
         self.cross_checks(sections)
-        if self.problems:
-            _raise(self.problems)
+        self.raise_problems("the configuration")
         return BoardConfig(
             path=self.path, board_type=board_type, board_path=board_file,
             board_description=board.get("description", ""),
@@ -457,47 +370,6 @@ class _Check:
             leader=Leader(**sections["leader"]) if sections["leader"] else None,
             site=Site(**sections["site"]) if sections["site"] else None)
 
-    def unknown_keys(self, table: dict, known: Mapping, file: str, key_path: Any,
-                     where: str) -> None:
-        for key, value in table.items():
-            if key not in known:
-                self.report(file, key_path(key), f"a key of {where}: " + ", ".join(known),
-                            value=value, hint=_suggest(key, list(known)))
-
-    def value(self, field: Field, value: Any, file: str, key_path: str,
-              missing_hint: str = "") -> Any:
-        """The value if it fits its field (defaults filled, ints widened to floats), else None."""
-        if value is _ABSENT:
-            if field.required:
-                self.report(file, key_path, field.expected(), hint=missing_hint or field.doc)
-                return None
-            value = field.default
-        expectation = field.problem(value)
-        if expectation is not None:
-            # A rule spelled only as a pattern needs the field's doc to be understood.
-            hint = field.doc if field.pattern and isinstance(value, field.type) else ""
-            self.report(file, key_path, expectation, value=value, hint=hint, hex=field.hex)
-            return None
-        if field.type is float:
-            return float(value)
-        if field.type is list:
-            return self.list_items(key_path, value, file)
-        return value
-
-    def list_items(self, key_path: str, items: list, file: str) -> tuple | None:
-        item_field = _LIST_ITEMS.get(key_path.rsplit(".", 1)[-1])
-        if item_field is None:
-            return tuple(items)
-        checked = [self.value(item_field, item, file, f"{key_path}[{position}]")
-                   for position, item in enumerate(items)]
-        return None if None in checked else tuple(checked)
-
-    def table(self, value: Any, file: str, key_path: str, noun: str) -> dict | None:
-        if isinstance(value, dict):
-            return value
-        self.report(file, key_path, noun, value=value)
-        return None
-
     def board_definition(self, board_type: str | None) -> tuple[str, dict | None]:
         """The board definition's file name and contents (None when it cannot be used)."""
         if board_type is None:
@@ -507,16 +379,16 @@ class _Check:
             self.report(self.file, "board_type",
                         "one of the known board types: " + (", ".join(map(repr, known)) or "none"),
                         value=board_type,
-                        hint=_suggest(board_type, list(known)) or
+                        hint=suggest(board_type, list(known)) or
                         f"add a definition as {self.path.parent / 'boards' / board_type}.toml")
             return "", None
         board_file = str(known[board_type])
         board = self.read_toml(known[board_type])
         if board is None:
             return board_file, None
-        self.unknown_keys(board, {**BOARD_SCHEMA, "pins": None, "sensor": None}, board_file,
-                          lambda key: key, "a board definition")
-        self.value(BOARD_SCHEMA["description"], board.get("description", _ABSENT), board_file,
+        self.unknown_keys(board, [*BOARD_SCHEMA, "pins", "sensor"], board_file, "",
+                          "a board definition")
+        self.value(BOARD_SCHEMA["description"], board.get("description", ABSENT), board_file,
                    "description")
         return board_file, board
 
@@ -530,7 +402,7 @@ class _Check:
             values = self.table(table[name], file, name, f"a table [{name}]")
             if values is None:
                 return None
-            self.unknown_keys(values, schema, file, lambda key: f"{name}.{key}", f"[{name}]")
+            self.unknown_keys(values, schema, file, f"{name}.", f"[{name}]")
             entries.update({key: _Entry(value, file) for key, value in values.items()
                             if key in schema})
         if not required and not any(name in table for table, _ in layers):
@@ -540,7 +412,7 @@ class _Check:
             if key not in entries and field.required and not report_missing:
                 checked[key] = None
                 continue
-            entry = entries.get(key, _Entry(_ABSENT, layers[0][1] or self.file))
+            entry = entries.get(key, _Entry(ABSENT, layers[0][1] or self.file))
             if key in entries:
                 self.written[f"{name}.{key}"] = entry
             checked[key] = self.value(field, entry.value, entry.file, f"{name}.{key}")
@@ -558,7 +430,7 @@ class _Check:
         for index, table in enumerate(tables, start=1):
             if self.table(table, file, f"sensor[{index}]", "a [[sensor]] table") is None:
                 continue
-            name = self.value(SENSOR_NAME_FIELD, table.get("name", _ABSENT), file,
+            name = self.value(SENSOR_NAME_FIELD, table.get("name", ABSENT), file,
                               f"sensor[{index}].name")
             if name in seen:
                 self.report(file, f"sensor[{index}].name",
@@ -604,17 +476,17 @@ class _Check:
     def sensor(self, draft: _SensorDraft) -> SensorConfig | None:
         label = f"sensor[{{}}] {draft.name!r}" if draft.name else "sensor[{}]"
         kinds = sorted(self.sensor_classes)
-        kind_entry = draft.entries.get("kind", _Entry(_ABSENT, draft.file, draft.index))
+        kind_entry = draft.entries.get("kind", _Entry(ABSENT, draft.file, draft.index))
         kind_path = f"{label.format(kind_entry.index)}.kind"
         kind = kind_entry.value
         if kind not in kinds:
             expected = "one of the sensor kinds: " + ", ".join(map(repr, kinds))
-            if kind is _ABSENT:
+            if kind is ABSENT:
                 if self.board_usable:  # else it may override a sensor of the unread board
                     self.report(kind_entry.file, kind_path, expected)
             else:
                 self.report(kind_entry.file, kind_path, expected, value=kind,
-                            hint=_suggest(str(kind), kinds))
+                            hint=suggest(str(kind), kinds))
             return None
         schema = self.sensor_classes[kind].SCHEMA
         settings = {}
@@ -623,9 +495,9 @@ class _Check:
                 self.report(entry.file, f"{label.format(entry.index)}.{key}",
                             f"a key of a {kind} sensor: " + (", ".join(schema) or
                                                              "none besides name and kind"),
-                            value=entry.value, hint=_suggest(key, list(schema)))
+                            value=entry.value, hint=suggest(key, list(schema)))
         for key, field in schema.items():
-            entry = draft.entries.get(key, _Entry(_ABSENT, draft.file, draft.index))
+            entry = draft.entries.get(key, _Entry(ABSENT, draft.file, draft.index))
             hint = MISSING_KEY_HINTS.get((kind, key), "")
             if not hint and draft.file != self.file:
                 hint = f"set it in the site config's [[sensor]] table with name = {draft.name!r}"

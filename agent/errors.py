@@ -11,7 +11,7 @@ class HearthError(Exception):
 class ConfigError(HearthError):
     """The configuration cannot be used; the message names file, key, value and expectation.
 
-    `problems` holds each finding separately (agent.config.Problem), so a checker can print or
+    `problems` holds each finding separately (agent.tables.Problem), so a checker can print or
     test them one by one instead of parsing the message.
     """
 

@@ -22,8 +22,9 @@ ABSENT = object()
 class Problem:
     """One thing wrong in a TOML file, with what an operator needs to fix it.
 
-    key is a dotted path such as `limits.soc_limit_c` or `sensor[2] 'oil'.address` (arrays of
-    tables count from 1 within the named file), or "" when the file as a whole is the problem.
+    key is a dotted path such as `limits.soc_limit_c` or `sensor[2] 'oil'.address` (arrays and
+    arrays of tables count from 1 within the named file, as an operator counts), or "" when the
+    file as a whole is the problem.
     """
 
     file: str
@@ -158,15 +159,16 @@ class TableCheck:
             if field.items is None:
                 return tuple(value)
             items = [self.value(field.items, item, file, f"{key}[{position}]")
-                     for position, item in enumerate(value)]
+                     for position, item in enumerate(value, start=1)]
             return None if None in items else tuple(items)
         return value
 
     def fields(self, table: Mapping, schema: Mapping[str, Field], file: str, prefix: str,
-               where: str) -> dict[str, Any]:
+               where: str, other_keys: Iterable[str] = ()) -> dict[str, Any]:
         """Every key of schema read from table (None where a value is bad), unknown keys
-        reported. prefix is the table's dotted path with its dot, "" at the top level."""
-        self.unknown_keys(table, schema, file, prefix, where)
+        reported. prefix is the table's dotted path with its dot, "" at the top level;
+        other_keys are known keys (sub-tables) that the caller reads itself."""
+        self.unknown_keys(table, [*schema, *other_keys], file, prefix, where)
         return {key: self.value(field, table.get(key, ABSENT), file, prefix + key)
                 for key, field in schema.items()}
 

@@ -63,7 +63,7 @@ BROKEN = [
     ("out of range", 'board_type = "oil-carrier"\n[limits]\nsoc_critical_c = 85\n' + IDS,
      ["limits.soc_critical_c = 85", "expected a number from 40 to 79"]),
     ("bad list item", 'board_type = "oil-carrier"\n[pins]\nslot_id_gpios = [5, 40]\n' + IDS,
-     ["pins.slot_id_gpios[1] = 40", "expected an integer from 0 to 27"]),
+     ["pins.slot_id_gpios[2] = 40", "expected an integer from 0 to 27"]),
     ("duplicate sensor name", 'board_type = "oil-carrier"\n' + IDS +
      '[[sensor]]\nname = "tank"\nkind = "soc"\n[[sensor]]\nname = "tank"\nkind = "soc"\n',
      ['sensor[4].name = "tank"', "a name no other [[sensor]] in this file has (sensor[3] has it)"]),

@@ -160,10 +160,10 @@ module = "m1"
     with pytest.raises(ConfigValueError) as caught:
         parse_site_scenario(text, "broken.toml", "broken")
     problems = caught.value.problems
-    text = "\n".join(problems)
+    text = "\n".join(map(str, problems))
     assert "broken.toml: duration_s = 10" in text
     assert "building.load[2] = [0, 2.0]" in text
-    assert "at[1].action = 'pump_of'" in text
+    assert 'at[1].action = "pump_of"' in text
     assert "at[2].board is missing" in text
     assert "at[2].fault is missing" in text
 

@@ -24,7 +24,7 @@ def test_every_problem_of_a_table_is_collected_with_file_key_value_and_expectati
         "did you mean 'period_s'?",
         "site.toml: control.period_s = 5: expected a number from 0.02 to 1",
         "site.toml: control.name is missing: expected a string like 'oil'; a name",
-        "site.toml: control.gpios[1] = 40: expected an integer from 0 to 27",
+        "site.toml: control.gpios[2] = 40: expected an integer from 0 to 27",
     ]
     with pytest.raises(ConfigValueError) as raised:
         check.raise_problems("the test file")

@@ -8,12 +8,11 @@ the value and what was expected.
 import dataclasses
 import importlib.resources
 import random
-import tomllib
 from pathlib import Path
-from typing import Any
 
 from agent.errors import ConfigFileError, ConfigValueError
 from agent.schema import Field
+from agent.tables import ABSENT, TableCheck
 
 QUANTITIES = {
     "setpoint_w": Field(float, "board power setpoint", min=0.0, max=20.0),
@@ -75,67 +74,33 @@ class Scenario:
     events: tuple[Event, ...]
 
 
-class TableChecker:
-    """Collects every problem of a scenario file, each with file, key, value and expectation."""
-
-    def __init__(self, file: str):
-        self.file = file
-        self.problems: list[str] = []
-
-    def table(self, table: Any, fields: dict[str, Field], where: str) -> dict:
-        if not isinstance(table, dict):
-            self.problems.append(f"{self.file}: {where} = {table!r}: expected a table")
-            return {}
-        values = {}
-        for key, value in table.items():
-            if key not in fields:
-                self.problems.append(f"{self.file}: {where}{key} is not a known key; expected "
-                                     f"one of {', '.join(sorted(fields))}")
-                continue
-            problem = fields[key].problem(value)
-            if problem:
-                self.problems.append(f"{self.file}: {where}{key} = {value!r}: expected {problem}")
-            else:
-                values[key] = value
-        for key, field in fields.items():
-            if key not in table and key not in values:
-                if field.required:
-                    self.problems.append(f"{self.file}: {where}{key} is missing: expected "
-                                         f"{field.expected()}")
-                else:
-                    values[key] = field.default
-        return values
-
-
 def parse_scenario(text: str, file: str, name: str) -> Scenario:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigFileError(f"{file}: not valid TOML: {error}") from None
-    check = TableChecker(file)
-    top = check.table({k: v for k, v in data.items() if k not in ("start", "at")},
-                      TOP_FIELDS, "")
-    start = check.table(data.get("start", {}),
-                        {k: dataclasses.replace(f, default=None) for k, f in QUANTITIES.items()},
-                        "start.")
+    check = TableCheck()
+    data = check.parse_toml(text, file)
+    if data is None:
+        check.raise_problems("the scenario")
+    top = check.fields(data, TOP_FIELDS, file, "", "a scenario", other_keys=("start", "at"))
+    start_table = check.table(data.get("start", {}), file, "start") or {}
+    start = check.fields(start_table, {k: dataclasses.replace(f, default=None)
+                                       for k, f in QUANTITIES.items()}, file, "start.", "[start]")
     events = []
-    for index, raw in enumerate(data.get("at", []), 1):
-        where = f"at[{index}]."
-        raw = dict(raw) if isinstance(raw, dict) else raw
-        random_table = raw.pop("workload_random", None) if isinstance(raw, dict) else None
-        values = check.table(raw, EVENT_FIELDS, where)
+    for path, raw in check.tables(data.get("at", ABSENT), file, "at"):
+        before = len(check.problems)
+        values = check.fields(raw, EVENT_FIELDS, file, f"{path}.", "[[at]]",
+                              other_keys=("workload_random",))
         random_workload = None
-        if random_table is not None:
-            settings = check.table(random_table, RANDOM_FIELDS, where + "workload_random.")
-            if len(settings) == len(RANDOM_FIELDS):
-                random_workload = RandomWorkload(**settings)
-        if "time_s" in values:
+        if "workload_random" in raw:
+            random_table = check.table(raw["workload_random"], file, f"{path}.workload_random")
+            if random_table is not None:
+                settings = check.fields(random_table, RANDOM_FIELDS, file,
+                                        f"{path}.workload_random.", "[at.workload_random]")
+                if None not in settings.values():
+                    random_workload = RandomWorkload(**settings)
+        if len(check.problems) == before:
             events.append(Event(values["time_s"], values["ramp_s"],
-                                {k: values[k] for k in QUANTITIES if values.get(k) is not None},
+                                {k: values[k] for k in QUANTITIES if values[k] is not None},
                                 values["fault"], values["clear"], random_workload))
-    if check.problems:
-        raise ConfigValueError(f"{len(check.problems)} problem(s) in the scenario:\n  "
-                               + "\n  ".join(check.problems), problems=check.problems)
+    check.raise_problems("the scenario")
     return Scenario(name, top["description"], top["duration_s"],
                     {k: v for k, v in start.items() if v is not None},
                     tuple(sorted(events, key=lambda e: e.time_s)))

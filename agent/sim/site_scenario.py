@@ -8,13 +8,12 @@ file, the key, the value and what was expected.
 
 import dataclasses
 import importlib.resources
-import tomllib
 from pathlib import Path
-from typing import Any
 
 from agent.errors import ConfigFileError, ConfigValueError
 from agent.schema import Field
-from agent.sim.scenario import FAULTS, TableChecker
+from agent.sim.scenario import FAULTS
+from agent.tables import ABSENT, TableCheck
 
 BUILTIN_PACKAGE = "agent.sim.site_scenarios"
 ACTIONS = {
@@ -91,55 +90,56 @@ class SiteScenario:
     actions: tuple[Action, ...]
 
 
-def _load_points(check: TableChecker, value: Any) -> tuple[tuple[float, float], ...]:
-    where = f"{check.file}: building.load"
+def _load_points(check: TableCheck, file: str,
+                 value: tuple | None) -> tuple[tuple[float, float], ...]:
+    """The load curve's points; value is None when it was not a list (already reported)."""
+    if value is None:
+        return ()
     points = []
-    for index, point in enumerate(value if isinstance(value, list) else [], 1):
+    for index, point in enumerate(value, 1):
         if (not isinstance(point, list) or len(point) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            for v in point) or not 0.0 <= point[1] <= 1.5 or point[0] < 0):
-            check.problems.append(f"{where}[{index}] = {point!r}: expected [time_s, fraction] "
-                                  "with time_s >= 0 and a fraction from 0 to 1.5")
+            check.report(file, f"building.load[{index}]", "[time_s, fraction] with time_s >= 0 "
+                         "and a fraction from 0 to 1.5", value=point)
             continue
         points.append((float(point[0]), float(point[1])))
-    if not points and not check.problems:
-        check.problems.append(f"{where} = {value!r}: expected at least one [time_s, fraction]")
+    if not value:
+        check.report(file, "building.load", "at least one [time_s, fraction]", value=list(value))
     if any(b[0] <= a[0] for a, b in zip(points, points[1:])):
-        check.problems.append(f"{where}: times must rise from point to point")
+        check.report(file, "building.load", "times that rise from point to point",
+                     value=list(value))
     return tuple(points)
 
 
 def parse_site_scenario(text: str, file: str, name: str) -> SiteScenario:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigFileError(f"{file}: not valid TOML: {error}") from None
-    check = TableChecker(file)
-    top = check.table({k: v for k, v in data.items() if k not in ("building", "at")},
-                      TOP_FIELDS, "")
-    building = check.table(data.get("building", {}), BUILDING_FIELDS, "building.")
-    points = _load_points(check, building.get("load", BUILDING_FIELDS["load"].default))
+    check = TableCheck()
+    data = check.parse_toml(text, file)
+    if data is None:
+        check.raise_problems("the site scenario")
+    top = check.fields(data, TOP_FIELDS, file, "", "a site scenario",
+                       other_keys=("building", "at"))
+    building_table = check.table(data.get("building", {}), file, "building") or {}
+    building = check.fields(building_table, BUILDING_FIELDS, file, "building.", "[building]")
+    points = _load_points(check, file, building["load"])
     actions = []
-    for index, raw in enumerate(data.get("at", []), 1):
-        where = f"at[{index}]."
-        values = check.table(raw, EVENT_FIELDS, where)
-        if len(values) != len(EVENT_FIELDS):
+    for path, raw in check.tables(data.get("at", ABSENT), file, "at"):
+        before = len(check.problems)
+        values = check.fields(raw, EVENT_FIELDS, file, f"{path}.", "[[at]]")
+        if len(check.problems) != before:
             continue
         action = Action(**values)
         needs = ACTIONS[action.action]
         if needs in ("module", "board") and not action.module:
-            check.problems.append(f"{file}: {where}module is missing: {action.action} needs "
-                                  "a module, like 'm1'")
+            check.report(file, f"{path}.module", f"a module, like 'm1': {action.action} acts on "
+                         "one")
         if needs == "board" and not action.board:
-            check.problems.append(f"{file}: {where}board is missing: {action.action} needs "
-                                  "a board, like 'b03'")
+            check.report(file, f"{path}.board", f"a board, like 'b03': {action.action} acts on "
+                         "one")
         if action.action in ("board_fault", "board_clear") and not action.fault:
-            check.problems.append(f"{file}: {where}fault is missing: expected one of "
-                                  + ", ".join(FAULTS))
+            check.report(file, f"{path}.fault", "one of " + ", ".join(map(repr, FAULTS)))
         actions.append(action)
-    if check.problems:
-        raise ConfigValueError(f"{len(check.problems)} problem(s) in the site scenario:\n  "
-                               + "\n  ".join(check.problems), problems=check.problems)
+    check.raise_problems("the site scenario")
     return SiteScenario(name, top["description"], top["duration_s"],
                         Building(building["target_c"], building["start_c"],
                                  building["tank_litres_per_board"], points),

@@ -8,24 +8,21 @@ import pytest
 
 from agent.mqtt.link import NetworkLoop
 from agent.sim.board_farm import BoardSpec, FarmSettings, LocalFarm, WorkerFarm
-from agent.sim.broker import Broker
 from agent.sim.clock import SimClock
 
 WATER = {"m1": (40.0, 0.5)}
 
 
 @pytest.fixture
-def broker():
-    server = Broker().start(threaded=False)
-    yield server
-    server.stop()
+def broker(mosquitto):
+    return mosquitto()
 
 
 def farms(broker, sim_dir, seed=7):
     settings = FarmSettings("127.0.0.1", broker.port, clock_start_s=1000.0,
                             wall_epoch=time.time(), water_c=40.0)
     clock = SimClock(1000.0)
-    network = NetworkLoop(threaded=False, beside=broker.run_once)
+    network = NetworkLoop(threaded=False)
     local = LocalFarm([BoardSpec(sim_dir / "local", "m1", "b01", seed)], settings, clock, network)
     worker = WorkerFarm([BoardSpec(sim_dir / "worker", "m1", "b02", seed)], settings,
                         network.wait)

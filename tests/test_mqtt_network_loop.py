@@ -10,7 +10,6 @@ import uuid
 
 from agent.mqtt.link import Link, LinkSettings, NetworkLoop
 from agent.mqtt.outbox import Outbox
-from agent.sim.broker import Broker
 
 LINKS = 400
 """With paho's own threads (three descriptors each) this many would pass descriptor 1023,
@@ -166,12 +165,12 @@ def test_a_keepalive_timeout_on_a_network_loop_reconnects(mosquitto, tmp_path):
         network.close()
 
 
-def test_one_thread_runs_clients_and_broker_and_settle_delivers_at_once(tmp_path):
-    """The simulator's way: a NetworkLoop without a thread and the built-in broker beside it,
-    both run by the caller. One settle() moves a message through the broker to its reader."""
+def test_one_thread_runs_every_client_and_delivers_in_order(mosquitto, tmp_path):
+    """The simulator's way: a NetworkLoop without a thread, run by the caller between its
+    steps, with Mosquitto in its own process. No thread is started; messages arrive in order."""
+    broker = mosquitto()
     threads_before = threading.active_count()
-    broker = Broker().start(threaded=False)
-    network = NetworkLoop(threaded=False, beside=broker.run_once)
+    network = NetworkLoop(threaded=False)
     sender = make_link(broker.port, tmp_path, "sender", network)
     reader = make_link(broker.port, tmp_path, "reader", network)
     got = []
@@ -186,8 +185,7 @@ def test_one_thread_runs_clients_and_broker_and_settle_delivers_at_once(tmp_path
         assert threading.active_count() == threads_before
         for n in range(3):
             sender.publish("one/thread", {"n": n}, qos=1)
-            network.settle()
-            reader.poll()
+            run_until(network, reader, lambda: len(got) == n + 1)
             assert got == list(range(n + 1))
         # a handler added after the topic was heard is called too (the topic -> handlers
         # answer is kept until the subscriptions change)
@@ -195,21 +193,28 @@ def test_one_thread_runs_clients_and_broker_and_settle_delivers_at_once(tmp_path
         reader.subscribe("one/+", lambda m: also.append(m.data()["n"]))
         network.wait(0.1)
         sender.publish("one/thread", {"n": 3}, qos=1)
-        network.settle()
-        reader.poll()
+        run_until(network, reader, lambda: also)
         assert got == [0, 1, 2, 3] and also == [3]
     finally:
         sender.close(timeout_s=0.5)
         reader.close(timeout_s=0.5)
         network.close()
-        broker.stop()
 
 
-def test_one_round_of_the_loop_reads_everything_a_socket_holds(tmp_path):
+def run_until(network: NetworkLoop, reader: Link, condition, timeout_s: float = 10.0) -> None:
+    """Run the loop on this thread until the reader has what it waits for."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not delivered"
+        network.wait(0.005)
+        reader.poll()
+
+
+def test_one_round_of_the_loop_reads_everything_a_socket_holds(mosquitto, tmp_path):
     """paho's loop_read reads one QoS 0 packet per call: a leader hearing 64 boards would need
     64 rounds of the loop for one second's states. The loop reads a ready socket dry."""
-    broker = Broker().start(threaded=False)
-    network = NetworkLoop(threaded=False, beside=broker.run_once)
+    broker = mosquitto()
+    network = NetworkLoop(threaded=False)
     senders = [make_link(broker.port, tmp_path, f"s{n}", network) for n in range(64)]
     reader = make_link(broker.port, tmp_path, "reader", network)
     got = []
@@ -225,8 +230,7 @@ def test_one_round_of_the_loop_reads_everything_a_socket_holds(tmp_path):
         for n, sender in enumerate(senders):
             sender.publish(f"many/{n}", {"n": n}, qos=0)
         network.run_once(0.0)  # the senders write
-        broker.run_once(0.0)  # the broker routes all 64 to the reader
-        time.sleep(0.05)
+        time.sleep(0.5)  # Mosquitto routes all 64 to the reader
         network.run_once(0.0)  # one round: the reader reads
         reader.poll(max_messages=1000)
         assert sorted(got) == list(range(64))
@@ -234,4 +238,3 @@ def test_one_round_of_the_loop_reads_everything_a_socket_holds(tmp_path):
         for link in senders + [reader]:
             link.close(timeout_s=0.5)
         network.close()
-        broker.stop()

@@ -1,5 +1,6 @@
-"""The simulated site end to end: site role, leaders and boards over a real broker (the built-in
-one and Mosquitto, the same test on both), a scenario that breaks things, and the report."""
+"""The simulated site end to end: site role, leaders and boards over a Mosquitto of the run's own
+(persistence on, stopped and started for the broker outage, as `hearth sim` runs it), a scenario
+that breaks things, and the report."""
 
 import json
 import subprocess
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from agent import cli
 from agent.errors import ConfigValueError
-from agent.sim.broker import Broker
+from agent.sim import mosquitto as mosquitto_module
 from agent.sim.report import summarize
 from agent.sim.site import BrokerAccess, SiteLayout, SiteSimulation
 from agent.sim.site_scenario import (builtin_site_scenarios, load_site_scenario,
@@ -61,16 +63,9 @@ fault = "stuck:soc"
 """
 
 
-@pytest.fixture(params=["built-in", "mosquitto"])
-def broker_access(request, mosquitto):
-    if request.param == "built-in":
-        broker = Broker().start(threaded=False)
-        yield BrokerAccess.built_in(broker)
-        broker.stop()
-    else:
-        server = mosquitto()
-        yield BrokerAccess("127.0.0.1", server.port,
-                           lambda down: server.stop() if down else server.start(), "mosquitto")
+@pytest.fixture
+def broker_access(mosquitto):
+    return BrokerAccess.own(mosquitto(persistence=True))
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["one process", "boards in a worker"])
@@ -123,11 +118,22 @@ def test_sim_command_writes_a_report_a_person_can_open(tmp_path):
     assert "balance" in result.stdout and "closes within" in result.stdout
     assert f"Report: {report}/" in result.stdout
     for name in ("summary.txt", "summary.json", "recording.json", "demand.png",
-                 "temperatures.png", "boards.png", "modules.png", "sim.log"):
+                 "temperatures.png", "boards.png", "modules.png", "sim.log", "mosquitto.log"):
         assert (report / name).stat().st_size > 0, name
     assert (report / "demand.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((report / "summary.json").read_text())
     assert {f["kind"] for f in summary["faults"]} == {"pump_off", "leader_crash"}  # in 600 s
+
+
+def test_sim_without_mosquitto_installed_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(mosquitto_module, "SBIN_PATHS", ())
+    report = tmp_path / "report"
+    assert cli.main(["sim", "--report", str(report)]) == 2
+    error = capsys.readouterr().err
+    assert "hearth sim: mosquitto is not installed" in error
+    assert "apt install mosquitto" in error and "scripts/setup-dev --demo" in error
+    assert not report.exists()
 
 
 def test_every_builtin_site_scenario_loads():

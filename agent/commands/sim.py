@@ -1,7 +1,8 @@
 """`hearth sim`: a whole site on this machine - the site role, a leader per module and every
 board's agent, over real MQTT - playing a site scenario, with a live view and a report.
 
-The broker is built in (agent/sim/broker.py) unless `--broker HOST:PORT` names a running one.
+The broker is a Mosquitto of the run's own on a free loopback port (agent/sim/mosquitto.py),
+the broker a site runs, unless `--broker HOST:PORT` names a running one.
 """
 
 import argparse
@@ -13,8 +14,8 @@ import time
 from pathlib import Path
 
 from agent.errors import ConfigValueError
-from agent.sim.broker import Broker
 from agent.sim.live_view import LiveView
+from agent.sim.mosquitto import Mosquitto, find_mosquitto
 from agent.sim.report import format_summary, summarize, write_report
 from agent.sim.scratch import scratch_directory
 from agent.sim.site import BrokerAccess, SiteLayout, SiteSimulation
@@ -40,8 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="simulated seconds per wall second; 0 (default) runs as fast as "
                         "it can")
     parser.add_argument("--broker", metavar="HOST:PORT",
-                        help="use this MQTT broker instead of the built-in one (broker outages "
-                        "in the scenario are then skipped)")
+                        help="use this MQTT broker instead of starting a Mosquitto of the "
+                        "run's own (broker outages in the scenario are then skipped)")
     parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
                         help="worker processes that step most of the boards on the other "
                         f"cores (default: one fewer than the cores, {default_workers()} here); "
@@ -68,47 +69,61 @@ def run(args: argparse.Namespace) -> int:
     if args.modules < 1 or args.boards < 1:
         raise ConfigValueError(f"--modules {args.modules} --boards {args.boards}: expected at "
                                "least one module of at least one board")
+    external = parse_broker(args.broker) if args.broker else None
+    if external is None:
+        find_mosquitto()  # not installed: say so before a report directory is made
     scenario = load_site_scenario(args.scenario)
     layout = SiteLayout(args.modules, args.boards)
     report_dir = args.report or Path("reports") / (
         f"sim-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    broker = None
-    if args.broker:
-        host, port = parse_broker(args.broker)
-        access = BrokerAccess(host, port, None, f"external {host}:{port}")
-    else:
-        broker = Broker().start(threaded=False)
-        access = BrokerAccess.built_in(broker)
-    print(f"hearth sim: {layout.modules} modules x {layout.boards_per_module} boards, "
-          f"scenario {scenario.name!r} ({scenario.duration_s / 3600:g} h simulated), "
-          f"{access.name} broker on port {access.port}", flush=True)
-    print(f"  {scenario.description}", flush=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     log_handler = _log_to(report_dir / "sim.log")
     try:
         with scratch_directory("hearth-sim-") as directory:
-            simulation = SiteSimulation(scenario, layout, Path(directory), access,
-                                        workers=args.workers,
-                                        worker_log=report_dir / "sim.log")
-            gc.collect()
-            gc.freeze()  # the site lives as long as the run: keep it out of every collection
+            broker = None
+            if external is not None:
+                host, port = external
+                access = BrokerAccess(host, port, None, f"external {host}:{port}")
+            else:
+                broker = Mosquitto.on_loopback(Path(directory) / "broker",
+                                               log_path=report_dir / "mosquitto.log").start()
+                logging.getLogger("hearth.sim").info(
+                    "broker: Mosquitto (pid %d) on %s:%d, persistence on; its log is %s",
+                    broker.process.pid, broker.host, broker.port, broker.log_path)
+                access = BrokerAccess.own(broker)
             try:
-                recording = simulation.run(args.speed, LiveView(sys.stdout,
-                                                                sys.stdout.isatty()))
+                recording = _run_site(args, scenario, layout, Path(directory), access,
+                                      report_dir)
             finally:
-                simulation.close()
+                if broker is not None:
+                    broker.stop()
     finally:
-        if broker is not None:
-            broker.stop()
         logging.getLogger().removeHandler(log_handler)
         log_handler.close()
     summary = summarize(recording)
     paths = write_report(recording, report_dir)
     print()
     print(format_summary(summary))
-    names = sorted(p.name for p in paths.values()) + ["sim.log"]
+    names = sorted(p.name for p in paths.values()) + ["sim.log"] + (
+        [] if external else ["mosquitto.log"])
     print(f"\nReport: {report_dir}/ ({', '.join(names)})")
     return 0
+
+
+def _run_site(args: argparse.Namespace, scenario, layout: SiteLayout, directory: Path,
+              access: BrokerAccess, report_dir: Path):
+    print(f"hearth sim: {layout.modules} modules x {layout.boards_per_module} boards, "
+          f"scenario {scenario.name!r} ({scenario.duration_s / 3600:g} h simulated), "
+          f"{access.name} broker on port {access.port}", flush=True)
+    print(f"  {scenario.description}", flush=True)
+    simulation = SiteSimulation(scenario, layout, directory, access, workers=args.workers,
+                                worker_log=report_dir / "sim.log")
+    gc.collect()
+    gc.freeze()  # the site lives as long as the run: keep it out of every collection
+    try:
+        return simulation.run(args.speed, LiveView(sys.stdout, sys.stdout.isatty()))
+    finally:
+        simulation.close()
 
 
 def _log_to(path: Path) -> logging.Handler:

@@ -9,12 +9,13 @@ message may arrive a simulated second or two later than on a quiet real site, wh
 must tolerate anyway. Boards run at a 1 s control period here (0.1 s on a real board) so a
 simulated hour of 64 boards fits in a minute; docs/scenarios.md says so.
 
-Every Link shares one NetworkLoop that this loop runs between steps (NetworkLoop.settle), and
-the built-in broker runs beside it: the whole simulation is one busy thread. With a paho
-thread per client and the broker on its own thread, contention for the interpreter made every
-board's step two to three times slower than the work itself. Between steps, messages are
-moved until nothing is left to move, so a board's state reaches its leader in the same
-simulated second. With `workers`, most boards run in worker processes on the other cores
+Every Link shares one NetworkLoop that this loop runs between steps (NetworkLoop.settle): the
+simulation's clients are one busy thread, and the broker is a Mosquitto process beside it
+(agent/sim/mosquitto.py), the broker a site runs. With a paho thread per client, contention
+for the interpreter made every board's step two to three times slower than the work itself.
+Between steps, messages are moved until nothing is left to move; one that Mosquitto has not
+routed yet by then arrives a step later, as it may on a site. With `workers`, most boards run
+in worker processes on the other cores
 (agent/sim/board_farm.py), given each period's inputs two periods ahead so they never wait
 for this process (SiteSimulation._send_inputs); the site reads each board's BoardState.
 
@@ -40,8 +41,8 @@ from agent.mqtt.outbox import Outbox
 from agent.persist import StateStore
 from agent.sim.board_farm import (BOARD_PERIOD_S, SITE, BoardSpec, BoardState,
                                   FarmSettings, FaultChange, LocalFarm, Water, WorkerFarm)
-from agent.sim.broker import Broker
 from agent.sim.clock import SimClock
+from agent.sim.mosquitto import Mosquitto
 from agent.sim.params import BoardParams
 from agent.sim.plant import WATER_KG_PER_L
 from agent.sim.recording import FaultRecord, Recording
@@ -79,17 +80,13 @@ class BrokerAccess:
     port: int
     set_down: Callable[[bool], None] | None = None
     name: str = "external"
-    serve: Callable[[float], int] | None = None
-    """Runs a broker that lives on the simulation's thread for up to the given seconds
-    (Broker.run_once of one started with threaded=False); None: it runs by itself."""
 
     @classmethod
-    def built_in(cls, broker: Broker) -> "BrokerAccess":
-        """The in-process broker, started with threaded=False: it runs on the simulation's
-        thread, and an outage pauses it."""
-        return cls("127.0.0.1", broker.port,
-                   lambda down: broker.pause() if down else broker.resume(), "built-in",
-                   broker.run_once)
+    def own(cls, broker: Mosquitto) -> "BrokerAccess":
+        """A Mosquitto the simulation started: an outage stops the process and the end of it
+        starts it again on the same port, its persistence keeping what it retained."""
+        return cls(broker.host, broker.port,
+                   lambda down: broker.stop() if down else broker.start(), "own Mosquitto")
 
 
 class BoardView:
@@ -215,7 +212,7 @@ class SiteSimulation:
         self._check_targets(layout)
         self.directory = directory
         self.modules: dict[str, SimModule] = {}
-        self.network = NetworkLoop(threaded=False, beside=broker.serve)
+        self.network = NetworkLoop(threaded=False)
         specs = [BoardSpec(directory / module / name, module, name, seed)
                  for seed, (module, name) in enumerate(
                      (module, name) for module in layout.module_names()
@@ -246,13 +243,14 @@ class SiteSimulation:
                          "to_room": 0.0, "load": 0.0}
 
     LOCAL_SHARE = 0.55
-    """Boards this process steps for every board one worker steps: it also runs the broker,
-    the leaders and the site (balanced on a 64-board module with one worker, 2 cores)."""
+    """Boards this process steps for every board one worker steps: it also runs the leaders and
+    the site (balanced on a 64-board module with one worker, 2 cores, while this process also
+    ran the broker; Mosquitto now takes its share of the cores from outside)."""
 
     def _start_farms(self, specs: list[BoardSpec], settings: FarmSettings,
                      workers: int) -> list:
         """Deal the boards: with workers, this process keeps a smaller share, because it also
-        runs the broker, the leaders and the site."""
+        runs the leaders and the site."""
         share = self.LOCAL_SHARE / (self.LOCAL_SHARE + max(0, workers))
         local_count = round(len(specs) * share)
         farms: list = [LocalFarm(specs[:local_count], settings, self.clock, self.network)]

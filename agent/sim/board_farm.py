@@ -195,8 +195,8 @@ class WorkerFarm:
     A step carries its own inputs (the water, the faults that change), so a queued step does
     not depend on anything sent after it.
 
-    `serve(seconds)` runs the simulation's network (and the built-in broker) while it waits for
-    the worker, because the worker's boards need the broker to answer them meanwhile."""
+    `serve(seconds)` runs the simulation's network while it waits for the worker, so the
+    leaders and the site read what the worker's boards send meanwhile."""
 
     def __init__(self, specs: list[BoardSpec], settings: FarmSettings,
                  serve: Callable[[float], None]):

@@ -10,13 +10,16 @@ technician what to fix.
 """
 
 import dataclasses
-import re
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.errors import ConfigError
+from agent.schema import Field
+from agent.tables import ABSENT, TableCheck
+
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,31}"
+NAME_RULE = "lower-case letters, digits, '-' or '_', at most 32, starting with a letter or digit"
 IDENTITY_FILE = "/boot/firmware/hearth-identity.toml"
 IDENTITY_TABLE = "/etc/hearth/identity-table.toml"
 CPUINFO = "/proc/cpuinfo"
@@ -60,6 +63,21 @@ class Resolution:
         return self.identity is not None
 
 
+IDENTITY_FIELDS = {
+    "site": Field(str, "the site: " + NAME_RULE, pattern=NAME_PATTERN, example="maple-school"),
+    "module": Field(str, "the module: " + NAME_RULE, pattern=NAME_PATTERN, example="m1"),
+    "board": Field(str, "the board in its module: " + NAME_RULE, pattern=NAME_PATTERN,
+                   example="b07"),
+}
+TABLE_ENTRY_FIELDS = {
+    "module": IDENTITY_FIELDS["module"],
+    "board": IDENTITY_FIELDS["board"],
+    "serial": Field(str, "the SoC serial number, hexadecimal", default=None,
+                    example="10000000a1b2c3d4"),
+    "slot": Field(int, "the backplane slot its straps give", default=None, min=1, max=63),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TableEntry:
     identity: Identity
@@ -67,23 +85,24 @@ class TableEntry:
     slot: int | None
 
 
-def _name(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
-        raise ValueError(f"{where}: {key} = {value!r} is not a name like 'maple-school' "
-                         f"(lower-case letters, digits, '-' or '_', at most 32, matching "
-                         f"^{NAME_PATTERN}$)")
-    return value
+def read_identity(check: TableCheck, table: Any, file: str, key: str) -> Identity | None:
+    """An Identity from a table of site, module and board, or None with every problem reported;
+    key is the table's dotted path in file ("" when the names are not in a file's table)."""
+    table = check.table(table, file, key, "a table with site, module and board")
+    if table is None:
+        return None
+    values = check.fields(table, IDENTITY_FIELDS, file, f"{key}." if key else "",
+                          "an identity")
+    return None if None in values.values() else Identity(**values)
 
 
-def identity_from_mapping(mapping: Any, where: str) -> Identity:
-    """Build an Identity from a TOML table; raises ValueError naming the key, value and rule."""
-    if not isinstance(mapping, dict):
-        raise ValueError(f"{where}: expected a table with site, module and board")
-    unknown = set(mapping) - {"site", "module", "board"}
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                         "only site, module and board belong here")
-    return Identity(*(_name(mapping.get(key), key, where) for key in ("site", "module", "board")))
+def identity_from_mapping(mapping: Any, where: str, key: str = "") -> Identity:
+    """An Identity from site, module and board; raises ConfigValueError (a ValueError) naming
+    every bad key, its value and the rule. where names the file or option it came from."""
+    check = TableCheck()
+    identity = read_identity(check, mapping, where, key)
+    check.raise_problems("the identity")
+    return identity
 
 
 def parse_serial(text: str) -> int:
@@ -93,26 +112,36 @@ def parse_serial(text: str) -> int:
 
 
 def load_table(path: Path) -> list[TableEntry]:
-    """Read the identity table; raises ValueError with the file, entry and key on any problem."""
-    with path.open("rb") as handle:
-        document = tomllib.load(handle)
-    site = _name(document.get("site"), "site", str(path))
+    """Read the identity table; raises ConfigError (ConfigFileError is an OSError,
+    ConfigValueError a ValueError) naming every problem's entry, key and value."""
+    check = TableCheck()
+    file = str(path)
+    document = check.read_toml(path)
+    if document is None:
+        check.raise_problems("the identity table")
+    check.unknown_keys(document, ["site", "board"], file, "", "the identity table")
+    site = check.value(IDENTITY_FIELDS["site"], document.get("site", ABSENT), file, "site")
     entries = []
-    for number, board in enumerate(document.get("board", []), start=1):
-        where = f"{path} [[board]] #{number}"
-        identity = Identity(site, _name(board.get("module"), "module", where),
-                            _name(board.get("board"), "board", where))
-        serial = board.get("serial")
-        slot = board.get("slot")
-        try:
-            serial_value = None if serial is None else parse_serial(serial)
-        except (AttributeError, ValueError):
-            raise ValueError(f"{where}: serial = {serial!r} is not a hexadecimal serial number "
-                             "like '10000000a1b2c3d4'") from None
-        if slot is not None and (not isinstance(slot, int) or not 1 <= slot <= 63):
-            raise ValueError(f"{where}: slot = {slot!r} is not an integer from 1 to 63")
-        entries.append(TableEntry(identity, serial_value, slot))
+    for at, board in check.tables(document.get("board", ABSENT), file, "board"):
+        values = check.fields(board, TABLE_ENTRY_FIELDS, file, f"{at}.", "a [[board]]")
+        serial = None
+        if values["serial"] is not None:
+            try:
+                serial = parse_serial(values["serial"])
+            except ValueError:
+                check.report(file, f"{at}.serial", "a hexadecimal serial number like "
+                             "'10000000a1b2c3d4'", value=values["serial"])
+                continue
+        if site is not None and None not in (values["module"], values["board"]):
+            entries.append(TableEntry(Identity(site, values["module"], values["board"]), serial,
+                                      values["slot"]))
+    check.raise_problems("the identity table")
     return entries
+
+
+def _one_line(error: ConfigError) -> str:
+    """Every problem of a file on one line, for a source's detail."""
+    return "; ".join(map(str, error.problems)) or str(error)
 
 
 def from_boot_file(root: Path) -> SourceResult:
@@ -120,12 +149,14 @@ def from_boot_file(root: Path) -> SourceResult:
     source = f"boot file {IDENTITY_FILE}"
     if not path.exists():
         return SourceResult(source, ABSENT, "not present")
-    try:
-        with path.open("rb") as handle:
-            identity = identity_from_mapping(tomllib.load(handle).get("identity"),
-                                             f"{IDENTITY_FILE} [identity]")
-    except (OSError, tomllib.TOMLDecodeError, ValueError) as error:
-        return SourceResult(source, INVALID, str(error))
+    check = TableCheck()
+    identity = None
+    document = check.read_toml(path)
+    if document is not None:
+        check.unknown_keys(document, ["identity"], str(path), "", "the identity file")
+        identity = read_identity(check, document.get("identity", ABSENT), str(path), "identity")
+    if check.problems:
+        return SourceResult(source, INVALID, "; ".join(map(str, check.problems)))
     return SourceResult(source, FOUND, "written at flash time", identity)
 
 
@@ -236,8 +267,8 @@ def resolve(root: Path = Path("/"), pin_factory: Any = None,
     if table_path.exists():
         try:
             entries = load_table(table_path)
-        except (OSError, tomllib.TOMLDecodeError, ValueError) as error:
-            table_problem = str(error)
+        except ConfigError as error:
+            table_problem = _one_line(error)
     return _conclude((
         from_boot_file(root),
         from_slot_straps(pin_factory, slot_gpios, entries, table_problem),

@@ -123,5 +123,5 @@ def test_the_identity_written_is_what_the_board_resolves(tmp_path, image):
 def test_a_bad_identity_is_refused_before_anything_is_written(tmp_path, image):
     target = tmp_path / "board.img"
     result = flash(image, target, "--to-file", "--identity", "Maple School/m1/b07")
-    assert result.returncode == 2 and "site = 'Maple School'" in result.stderr
+    assert result.returncode == 2 and '--identity: site = "Maple School"' in result.stderr
     assert not target.exists()

@@ -156,9 +156,9 @@ def test_unknown_serial_and_unstrapped_slot_are_no_answer_not_a_fault(root, pins
 
 
 @pytest.mark.parametrize("boot_text, expected", [
-    ('[identity]\nsite = "Maple School"\nmodule = "m1"\nboard = "b07"\n', "site = 'Maple School'"),
-    ('[identity]\nsite = "maple"\nmodule = "m1"\n', "board = None"),
-    ('[identity]\nsite = "maple"\nmodule = "m1"\nboard = "b1"\nslot = 3\n', "unknown key(s) slot"),
+    ('[identity]\nsite = "Maple School"\nmodule = "m1"\nboard = "b07"\n', 'identity.site = "Maple School"'),
+    ('[identity]\nsite = "maple"\nmodule = "m1"\n', "identity.board is missing"),
+    ('[identity]\nsite = "maple"\nmodule = "m1"\nboard = "b1"\nslot = 3\n', "identity.slot = 3: expected a key of an identity"),
     ("[identity\n", "hearth-identity.toml"),
 ])
 def test_a_broken_boot_file_is_reported_and_not_overridden(root, pins, boot_text, expected):
@@ -181,7 +181,7 @@ def test_a_table_entry_with_a_bad_serial_names_entry_and_value(root, pins):
     write_table(root, TABLE.replace('"10000000deadbeef"', '"not-hex"'))
     write_cpuinfo(root)
     result = resolve(root, pins, SLOT_GPIOS)
-    assert not result.ok and "[[board]] #2: serial = 'not-hex'" in result.message
+    assert not result.ok and 'board[2].serial = "not-hex"' in result.message
 
 
 def test_straps_are_read_through_the_factory_passed_in_and_released(root, pins):

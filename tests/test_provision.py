@@ -172,10 +172,13 @@ def test_tls_material_verifies_against_the_site_ca(tmp_path, inventory):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (('name = "b02"', 'name = "B 02"'), "board = 'B 02'"),
-    (('slot = 2', 'slot = 1'), "slot 1 of module m1 is also board maple-school/m1/b01"),
-    (('host = "hearth-m2.local"', 'host = ""'), "host is missing"),
-    (('module = "m2"\nboard = "b01"', 'module = "m3"\nboard = "b01"'), "is not a [[board]]"),
+    (('name = "b02"', 'name = "B 02"'), 'board[2].name = "B 02": expected a string like'),
+    (('slot = 2', 'slot = 1'),
+     "board[2].slot = 1: expected a slot no other board of module m1 has (maple-school/m1/b01"),
+    (('host = "hearth-m2.local"', 'host = ""'),
+     'leader[2].host = "": expected a string like \'hearth-m1.local\''),
+    (('module = "m2"\nboard = "b01"', 'module = "m3"\nboard = "b01"'),
+     'leader[2].module = "m3": expected one of the [[module]] names'),
 ])
 def test_inventory_errors_name_the_entry_and_value(tmp_path, inventory, edit, message):
     inventory.write_text(inventory.read_text().replace(*edit, 1))

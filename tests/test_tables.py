@@ -59,3 +59,95 @@ def test_arrays_of_tables_are_counted_from_one():
     assert found == [("board[1]", {"a": 1}), ("board[3]", {"b": 2})]
     assert [str(p) for p in check.problems] == ["inv.toml: board[2] = 7: expected a [[board]] "
                                                 "table"]
+
+
+def problem_lines(error) -> list[str]:
+    return [str(problem) for problem in error.problems]
+
+
+def test_the_site_config_reports_several_problems_at_once(tmp_path):
+    from agent.config import load_config
+
+    site = tmp_path / "hearth.toml"
+    site.write_text('board_type = "oil-carrier"\n[limits]\nsoc_critical_c = 85\n'
+                    '[control]\nperiod_s = "fast"\nreport_perod_s = 2\n')
+    with pytest.raises(ConfigValueError) as raised:
+        load_config(site)
+    lines = problem_lines(raised.value)
+    assert f"{site}: limits.soc_critical_c = 85: expected a number from 40 to 79" in lines
+    assert f'{site}: control.period_s = "fast": expected a number from 0.02 to 1' in lines
+    assert any(line.startswith(f"{site}: control.report_perod_s = 2: expected a key of "
+                               "[control]: ") and "did you mean 'report_period_s'?" in line
+               for line in lines)
+
+
+def test_a_board_scenario_reports_several_problems_at_once():
+    from agent.sim.scenario import parse_scenario
+
+    text = ('description = "x"\nduration_s = 0\n[start]\nsetpoint_w = 50\n'
+            '[[at]]\ntime_s = 5\nfualt = "pump_off"\n')
+    with pytest.raises(ConfigValueError) as raised:
+        parse_scenario(text, "b.toml", "b")
+    lines = problem_lines(raised.value)
+    assert lines[0] == "b.toml: duration_s = 0: expected a number from 1 to 604800"
+    assert lines[1] == "b.toml: start.setpoint_w = 50: expected a number from 0 to 20"
+    assert lines[2].startswith('b.toml: at[1].fualt = "pump_off": expected a key of [[at]]: ')
+    assert lines[2].endswith("did you mean 'fault'?") and len(lines) == 3
+
+
+def test_a_site_scenario_reports_several_problems_at_once():
+    from agent.sim.site_scenario import parse_site_scenario
+
+    text = ('description = "x"\nduration_s = 3600\n[building]\ntarget_c = 90\n'
+            '[[at]]\ntime_s = 5\naction = "pump_of"\n')
+    with pytest.raises(ConfigValueError) as raised:
+        parse_site_scenario(text, "s.toml", "s")
+    assert problem_lines(raised.value) == [
+        "s.toml: building.target_c = 90: expected a number from 20 to 60",
+        's.toml: at[1].action = "pump_of": expected one of ' + ", ".join(
+            repr(action) for action in ("pump_off", "pump_on", "leader_crash", "leader_restart",
+                                        "broker_down", "broker_up", "board_fault",
+                                        "board_clear")),
+    ]
+
+
+def test_the_inventory_reports_several_problems_at_once(tmp_path):
+    from agent.deploy.broker_config import InventoryError, load_inventory
+
+    inventory = tmp_path / "site.toml"
+    inventory.write_text('site = "maple-school"\nport = 70000\n[[module]]\nname = "m1"\n'
+                         '[[board]]\nmodule = "m1"\nname = "leader"\n'
+                         '[[board]]\nmodule = "m2"\nname = "b02"\nslot = 99\n'
+                         '[[leader]]\nmodule = "m1"\nboard = "b01"\nhost = "h"\n')
+    with pytest.raises(InventoryError) as raised:
+        load_inventory(inventory)
+    lines = problem_lines(raised.value)
+    assert lines[:4] == [
+        f"{inventory}: port = 70000: expected an integer from 1 to 65535",
+        f"{inventory}: board[1].name = \"leader\": expected a name other than 'leader'; "
+        "<module>/leader/ holds the leader's topics; choose another board name",
+        f"{inventory}: board[2].slot = 99: expected an integer from 1 to 63",
+        f"{inventory}: board[2].module = \"m2\": expected one of the [[module]] names: 'm1'",
+    ]
+    assert lines[4].startswith(f'{inventory}: leader[1].board = "b01": expected a [[board]] '
+                               "of module m1") and len(lines) == 5
+
+
+def test_an_identity_table_reports_several_problems_at_once(tmp_path):
+    from agent.identity import load_table
+
+    table = tmp_path / "identity-table.toml"
+    table.write_text('site = "Maple"\n[[board]]\nmodule = "m1"\nboard = "b1"\nslot = 0\n'
+                     '[[board]]\nmodule = "m1"\nbord = "b2"\nserial = "xyz"\n')
+    with pytest.raises(ConfigValueError) as raised:
+        load_table(table)
+    lines = problem_lines(raised.value)
+    assert lines[0].startswith(f"{table}: site = \"Maple\": expected a string like "
+                               "'maple-school'; ")
+    assert lines[1] == f"{table}: board[1].slot = 0: expected an integer from 1 to 63"
+    assert lines[2] == (f"{table}: board[2].bord = \"b2\": expected a key of a [[board]]: "
+                        "module, board, serial, slot; did you mean 'board'?")
+    assert lines[3].startswith(f"{table}: board[2].board is missing: expected a string like "
+                               "'b07'")
+    assert lines[4] == (f"{table}: board[2].serial = \"xyz\": expected a hexadecimal serial "
+                        "number like '10000000a1b2c3d4'") and len(lines) == 5

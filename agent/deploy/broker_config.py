@@ -15,7 +15,6 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import re
 import secrets
 import subprocess
 import tomllib
@@ -23,7 +22,9 @@ from collections.abc import Collection
 from pathlib import Path
 
 from agent.errors import ConfigFileError, ConfigValueError
-from agent.identity import NAME_PATTERN, Identity, identity_from_mapping
+from agent.identity import IDENTITY_FIELDS, NAME_PATTERN, NAME_RULE, Identity
+from agent.schema import Field
+from agent.tables import ABSENT, TableCheck, suggest
 from agent.site.role import TARGET_SET
 
 # mosquitto_passwd's "$7$" hash: PBKDF2-HMAC-SHA512, 101 iterations and a 12-byte salt by
@@ -42,11 +43,31 @@ RESERVED_BOARD_NAMES = frozenset({"leader"})
 """`<module>/leader/...` is the leader's subtree: a board called `leader` would own it."""
 RESERVED_MODULE_NAMES = frozenset({"site"})
 """`hearth/v1/<site>/site/...` holds the site topics: a module called `site` would own them."""
-KNOWN_KEYS = {
-    "": {"site", "tls", "port", "bind_address", "operators", "module", "board", "leader"},
-    "module": {"name"},
-    "board": {"module", "name", "serial", "slot"},
-    "leader": {"module", "board", "host"},
+TOP_FIELDS = {
+    "site": IDENTITY_FIELDS["site"],
+    "tls": Field(bool, "serve MQTT over TLS (a site CA is generated unless one is given)",
+                 default=False),
+    "port": Field(int, "the brokers' listener port (default 8883 with TLS, else 1883)",
+                  default=None, min=1, max=65535),
+    "bind_address": Field(str, "the address the brokers listen on (default all)", default=None,
+                          pattern=r"\S+", example="192.168.1.10"),
+    "operators": Field(list, "operator accounts besides `operator`, one per tool or person",
+                       default=[], items=Field(str, "an operator account: " + NAME_RULE,
+                                               pattern=NAME_PATTERN, example="homeassistant")),
+}
+MODULE_FIELDS = {"name": IDENTITY_FIELDS["module"]}
+BOARD_FIELDS = {
+    "module": IDENTITY_FIELDS["module"],
+    "name": IDENTITY_FIELDS["board"],
+    "serial": Field(str, "the SoC serial number, hexadecimal", default=None,
+                    example="10000000a1b2c3d4"),
+    "slot": Field(int, "the backplane slot its straps give", default=None, min=1, max=63),
+}
+LEADER_FIELDS = {
+    "module": IDENTITY_FIELDS["module"],
+    "board": IDENTITY_FIELDS["board"],
+    "host": Field(str, "the name boards connect to for this module's broker",
+                  pattern=r"[^\s]+", example="hearth-m1.local"),
 }
 
 
@@ -140,132 +161,130 @@ def parse_bridge_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _check_keys(table: object, kind: str, at: str) -> dict:
-    if not isinstance(table, dict):
-        raise InventoryError(f"{at}: expected a table, got {table!r}")
-    unknown = set(table) - KNOWN_KEYS[kind]
-    if unknown:
-        raise InventoryError(f"{at}: unknown key {', '.join(sorted(unknown))}; known keys here: "
-                             f"{', '.join(sorted(KNOWN_KEYS[kind]))}")
-    return table
-
-
-def _entries(document: dict, kind: str, where: str) -> list[tuple[str, dict]]:
-    entries = document.get(kind, [])
-    if not isinstance(entries, list):
-        raise InventoryError(f"{where}: {kind} must be written [[{kind}]] (an array of tables)")
-    return [(f"{where} [[{kind}]] #{number}", _check_keys(entry, kind, f"{where} [[{kind}]] "
-                                                          f"#{number}"))
-            for number, entry in enumerate(entries, start=1)]
-
-
-def _identity(mapping: dict, at: str) -> Identity:
-    try:
-        return identity_from_mapping(mapping, at)
-    except ValueError as error:
-        raise InventoryError(str(error)) from None
-
-
 def load_inventory(path: Path) -> Inventory:
-    """Read and check a site inventory; every error names the file, entry, key and value."""
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except OSError as error:
-        raise ConfigFileError(f"{path}: cannot read the inventory ({error.strerror})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigFileError(f"{path}: not valid TOML ({error})") from None
-    where = str(path)
-    _check_keys(document, "", where)
-    site = _identity({"site": document.get("site"), "module": "m", "board": "b"}, where).site
-    modules = []
-    for at, entry in _entries(document, "module", where):
-        name = _identity({"site": site, "module": entry.get("name"), "board": "b"}, at).module
-        if name in RESERVED_MODULE_NAMES:
-            raise InventoryError(f"{at}: name = {name!r} is reserved (hearth/v1/<site>/{name}/ "
-                                 "holds the site topics); choose another module name")
+    """Read and check a site inventory; every problem at once, each naming the file, the
+    entry's key, its value and what was expected (ConfigFileError when it is not TOML)."""
+    check = TableCheck()
+    file = str(path)
+    document = check.read_toml(path, "pass the site inventory (docs/deployment.md)")
+    if document is None:
+        check.raise_problems("the inventory", InventoryError)
+    top = check.fields(document, TOP_FIELDS, file, "", "the inventory",
+                       other_keys=("module", "board", "leader"))
+    modules = _modules(check, file, document)
+    boards = _boards(check, file, document, top["site"], modules)
+    leaders = _leaders(check, file, document, top["site"], modules, boards)
+    operators = top["operators"] or ()
+    for position, name in enumerate(operators, start=1):
+        if name in operators[:position - 1]:
+            check.report(file, f"operators[{position}]", "a name no other operator account has",
+                         value=name, hint="the broker gives an account one connection at a time")
+    check.raise_problems("the inventory", InventoryError)
+    return Inventory(top["site"], tuple(modules), tuple(boards), tuple(leaders), top["tls"],
+                     top["port"], top["bind_address"], operators)
+
+
+def _modules(check: TableCheck, file: str, document: dict) -> list[str]:
+    modules: dict[str, str] = {}  # name -> its key path
+    for at, entry in check.tables(document.get("module", ABSENT), file, "module"):
+        name = check.fields(entry, MODULE_FIELDS, file, f"{at}.", "a [[module]]")["name"]
         if name in modules:
-            raise InventoryError(f"{at}: name = {name!r} is already a [[module]]")
-        modules.append(name)
-    if not modules:
-        raise InventoryError(f"{where}: no [[module]]; add one per oil loop, e.g. "
-                             "[[module]] name = \"m1\"")
-    boards, seen_serials, seen_slots = [], {}, {}
-    for at, entry in _entries(document, "board", where):
-        identity = _identity({"site": site, "module": entry.get("module"),
-                              "board": entry.get("name")}, at)
-        if identity.module not in modules:
-            raise InventoryError(f"{at}: module = {identity.module!r} is not a [[module]] name "
-                                 f"({', '.join(modules)})")
-        if identity.board in RESERVED_BOARD_NAMES:
-            raise InventoryError(f"{at}: name = {identity.board!r} is reserved (<module>/"
-                                 f"{identity.board}/ holds the leader's topics); choose another "
-                                 "board name")
-        if any(board.identity == identity for board in boards):
-            raise InventoryError(f"{at}: name = {identity.board!r} appears twice in module "
-                                 f"{identity.module}")
-        serial, slot = entry.get("serial"), entry.get("slot")
+            check.report(file, f"{at}.name", f"a name no other [[module]] has ({modules[name]} "
+                         "has it)", value=name)
+            continue
+        if name in RESERVED_MODULE_NAMES:  # kept as a module, so its boards are not blamed too
+            check.report(file, f"{at}.name", f"a name other than {name!r}", value=name,
+                         hint=f"hearth/v1/<site>/{name}/ holds the site topics; choose another "
+                         "module name")
+        if name is not None:
+            modules[name] = at
+    if not modules and not check.problems:
+        check.report(file, "module", "at least one [[module]] table",
+                     hint='add one per oil loop, e.g. [[module]] name = "m1"')
+    return list(modules)
+
+
+def _boards(check: TableCheck, file: str, document: dict, site: str | None,
+            modules: list[str]) -> list[Board]:
+    boards: dict[Identity, str] = {}  # identity -> its key path
+    found = []
+    serials: dict[int, Identity] = {}
+    slots: dict[tuple[str, int], Identity] = {}
+    for at, entry in check.tables(document.get("board", ABSENT), file, "board"):
+        values = check.fields(entry, BOARD_FIELDS, file, f"{at}.", "a [[board]]")
+        module, name, serial, slot = (values[key] for key in ("module", "name", "serial", "slot"))
+        if module is not None and module not in modules:
+            check.report(file, f"{at}.module", _one_of_modules(modules), value=module)
+            module = None
+        if name in RESERVED_BOARD_NAMES:
+            check.report(file, f"{at}.name", f"a name other than {name!r}", value=name,
+                         hint=f"<module>/{name}/ holds the leader's topics; choose another "
+                         "board name")
+            name = None
+        if None in (site, module, name):
+            continue
+        identity = Identity(site, module, name)
+        if identity in boards:
+            check.report(file, f"{at}.name", f"a name no other [[board]] of module {module} has "
+                         f"({boards[identity]} has it)", value=name)
+            continue
+        boards[identity] = at
         if serial is not None:
             try:
                 key = int(serial, 16)
-            except (TypeError, ValueError):
-                raise InventoryError(f"{at}: serial = {serial!r} is not hexadecimal") from None
-            if key in seen_serials:
-                raise InventoryError(f"{at}: serial {serial} is also board "
-                                     f"{seen_serials[key]}")
-            seen_serials[key] = identity
+            except ValueError:
+                check.report(file, f"{at}.serial", "a hexadecimal serial number like "
+                             "'10000000a1b2c3d4'", value=serial)
+                continue
+            if key in serials:
+                check.report(file, f"{at}.serial", f"a serial no other board has ({serials[key]} "
+                             "has it)", value=serial)
+            serials.setdefault(key, identity)
         if slot is not None:
-            if not isinstance(slot, int) or isinstance(slot, bool) or not 1 <= slot <= 63:
-                raise InventoryError(f"{at}: slot = {slot!r} is not an integer from 1 to 63")
-            if (identity.module, slot) in seen_slots:
-                raise InventoryError(f"{at}: slot {slot} of module {identity.module} is also "
-                                     f"board {seen_slots[identity.module, slot]}")
-            seen_slots[identity.module, slot] = identity
-        boards.append(Board(identity, serial, slot))
-    leaders = []
-    for at, entry in _entries(document, "leader", where):
-        leader = Leader(entry.get("module"), entry.get("board"), entry.get("host", ""))
-        if not any(board.identity == Identity(site, leader.module, leader.board)
-                   for board in boards):
-            raise InventoryError(f"{at}: module {leader.module!r} board {leader.board!r} is "
-                                 "not a [[board]]")
-        if not isinstance(leader.host, str) or not leader.host:
-            raise InventoryError(f"{at}: host is missing; give the name boards connect to, "
-                                 "e.g. 'hearth-m1.local'")
-        leaders.append(leader)
-    led = [leader.module for leader in leaders]
-    if sorted(led) != sorted(modules):
-        raise InventoryError(f"{where}: every module needs exactly one [[leader]]; modules "
-                             f"{modules}, leaders for {led}")
-    tls = document.get("tls", False)
-    if not isinstance(tls, bool):
-        raise InventoryError(f"{where}: tls = {tls!r} is not true or false")
-    port = document.get("port")
-    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
-                             or not 1 <= port <= 65535):
-        raise InventoryError(f"{where}: port = {port!r} is not a TCP port from 1 to 65535")
-    bind_address = document.get("bind_address")
-    if bind_address is not None and (not isinstance(bind_address, str) or not bind_address
-                                     or any(c.isspace() for c in bind_address)):
-        raise InventoryError(f"{where}: bind_address = {bind_address!r} is not an address "
-                             "like '192.168.1.10'")
-    return Inventory(site, tuple(modules), tuple(boards), tuple(leaders), tls, port,
-                     bind_address, _operators(document.get("operators", []), where))
+            if (module, slot) in slots:
+                check.report(file, f"{at}.slot", f"a slot no other board of module {module} "
+                             f"has ({slots[module, slot]} has it)", value=slot)
+            slots.setdefault((module, slot), identity)
+        found.append(Board(identity, serial, slot))
+    return found
 
 
-def _operators(names: object, where: str) -> tuple[str, ...]:
-    """Extra operator accounts, because the broker gives an account one connection at a time:
-    Home Assistant and a person's tools each need their own."""
-    if not isinstance(names, list):
-        raise InventoryError(f"{where}: operators = {names!r} is not a list of names, e.g. "
-                             "[\"homeassistant\", \"alice\"]")
-    for name in names:
-        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-            raise InventoryError(f"{where}: operators: {name!r} is not a name like "
-                                 f"'homeassistant' (matching ^{NAME_PATTERN}$)")
-        if names.count(name) > 1:
-            raise InventoryError(f"{where}: operators: {name!r} appears twice")
-    return tuple(names)
+def _leaders(check: TableCheck, file: str, document: dict, site: str | None,
+             modules: list[str], boards: list[Board]) -> list[Leader]:
+    leaders: dict[str, str] = {}  # module -> its [[leader]]'s key path
+    found = []
+    for at, entry in check.tables(document.get("leader", ABSENT), file, "leader"):
+        values = check.fields(entry, LEADER_FIELDS, file, f"{at}.", "a [[leader]]")
+        module, board, host = values["module"], values["board"], values["host"]
+        if module is not None and module not in modules:
+            check.report(file, f"{at}.module", _one_of_modules(modules), value=module)
+            continue
+        if module in leaders:
+            check.report(file, f"{at}.module", f"a module without a [[leader]] ({leaders[module]} "
+                         "leads it)", value=module, hint="one leader board runs each module's "
+                         "broker")
+            continue
+        if site is None or None in (module, board, host):
+            continue
+        leaders[module] = at
+        known = [b.identity.board for b in boards if b.identity.module == module]
+        if board not in known:
+            check.report(file, f"{at}.board", f"a [[board]] of module {module}: "
+                         + (", ".join(map(repr, known)) or "it has none"), value=board,
+                         hint=suggest(board, known))
+            continue
+        found.append(Leader(module, board, host))
+    if site is not None and modules and not check.problems:
+        for module in modules:
+            if module not in leaders:
+                check.report(file, "leader", f"a [[leader]] for module {module}",
+                             hint="every module needs exactly one: the board that runs its "
+                             "broker")
+    return found
+
+
+def _one_of_modules(modules: list[str]) -> str:
+    return "one of the [[module]] names: " + (", ".join(map(repr, modules)) or "none")
 
 
 def acl_text(inventory: Inventory, module: str) -> str:

@@ -6,12 +6,15 @@ beyond what the mode allows. The run writes reports/fault-matrix.md.
 
 docs/fault-matrix.md is the committed copy, and each row is checked against it: the figures
 are simulated time on a seeded board, so a run repeats them exactly and any change shows.
+The MQTT rows run on a real Mosquitto at its wall-clock pace: they check everything but
+their detection time, which they leave out ("-").
 After a change that moves them, copy reports/fault-matrix.md (from a full run of this file)
 over docs/fault-matrix.md. A new row is a Case in CASES, or, when its cause is not injected
 on a running board (a restart, a second process), a test of its own that passes its Outcome
 to `record` and whose row name is in STANDALONE_ROWS."""
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -20,11 +23,16 @@ from typing import Callable
 import pytest
 
 from agent.board_state import BoardState
+from agent.mqtt.link import DUPLICATE_IDENTITY
 from agent.persist import StateStore
 from agent.safety.events import EventLog
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 from safety_invariants import actuators, assert_mode_respected, is_safe
+from test_broker_config import Client
+from test_mqtt_board import EPOCH, Board
+from test_mqtt_link import Listener
+from twin_boards import Twin, generated_broker, run_twins, twin_settings
 
 PERIOD_S = 0.1
 WARMUP_S = 40.0
@@ -34,12 +42,13 @@ COMMITTED = REPO / "docs" / "fault-matrix.md"
 HEADER = ["# Fault matrix", "",
           f"Written by tests/test_fault_matrix.py (loop period {PERIOD_S} s, simulated time on "
           "seeded boards, so every figure repeats exactly). Detection: from injection to the "
-          "supervisor's event (the check's own window included). Reaction: loop periods from "
-          "the cause being visible to SAFE actuator settings.", "",
+          "supervisor's event (the check's own window included); '-' for the MQTT rows, "
+          "which run on a real Mosquitto at its wall-clock pace and would not repeat. "
+          "Reaction: loop periods from the cause being visible to SAFE actuator settings.", "",
           "| cause | injected through | event | detection (s) | reaction (periods) | final |",
           "| --- | --- | --- | --- | --- | --- |"]
 STANDALONE_ROWS = ("damaged latch file", "poweroff command failing",
-                   "wall clock jump (+1 year, -5 h)")
+                   "wall clock jump (+1 year, -5 h)", "poisoned message", "duplicate identity")
 """Rows written by tests of their own (after CASES, in this order)."""
 
 
@@ -63,7 +72,7 @@ class Outcome:
     name: str
     cause: str
     injected_by: str
-    detection_s: float
+    detection_s: float | None        # None: wall-clock time on a real broker, not repeatable
     reaction_periods: int | None
     final_mode: str
 
@@ -303,9 +312,10 @@ def finish(case: Case, sim: SimulatedAgent) -> str:
 
 
 def matrix_row(outcome: Outcome) -> str:
+    detection = "-" if outcome.detection_s is None else f"{outcome.detection_s:.1f}"
     reaction = "-" if outcome.reaction_periods is None else str(outcome.reaction_periods)
     return (f"| {outcome.name} | {outcome.injected_by} | `{outcome.cause}` | "
-            f"{outcome.detection_s:.1f} | {reaction} | {outcome.final_mode} |")
+            f"{detection} | {reaction} | {outcome.final_mode} |")
 
 
 def committed_rows() -> dict[str, str]:
@@ -419,6 +429,113 @@ def test_wall_clock_jump_changes_nothing(sim_dir, monkeypatch, outcomes):
     assert list(sim.agent.events.events)[events_before:] == []
     record(outcomes, Outcome("wall clock jump (+1 year, -5 h)", "-", "process: time.time",
                              0.0, None, "unchanged, no event"))
+
+
+def test_poisoned_messages_change_nothing_and_are_rejected(mosquitto, tmp_path, outcomes):
+    """JSON that any sender can write but no role can represent, from a client on the broker
+    (a compromised account, a buggy tool): a command whose id is a lone UTF-16 surrogate, an
+    interlock whose reason is one, a leader setpoint of 10^400. The board must tick on as it
+    was, answer the command with a reply that can be sent, and count and report the rest."""
+    broker = mosquitto()
+    listener = Listener(broker, tmp_path, "hearth/#")
+    listener.ready("hearth/probe")
+    board = Board(broker, tmp_path)
+    sim, agent, topics = board.sim, board.agent, board.topics
+    modes = []
+
+    def tick(report):
+        agent.setpoints.contact(sim.clock())
+        assert_mode_respected(sim, report)
+        modes.append(report.mode)
+
+    def step():
+        sim.run_for(PERIOD_S, tick)
+
+    agent.set_setpoint(5.5, "leader")
+    sim.run_for(WARMUP_S, tick)
+    # The board subscribes as it connects, before it sends anything: once one of its states
+    # is here, the broker holds its subscriptions.
+    listener.wait(lambda: any(t == topics.state for t, _ in listener.received), step=step)
+    before = agent.status()
+    assert before.mode == "NORMAL", "healthy before the poison"
+    modes.clear()
+
+    def poison(fields: dict, seq: int) -> str:
+        # json.dumps writes a lone surrogate as the escape \ud800, which is valid JSON
+        return json.dumps({"v": 1, "boot": "hostile", "seq": seq, "ts": EPOCH + sim.clock(),
+                           **fields})
+
+    hostile = Client(broker.port, client_id="hostile")
+    hostile.connect(broker.host)
+    try:
+        hostile.publish(topics.command("setpoint"), poison(
+            {"id": "\ud800", "by": "operator", "args": {"watts": 3.0}}, 1))
+        hostile.publish(topics.interlock, poison({"active": True, "reason": "\ud800"}, 2))
+        hostile.publish(topics.setpoint, poison({"setpoint_w": 10**400}, 3))
+    finally:
+        hostile.close()
+    listener.wait(lambda: listener.on(topics.reply) and sum(board.link.rejected.values()) == 3,
+                  step=step)
+    step()
+    (reply,) = listener.on(topics.reply)
+    raw_reply = next(payload for topic, payload in listener.received if topic == topics.reply)
+    raw_reply.decode("utf-8")  # what the board answers can be sent and read
+    assert reply["status"] == "rejected" and reply["id"] is None, reply
+    assert "surrogate" in reply["reason"] and "\\ud800" in reply["reason"], reply
+    assert dict(board.link.rejected) == {"command": 1, "interlock": 1, "setpoint": 1}
+    rejected = [e for e in board.raised if e.cause == "mqtt:rejected"]
+    assert sorted(e.value for e in rejected) == ["interlock", "setpoint"], rejected
+    after = agent.status()
+    assert modes and set(modes) == {"NORMAL"}, set(modes)
+    assert (after.setpoint_w, after.setpoint_source, dict(after.latched), after.active) == (
+        before.setpoint_w, before.setpoint_source, dict(before.latched), before.active)
+    assert agent.supervisor.interlock_reason == ""
+    assert board.link.link.connected and board.link.link.handler_errors == 0
+    for link in (board.link, listener):
+        link.close()
+    record(outcomes, Outcome("poisoned message", "mqtt:rejected",
+                             "MQTT: lone surrogate in a command id and an interlock reason, "
+                             "setpoint 10^400", None, None, "unchanged, rejected"))
+
+
+def test_duplicate_identity_is_reported_once_and_both_boards_run_on(tmp_path, outcomes):
+    """Two boards flashed with one identity, on the broker config `hearth broker-config`
+    writes: the broker closes each one's connection when the other logs in. That is for the
+    operator to fix, once told; neither board may stop, nor change its mode, over it."""
+    find_s, observe_s = 20.0, 8.0
+    account, broker = generated_broker(tmp_path)
+    twins = [Twin(twin_settings(broker, account), tmp_path / name) for name in ("one", "two")]
+    modes = {id(twin): [] for twin in twins}
+
+    def tick(twin, report):
+        twin.sim.agent.setpoints.contact(twin.clock())
+        assert_mode_respected(twin.sim, report)
+        modes[id(twin)].append(report.mode)
+
+    try:
+        for twin in twins:
+            twin.sim.agent.set_setpoint(5.5, "leader")
+            twin.sim.run_for(WARMUP_S, lambda report, twin=twin: tick(twin, report))
+            assert twin.sim.agent.last_report.mode == "NORMAL", "healthy before the twin"
+            modes[id(twin)].clear()
+        run_twins(twins, find_s, until=lambda: any(twin.duplicates() for twin in twins),
+                  on_tick=tick)
+        assert any(twin.duplicates() for twin in twins), (
+            f"no {DUPLICATE_IDENTITY} in {find_s} s; connections made: "
+            f"{[twin.link.connects for twin in twins]}")
+        run_twins(twins, observe_s, on_tick=tick)  # past a backoff step: no second report
+    finally:
+        for twin in twins:
+            twin.board_link.close()
+        broker.stop()
+    reported = [event for twin in twins for event in twin.duplicates()]
+    assert len(reported) == 1, [event.message for event in reported]
+    for twin in twins:
+        seen = modes[id(twin)]
+        assert len(seen) >= observe_s / 0.2 and set(seen) == {"NORMAL"}, (len(seen), set(seen))
+    record(outcomes, Outcome("duplicate identity", DUPLICATE_IDENTITY,
+                             "MQTT: two boards with one identity, generated broker config",
+                             None, None, "unchanged, reported once"))
 
 
 def test_a_stuck_power_reading_is_trusted_again_only_once_it_moves_beyond_its_noise(sim_dir):

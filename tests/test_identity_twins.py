@@ -10,79 +10,27 @@ connections made in it.
 
 import time
 
-from test_broker_config import INVENTORY, Mosquitto, free_port, login
+from twin_boards import RECONNECT_MAX_S, Twin, generated_broker, run_twins, twin_settings
 
-from agent.cli import main as hearth
 from agent.identity import IDENTITY_FILE
-from agent.mqtt.board_link import BoardConnection, connect_board
-from agent.mqtt.link import DUPLICATE_IDENTITY, Link, LinkSettings, NetworkLoop
+from agent.mqtt.link import DUPLICATE_IDENTITY, Link, NetworkLoop
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.topics import BoardTopics
-from agent.sim.clock import SimClock
-from agent.sim.harness import SimulatedAgent
 
-EPOCH = 1_790_000_000.0
-RECONNECT_MAX_S = 4
-"""The twins' backoff ceiling: short, so that the test sees several reconnects after the
-report (a board's default is 60 s)."""
 FIND_S = 25.0
 """Long enough for TWIN_LOSSES takeovers at the 1-s first backoff step, with a wide margin."""
 OBSERVE_S = 12.0
 
 
-def _generated_broker(tmp_path) -> tuple[dict, Mosquitto]:
-    port = free_port()
-    inventory = tmp_path / "site.toml"
-    inventory.write_text(INVENTORY.format(port=port))
-    out = tmp_path / "out"
-    leader_dir = out / "leaders/m1"
-    assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
-                   "--broker-etc", str(leader_dir)]) == 0
-    return login(out, "m1.b01"), Mosquitto(leader_dir / "mosquitto.conf", port,
-                                           tmp_path / "run").start()
-
-
-def _settings(broker: Mosquitto, account: dict) -> LinkSettings:
-    return LinkSettings("127.0.0.1", broker.port, keepalive_s=5, username=account["username"],
-                        password=account["password"], reconnect_min_s=1,
-                        reconnect_max_s=RECONNECT_MAX_S)
-
-
-class Twin:
-    """A simulated board that believes it is maple-school/m1/b01, on its MQTT link."""
-
-    def __init__(self, settings: LinkSettings, directory):
-        self.clock = SimClock()
-        self.sim = SimulatedAgent(directory, self.clock)
-        self.events = []
-        self.sim.agent.subscribe_events(self, self.events.append)
-        self.board_link = connect_board(self.sim.agent, BoardConnection(
-            settings, BoardTopics("maple-school", "m1", "b01"), directory / "outbox",
-            lambda: EPOCH + self.clock()))
-        self.link = self.board_link.link
-
-    def duplicates(self) -> list:
-        return [event for event in self.events if event.cause == DUPLICATE_IDENTITY]
-
-
-def _run(twins, seconds: float, until=lambda: False) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not until():
-        for twin in twins:
-            twin.sim.run_for(0.1)   # one agent tick: the link's poll delivers its findings
-        time.sleep(0.05)
-
-
 def test_two_boards_with_one_identity_say_so_once_and_stop_taking_turns(tmp_path):
-    account, broker = _generated_broker(tmp_path)
-    twins = [Twin(_settings(broker, account), tmp_path / name) for name in ("first", "second")]
+    account, broker = generated_broker(tmp_path)
+    twins = [Twin(twin_settings(broker, account), tmp_path / name) for name in ("first", "second")]
     try:
-        _run(twins, FIND_S, until=lambda: any(twin.duplicates() for twin in twins))
+        run_twins(twins, FIND_S, until=lambda: any(twin.duplicates() for twin in twins))
         reported = [event for twin in twins for event in twin.duplicates()]
         assert reported, (f"no {DUPLICATE_IDENTITY} event in {FIND_S} s; connections made: "
                           f"{[twin.link.connects for twin in twins]}")
         before = sum(twin.link.connects for twin in twins)
-        _run(twins, OBSERVE_S)
+        run_twins(twins, OBSERVE_S)
         made = sum(twin.link.connects for twin in twins) - before
         reported = [event for twin in twins for event in twin.duplicates()]
     finally:
@@ -103,10 +51,10 @@ def test_two_boards_with_one_identity_say_so_once_and_stop_taking_turns(tmp_path
 def test_twins_on_one_network_loop_back_off_too(tmp_path):
     """The simulator's shared NetworkLoop keeps its own reconnect backoff: the Link raises it
     there as well."""
-    account, broker = _generated_broker(tmp_path)
+    account, broker = generated_broker(tmp_path)
     network = NetworkLoop()
     found = []
-    links = [Link(_settings(broker, account), client_id="hearth-maple-school-m1-b01",
+    links = [Link(twin_settings(broker, account), client_id="hearth-maple-school-m1-b01",
                   outbox=Outbox(tmp_path / name), boot=name, network=network)
              for name in ("first", "second")]
     try:
@@ -138,9 +86,9 @@ def _run_links(links, seconds: float, until=lambda: False) -> None:
 def test_a_connection_that_holds_is_no_twin(tmp_path):
     """The control: a broker restart also closes a connection, but one that had held for
     longer than the twin window; the Link reconnects at once and reports nothing."""
-    account, broker = _generated_broker(tmp_path)
+    account, broker = generated_broker(tmp_path)
     found = []
-    link = Link(_settings(broker, account), client_id="b01", outbox=Outbox(tmp_path / "o"),
+    link = Link(twin_settings(broker, account), client_id="b01", outbox=Outbox(tmp_path / "o"),
                 boot="b")
     link.problem_listeners.append(found.append)
     link.start()

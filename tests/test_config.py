@@ -5,11 +5,13 @@ import json
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
 
 from agent import config as hearth_config
+from agent import config_schema
 from agent.cli import main
 from agent.drivers.registry import SENSOR_CLASSES
 from agent.errors import ConfigFileError, ConfigValueError
@@ -178,7 +180,7 @@ def test_problems_are_structured_on_the_error(tmp_path):
         hearth_config.load_config(path)
     (problem,) = raised.value.problems
     assert (problem.file, problem.key, problem.value) == (str(path), "control.period_s", 3)
-    assert problem.expected == hearth_config.CONTROL_SCHEMA["period_s"].expected()
+    assert problem.expected == config_schema.CONTROL_SCHEMA["period_s"].expected()
     assert isinstance(raised.value, ValueError)
 
 
@@ -266,7 +268,7 @@ def test_loaded_values_merge_board_and_site_and_fill_defaults():
     assert sensors["water_in"].settings["id"] == "28-0316a2795eff"
     assert set(sensors["oil"].settings) == set(SENSOR_CLASSES["tmp117"].SCHEMA)
     assert config.limits.oil_limit_c == 62.0 and isinstance(config.limits.oil_limit_c, float)
-    assert config.limits.soc_limit_c == hearth_config.LIMITS_SCHEMA["soc_limit_c"].default
+    assert config.limits.soc_limit_c == config_schema.LIMITS_SCHEMA["soc_limit_c"].default
     assert config.control.leader_timeout_s == 20.0
     assert config.pins.slot_id_gpios == tuple(board["pins"]["slot_id_gpios"])
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -307,3 +309,16 @@ def test_committed_reference_page_matches_the_schemas(capsys):
         for key in sensor_class.SCHEMA:
             assert f"| `{key}` |" in generated
 
+
+def test_each_section_dataclass_has_exactly_its_schema_keys_with_their_types():
+    """The section dataclasses are written out in config_schema; this keeps them and the
+    schemas (what is checked and documented) the same keys, types and order."""
+    board_fields = typing.get_type_hints(config_schema.BoardConfig)
+    for name, schema, _, required in config_schema.SECTIONS:
+        section_class = board_fields[name] if required else typing.get_args(board_fields[name])[0]
+        hints = typing.get_type_hints(section_class)
+        assert [field.name for field in dataclasses.fields(section_class)] == list(schema), name
+        for key, field in schema.items():
+            expected = tuple[int, ...] if field.type is list else field.type
+            assert hints[key] == expected, f"{name}.{key}"
+        assert section_class.__dataclass_params__.frozen, name

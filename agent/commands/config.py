@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH, effective_toml, load_config, reference_markdown
+from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.config_docs import effective_toml, reference_markdown
 from agent.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ reason that names the field and shows the value in ASCII, so the reason itself a
 import math
 from typing import Any
 
-from agent.config import LIMITS_SCHEMA
+from agent.config_schema import LIMITS_SCHEMA
 from agent.errors import MessageError
 from agent.safety.supervisor import Mode
 

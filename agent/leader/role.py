@@ -43,7 +43,7 @@ MODULE_BUDGET_MAX_W = 100_000.0
 
 @dataclasses.dataclass(frozen=True)
 class LeaderSettings:
-    """The `[leader]` config section's values that the role uses (see agent/config.py)."""
+    """The `[leader]` config section's values that the role uses (see agent/config_schema.py)."""
 
     period_s: float = 5.0
     silence_timeout_s: float = 15.0

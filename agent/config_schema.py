@@ -1,0 +1,354 @@
+"""The site config's shape: each section's keys (typed, bounded, documented Fields) beside the
+plain frozen dataclass the loader fills from them, the sensors' and board definition's keys, and
+the checks across keys. The loader (agent.config) and the reference page (agent.config_docs) both
+read these, so what is checked and what is documented cannot drift apart."""
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.schema import Field, Schema
+
+DEFAULT_CONFIG_PATH = Path("/etc/hearth/hearth.toml")
+
+_TOPIC_LEVEL_RULE = ("lowercase letters, digits, '_' and '-', at most 32, starting with a letter "
+                     "or digit; it becomes an MQTT topic level")
+_CGROUP_PATTERN = r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]*(/[A-Za-z0-9_@-][A-Za-z0-9_.@-]*)*"
+_CGROUP_RULE = "a path relative to /sys/fs/cgroup, without '..'"
+
+TOP_SCHEMA: Schema = {
+    "board_type": Field(str, "the carrier board: `<config dir>/boards/<type>.toml` if present, "
+                        "else the definition shipped with Hearth (`hardware/boards/`)",
+                        pattern=r"[a-z0-9][a-z0-9_-]*", example="oil-carrier"),
+}
+
+IDENTITY_SCHEMA: Schema = {
+    "site": Field(str, "the site (home, pool, school): " + _TOPIC_LEVEL_RULE,
+                  pattern=r"[a-z0-9][a-z0-9_-]{0,31}", example="school-7"),
+    "module": Field(str, "the module (one oil loop and its broker): " + _TOPIC_LEVEL_RULE,
+                    pattern=r"[a-z0-9][a-z0-9_-]{0,31}", example="m1"),
+    "board": Field(str, "this board within its module: " + _TOPIC_LEVEL_RULE,
+                   pattern=r"[a-z0-9][a-z0-9_-]{0,31}", example="b07"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """[identity]: who this board is, when the site config says so rather than the boot sources."""
+
+    site: str
+    module: str
+    board: str
+
+# The firmware throttles the Arm on its own from 80 C; the agent's SoC limits stay below that so
+# that its control, not the firmware's, is in charge (DESIGN.md section 7).
+LIMITS_SCHEMA: Schema = {
+    "soc_warning_c": Field(float, "SoC temperature at which the board is held back (LIMITED)",
+                           default=70.0, min=40.0, max=79.0),
+    "soc_limit_c": Field(float, "SoC temperature the temperature-limit loop holds the SoC below",
+                         default=75.0, min=40.0, max=79.0),
+    "soc_critical_c": Field(float, "SoC temperature that forces SAFE at once",
+                            default=78.0, min=40.0, max=79.0),
+    "oil_warning_c": Field(float, "local oil temperature at which the board is held back",
+                           default=60.0, min=20.0, max=90.0),
+    "oil_limit_c": Field(float, "local oil temperature the limit loop holds the oil below",
+                         default=65.0, min=20.0, max=90.0),
+    "oil_critical_c": Field(float, "local oil temperature that forces SAFE at once",
+                            default=70.0, min=20.0, max=90.0),
+    "hysteresis_c": Field(float, "how far a temperature must fall below a threshold before its "
+                          "mode is left, so the mode does not chatter", default=2.0,
+                          min=0.5, max=10.0),
+    "power_min_w": Field(float, "lowest board power the controller will command "
+                         "(a Pi 4 idles at 2-3 W)", default=2.0, min=0.0, max=15.0),
+    "power_max_w": Field(float, "highest board power the controller will command "
+                         "(a Pi 4 draws 5.5-6.5 W fully loaded)", default=6.5, min=0.5, max=15.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """[limits]: where the supervisor holds the board back or makes it SAFE."""
+
+    soc_warning_c: float
+    soc_limit_c: float
+    soc_critical_c: float
+    oil_warning_c: float
+    oil_limit_c: float
+    oil_critical_c: float
+    hysteresis_c: float
+    power_min_w: float
+    power_max_w: float
+
+CONTROL_SCHEMA: Schema = {
+    "period_s": Field(float, "control loop period (sample, supervise, control, govern)",
+                      default=0.1, min=0.02, max=1.0),
+    "report_period_s": Field(float, "how often state is published over MQTT",
+                             default=1.0, min=0.1, max=60.0),
+    "fallback_setpoint_w": Field(float, "power setpoint used while the leader or broker is silent",
+                                 default=3.0, min=0.0, max=15.0),
+    "leader_timeout_s": Field(float, "the leader or broker counts as lost after this long without "
+                              "a message, and fallback_setpoint_w applies", default=30.0,
+                              min=1.0, max=3600.0),
+    "setpoint_hold_s": Field(float, "a setpoint from the leader expires after this long unless "
+                             "renewed", default=300.0, min=1.0, max=86400.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """[control]: loop timing and the setpoint to fall back on."""
+
+    period_s: float
+    report_period_s: float
+    fallback_setpoint_w: float
+    leader_timeout_s: float
+    setpoint_hold_s: float
+
+ACTUATORS_SCHEMA: Schema = {
+    "cpufreq_policy": Field(str, "cpufreq policy directory under /sys/devices/system/cpu/cpufreq",
+                            default="policy0", pattern=r"policy[0-9]+", example="policy0"),
+    "workload_cgroup": Field(str, "cgroup v2 group of the paid workload: " + _CGROUP_RULE,
+                             default="hearth.slice/hearth-workload.slice", pattern=_CGROUP_PATTERN,
+                             example="hearth.slice/hearth-workload.slice"),
+    "heatfill_cgroup": Field(str, "cgroup v2 group of the heat-fill load: " + _CGROUP_RULE,
+                             default="hearth.slice/hearth-heatfill.slice", pattern=_CGROUP_PATTERN,
+                             example="hearth.slice/hearth-heatfill.slice"),
+    "cpu_period_us": Field(int, "period written to cpu.max with the workload's quota "
+                           "(the kernel accepts 1 ms to 1 s)", default=100000,
+                           min=1000, max=1000000),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Actuators:
+    """[actuators]: the sysfs and cgroup files the governor writes."""
+
+    cpufreq_policy: str
+    workload_cgroup: str
+    heatfill_cgroup: str
+    cpu_period_us: int
+
+_FILE_RULE = "an absolute path, or empty for none"
+_FILE_PATTERN = r"(/[^\x00]*)?"
+
+MQTT_SCHEMA: Schema = {
+    "host": Field(str, "the module's broker (the leader board runs it): host name or address",
+                  pattern=r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?",
+                  example="leader.m1.local"),
+    "port": Field(int, "the broker's port (8883 is MQTT over TLS)", default=8883, min=1,
+                  max=65535),
+    "keepalive_s": Field(int, "seconds between pings when idle; the broker publishes the Last "
+                         "Will (`offline`) about 1.5 times this after the board goes silent",
+                         default=30, min=5, max=3600),
+    "ca_file": Field(str, "CA certificate that signed the broker's certificate; TLS is used when "
+                     "this is set: " + _FILE_RULE, default="", pattern=_FILE_PATTERN,
+                     example="/etc/hearth/tls/ca.crt"),
+    "cert_file": Field(str, "this board's client certificate, if the broker asks for one: "
+                       + _FILE_RULE, default="", pattern=_FILE_PATTERN,
+                       example="/etc/hearth/tls/board.crt"),
+    "key_file": Field(str, "the client certificate's private key: " + _FILE_RULE, default="",
+                      pattern=_FILE_PATTERN, example="/etc/hearth/tls/board.key"),
+    "username": Field(str, "this board's broker account (provisioning names it after the "
+                      "board); empty for none", default="", pattern=r"[A-Za-z0-9_.@-]{0,64}",
+                      example="school-7.m1.b07"),
+    "password_file": Field(str, "file holding the account's password on its first line (kept "
+                           "out of hearth.toml so the config can be shown): " + _FILE_RULE,
+                           default="", pattern=_FILE_PATTERN,
+                           example="/etc/hearth/mqtt-password"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mqtt:
+    """[mqtt]: how this board reaches its module's broker."""
+
+    host: str
+    port: int
+    keepalive_s: int
+    ca_file: str
+    cert_file: str
+    key_file: str
+    username: str
+    password_file: str
+
+_READING_NAME = r"([a-z][a-z0-9_]*(\.[a-z_]+)?)?"
+_READING_RULE = ("a reading of a [[sensor]] in this file (its name, or name.quantity such as "
+                 "`module_power.power_w`), or empty for none")
+
+# The module leader's own settings and the module sensors on its board (docs/leader.md).
+LEADER_SCHEMA: Schema = {
+    "period_s": Field(float, "leader period: setpoints (the boards' heartbeat), module totals and "
+                      "the interlock check", default=5.0, min=0.5, max=60.0),
+    "silence_timeout_s": Field(float, "a board without a state message for this long counts as "
+                               "silent and gets no share", default=15.0, min=2.0, max=600.0),
+    "budget_w": Field(float, "module heat budget until the site sends one", default=0.0,
+                      min=0.0, max=100000.0),
+    "water_in_reading": Field(str, "module water inlet temperature: " + _READING_RULE,
+                              default="", pattern=_READING_NAME, example="module_in"),
+    "water_out_reading": Field(str, "module water outlet temperature: " + _READING_RULE,
+                               default="", pattern=_READING_NAME, example="module_out"),
+    "flow_reading": Field(str, "module water flow (L/min): " + _READING_RULE, default="",
+                          pattern=_READING_NAME, example="module_flow"),
+    "oil_reading": Field(str, "module oil temperature: " + _READING_RULE, default="",
+                         pattern=_READING_NAME, example="module_oil"),
+    "flow_min_l_per_min": Field(float, "module flow below this sets the interlock (all boards "
+                                "SAFE); checked only when flow_reading is set", default=2.0,
+                                min=0.0, max=1000.0),
+    "oil_max_c": Field(float, "module oil at or above this sets the interlock; checked only when "
+                       "oil_reading is set", default=68.0, min=20.0, max=90.0),
+    "interlock_clear_s": Field(float, "the causes must be gone this long before the interlock "
+                               "clears", default=30.0, min=0.0, max=3600.0),
+    "metrics_port": Field(int, "Prometheus endpoint port (/metrics); 0 for none", default=9105,
+                          min=0, max=65535),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Leader:
+    """[leader]: the module leader's timing, budget and module sensors."""
+
+    period_s: float
+    silence_timeout_s: float
+    budget_w: float
+    water_in_reading: str
+    water_out_reading: str
+    flow_reading: str
+    oil_reading: str
+    flow_min_l_per_min: float
+    oil_max_c: float
+    interlock_clear_s: float
+    metrics_port: int
+
+SITE_SCHEMA: Schema = {
+    "period_s": Field(float, "how often module budgets are sent", default=10.0, min=1.0,
+                      max=600.0),
+    "target_c": Field(float, "tank/loop temperature target (Home Assistant can change it)",
+                      default=55.0, min=20.0, max=75.0),
+    "loop_reading": Field(str, "tank/loop temperature: " + _READING_RULE + "; without it demand "
+                          "comes only from `site/demand`", default="", pattern=_READING_NAME,
+                          example="tank"),
+    "kp_w_per_k": Field(float, "demand PI: watts per kelvin below target", default=50.0,
+                        min=0.0, max=100000.0),
+    "ki_w_per_k_s": Field(float, "demand PI: integral gain, watts per kelvin-second",
+                          default=0.05, min=0.0, max=1000.0),
+    "demand_timeout_s": Field(float, "an external `site/demand` older than this is forgotten",
+                              default=120.0, min=1.0, max=86400.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """[site]: how the site role turns building demand into module budgets."""
+
+    period_s: float
+    target_c: float
+    loop_reading: str
+    kp_w_per_k: float
+    ki_w_per_k_s: float
+    demand_timeout_s: float
+
+_GPIO = Field(int, "BCM GPIO number", min=0, max=27)
+
+PINS_SCHEMA: Schema = {
+    "one_wire_gpio": Field(int, "1-wire data line of the DS18B20s (dtoverlay=w1-gpio,gpiopin=N)",
+                           min=0, max=27),
+    "flow_gpio": Field(int, "pulse output of the water flow meter", min=0, max=27),
+    "status_led_gpio": Field(int, "status LED, blinked by `identify`", min=0, max=27),
+    "slot_id_gpios": Field(list, "slot-ID straps on the backplane, bit 0 first, each a BCM GPIO "
+                           "number from 0 to 27", example="[5, 6, 13]", items=_GPIO),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pins:
+    """[pins]: the carrier's GPIO wiring."""
+
+    one_wire_gpio: int
+    flow_gpio: int
+    status_led_gpio: int
+    slot_id_gpios: tuple[int, ...]
+
+# Sections of the site config: (table name, schema, what it is for, required as a whole).
+SECTIONS: tuple[tuple[str, Schema, str, bool], ...] = (
+    ("identity", IDENTITY_SCHEMA, "Who this board is. Optional: without it the board learns its "
+     "identity at boot (boot-partition file, slot straps, serial number). If present, all three "
+     "keys are required.", False),
+    ("limits", LIMITS_SCHEMA, "Safety thresholds and the power range the controller may command.",
+     True),
+    ("control", CONTROL_SCHEMA, "Loop timing and what to do when the leader goes quiet.", True),
+    ("actuators", ACTUATORS_SCHEMA, "Where the governor writes: cpufreq policy and cgroups.", True),
+    ("pins", PINS_SCHEMA, "GPIO wiring. The board definition declares all of them; the site "
+     "config may override any.", True),
+    ("mqtt", MQTT_SCHEMA, "The module's MQTT broker (docs/mqtt.md). Optional: without it the "
+     "board runs on its own, on its fallback setpoint. If present, `host` is required.", False),
+    ("leader", LEADER_SCHEMA, "Only on the board that runs `hearth leader` for its module: the "
+     "leader's timing and the module's own sensors, named by reading (docs/leader.md).", False),
+    ("site", SITE_SCHEMA, "Only where `hearth site` runs: how building demand is found.", False),
+)
+
+SENSOR_NAME_FIELD = Field(str, "unique sensor name, used in readings and MQTT state: lowercase "
+                          "letters, digits and '_', starting with a letter",
+                          pattern=r"[a-z][a-z0-9_]*", example="water_in")
+
+BOARD_SCHEMA: Schema = {
+    "description": Field(str, "what the carrier board is, for people",
+                         example="Hearth oil carrier"),
+}
+
+# Values that must rise along each chain: (key paths, strictly). Checked after every single value
+# passed its own bounds; listed in the generated reference.
+ORDERED_CHAINS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("limits.soc_warning_c", "limits.soc_limit_c", "limits.soc_critical_c"), True),
+    (("limits.oil_warning_c", "limits.oil_limit_c", "limits.oil_critical_c"), True),
+    (("limits.power_min_w", "limits.power_max_w"), True),
+    (("limits.power_min_w", "control.fallback_setpoint_w", "limits.power_max_w"), False),
+    (("control.period_s", "control.report_period_s"), False),
+)
+
+# What an operator does when a required sensor key is missing and the key's doc is not enough.
+MISSING_KEY_HINTS: dict[tuple[str, str], str] = {
+    ("ds18b20", "id"): "the board definition leaves DS18B20 ids to each board: set it in the site "
+                       "config; `hearth w1 list` shows the ids on this bus",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorConfig:
+    """One sensor after merging board and site tables: settings has every key of the driver's
+    SCHEMA (defaults filled, name and kind removed) and is read-only."""
+
+    name: str
+    kind: str
+    settings: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoardConfig:
+    """Everything a board agent needs from its config, checked, read once."""
+
+    path: Path
+    board_type: str
+    board_path: str
+    board_description: str
+    identity: Identity | None  # None: the board learns its identity at boot
+    limits: Limits
+    control: Control
+    actuators: Actuators
+    pins: Pins
+    sensors: tuple[SensorConfig, ...]
+    mqtt: Mqtt | None = None  # None: no broker, the board runs on its own
+    leader: Leader | None = None  # None: this board runs no leader
+    site: Site | None = None  # None: no site role here
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config as plain TOML/JSON values (what `hearth config show` prints)."""
+        effective: dict[str, Any] = {"board_type": self.board_type}
+        for section, *_ in SECTIONS:
+            values = getattr(self, section)
+            if values is not None:
+                effective[section] = {key: list(value) if isinstance(value, tuple) else value
+                                      for key, value in dataclasses.asdict(values).items()}
+        effective["sensor"] = [{"name": sensor.name, "kind": sensor.kind, **sensor.settings}
+                               for sensor in self.sensors]
+        return effective

@@ -41,6 +41,7 @@ class Identity:
     module: str
     board: str
 
+
 # The firmware throttles the Arm on its own from 80 C; the agent's SoC limits stay below that so
 # that its control, not the firmware's, is in charge (DESIGN.md section 7).
 LIMITS_SCHEMA: Schema = {
@@ -80,6 +81,7 @@ class Limits:
     power_min_w: float
     power_max_w: float
 
+
 CONTROL_SCHEMA: Schema = {
     "period_s": Field(float, "control loop period (sample, supervise, control, govern)",
                       default=0.1, min=0.02, max=1.0),
@@ -105,6 +107,7 @@ class Control:
     leader_timeout_s: float
     setpoint_hold_s: float
 
+
 ACTUATORS_SCHEMA: Schema = {
     "cpufreq_policy": Field(str, "cpufreq policy directory under /sys/devices/system/cpu/cpufreq",
                             default="policy0", pattern=r"policy[0-9]+", example="policy0"),
@@ -128,6 +131,7 @@ class Actuators:
     workload_cgroup: str
     heatfill_cgroup: str
     cpu_period_us: int
+
 
 _FILE_RULE = "an absolute path, or empty for none"
 _FILE_PATTERN = r"(/[^\x00]*)?"
@@ -171,6 +175,7 @@ class Mqtt:
     key_file: str
     username: str
     password_file: str
+
 
 _READING_NAME = r"([a-z][a-z0-9_]*(\.[a-z_]+)?)?"
 _READING_RULE = ("a reading of a [[sensor]] in this file (its name, or name.quantity such as "
@@ -220,6 +225,7 @@ class Leader:
     interlock_clear_s: float
     metrics_port: int
 
+
 SITE_SCHEMA: Schema = {
     "period_s": Field(float, "how often module budgets are sent", default=10.0, min=1.0,
                       max=600.0),
@@ -248,6 +254,7 @@ class Site:
     ki_w_per_k_s: float
     demand_timeout_s: float
 
+
 _GPIO = Field(int, "BCM GPIO number", min=0, max=27)
 
 PINS_SCHEMA: Schema = {
@@ -268,6 +275,7 @@ class Pins:
     flow_gpio: int
     status_led_gpio: int
     slot_id_gpios: tuple[int, ...]
+
 
 # Sections of the site config: (table name, schema, what it is for, required as a whole).
 SECTIONS: tuple[tuple[str, Schema, str, bool], ...] = (

@@ -22,7 +22,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 from agent.errors import ConfigFileError, ConfigValueError
-from agent.identity import IDENTITY_FIELDS, NAME_PATTERN, NAME_RULE, Identity
+from agent.identity import (IDENTITY_FIELDS, NAME_PATTERN, NAME_RULE, TABLE_ENTRY_FIELDS,
+                            Identity, parse_serial)
 from agent.schema import Field
 from agent.tables import ABSENT, TableCheck, suggest
 from agent.site.role import TARGET_SET
@@ -59,9 +60,8 @@ MODULE_FIELDS = {"name": IDENTITY_FIELDS["module"]}
 BOARD_FIELDS = {
     "module": IDENTITY_FIELDS["module"],
     "name": IDENTITY_FIELDS["board"],
-    "serial": Field(str, "the SoC serial number, hexadecimal", default=None,
-                    example="10000000a1b2c3d4"),
-    "slot": Field(int, "the backplane slot its straps give", default=None, min=1, max=63),
+    "serial": TABLE_ENTRY_FIELDS["serial"],
+    "slot": TABLE_ENTRY_FIELDS["slot"],
 }
 LEADER_FIELDS = {
     "module": IDENTITY_FIELDS["module"],
@@ -231,7 +231,7 @@ def _boards(check: TableCheck, file: str, document: dict, site: str | None,
         boards[identity] = at
         if serial is not None:
             try:
-                key = int(serial, 16)
+                key = parse_serial(serial)
             except ValueError:
                 check.report(file, f"{at}.serial", "a hexadecimal serial number like "
                              "'10000000a1b2c3d4'", value=serial)

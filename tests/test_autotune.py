@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 from agent import cli
-from agent.commands import tune
 from agent.config import load_config
+from agent.control import autotune_run
 from agent.control.autotune import (
     GAINS_FILE, GAINS_VERSION, RelayAutotune, RelayController, RelayPlan, StoredGains,
     apply_gains, gains_from_payload, load_gains)
@@ -66,8 +66,8 @@ def run_tune(sim, loop):
         sim.board.step(PERIOD_S)
 
     limits = load_config(sim.config_path).limits
-    return tune.tune_loop(sim.agent, tune.DEFAULT_PLANS[loop], advance, limits.soc_critical_c,
-                          limits.power_min_w, limits.power_max_w)
+    return autotune_run.tune_loop(sim.agent, autotune_run.DEFAULT_PLANS[loop], advance,
+                                  limits.soc_critical_c, limits.power_min_w, limits.power_max_w)
 
 
 def one_second_means(reports):
@@ -84,7 +84,7 @@ def test_power_loop_tune_on_the_simulated_board(sim):
     assert 0.8 <= result.ku <= 2.0, "model-corrected plant gain near 1 W/W"
     kp, ki, kd = result.gains("zn-pi")
     assert 0.2 <= kp <= 1.0 and 1.0 <= ki <= 10.0 and kd == 0.0
-    assert outcome.duration_s <= tune.DEFAULT_PLANS["power"].max_duration_s
+    assert outcome.duration_s <= autotune_run.DEFAULT_PLANS["power"].max_duration_s
     sim.board.step(PERIOD_S)
     assert sim.board.plant.cap_mhz == sim.board.params.operating_points_mhz[0], \
         "the board is left at its lowest setting"
@@ -165,12 +165,13 @@ def test_relay_gives_up_after_its_time_budget():
 def test_gains_are_stored_and_loaded_back(sim, tmp_path):
     outcome = run_tune(sim, "power")
     store = StateStore(tmp_path)
-    path, problem = tune.store_outcomes(store, [outcome], {"power": "zn-pi"})
+    path, problem = autotune_run.store_outcomes(store, [outcome], {"power": "zn-pi"})
     assert path == tmp_path / GAINS_FILE and problem is not None and "missing" in problem
     gains, problem = load_gains(store)
     assert problem is None
     kp, ki, kd = outcome.result.gains("zn-pi")
     assert gains == StoredGains(power=PowerGains(kp=kp, ki=ki, kd=kd))
+    assert outcome.stored_gains("zn-pi") == gains, "what the console applies is what is stored"
     record = json.loads(path.read_text())["payload"]["power"]
     assert record["rule"] == "zn-pi" and record["ku"] == pytest.approx(outcome.result.ku)
     store.write(GAINS_FILE, GAINS_VERSION, {**json.loads(path.read_text())["payload"],

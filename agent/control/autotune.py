@@ -8,7 +8,8 @@ into PID gains. Like Klipper, the amplitude a is half the measured peak-to-peak 
 hysteresis band (there only to keep noise from chattering the relay) is left out of Ku.
 
 Everything here is a control law or plain arithmetic: no I/O, no clock, no logging. `time` is
-passed in; the `hearth tune` command (agent/commands/tune.py) runs it through a board agent.
+passed in; agent.control.autotune_run runs it through a board agent, for `hearth tune` and
+the console's `tune` alike.
 """
 
 import dataclasses

@@ -153,3 +153,89 @@ def test_no_runtime_module_imports_the_deployment_tools():
                                                             "agent.deploy")
                  for path in sources}
     assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(AGENT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each of the package's modules -> the package's modules it imports, at module level or
+    inside a function alike (a name that is not a module, `from m import f`, counts as `m`)."""
+    modules = {module_name(path): path for path in AGENT.rglob("*.py")}
+    return {name: {imported for imported in imported_names(path)
+                   if imported in modules and imported != name}
+            for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (a -> ... -> a) through each strongly connected group of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    found = []
+    for group in groups:
+        start = min(group)
+        paths = {start: [start]}
+        queue = [start]
+        while queue:
+            node = queue.pop(0)
+            for target in sorted(graph[node] & group):
+                if target == start:
+                    queue = []
+                    found.append(paths[node] + [start])
+                    break
+                if target not in paths:
+                    paths[target] = paths[node] + [target]
+                    queue.append(target)
+    return found
+
+
+def test_cycle_finder_reports_the_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph()
+    assert "agent.console.commands" in graph["agent.console.docs"], "the graph sees imports"
+    assert [" -> ".join(cycle) for cycle in cycles(graph)] == []
+
+
+def test_only_the_command_line_imports_the_commands():
+    """agent.commands is the top layer: the runtime, the console, the simulator and the
+    deployment tools never reach up into it."""
+    offenders = {}
+    for path in sorted(AGENT.rglob("*.py")):
+        relative = path.relative_to(AGENT)
+        if relative.parts[0] == "commands" or relative == Path("cli.py"):
+            continue
+        names = loaded(sorted(imported_names(path)), "agent.commands")
+        if names:
+            offenders[str(relative)] = names
+    assert offenders == {}

@@ -6,7 +6,7 @@ arrived, and a remote caller gets exactly the subset declared remote here.
 
 API (for transports, including the MQTT command path)
 -----------------------------------------------------
-    from agent.console.commands import COMMANDS, CommandProcessor, command_named, remote_commands
+    from agent.console.commands import COMMANDS, CommandProcessor, remote_commands
     processor = CommandProcessor(agent, config, run_in_loop=mailbox.call, state_dir=...)
     result = processor.execute("setpoint", {"watts": 4.5}, source="leader", confirmed=True)
 
@@ -46,14 +46,16 @@ import json
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from agent.config import DEFAULT_CONFIG_PATH, BoardConfig, load_config
-from agent.console import handlers
-from agent.console.handlers import TechnicianRequest
+from agent.console.handlers import calibration, control, diagnostics, faults, info, selftest
+from agent.console.handlers.calibration import FlowCalibration, TuneJob, finish_tune
+from agent.console.handlers.control import TechnicianRequest
 from agent.console.loop import LoopUnavailable
 from agent.console.spec import (
-    LOCAL_SOURCES, Arg, Command, CommandRefused, ParsedLine, Result, parse_line, shown)
+    LOCAL_SOURCES, Arg, Command, CommandRefused, ParsedLine, Result, command_named, parse_line,
+    shown)
 from agent.errors import ConfigError
 from agent.persist import StateStore
 
@@ -65,68 +67,64 @@ keep a board off the leader's plan for good."""
 CONFIRM_TAIL = " Type yes to go ahead; anything else cancels."
 
 COMMANDS: tuple[Command, ...] = (
-    Command("help", "List the commands, or explain one.", handlers.help_,
+    Command("help", "List the commands, or explain one.", info.help_,
             (Arg("command", str, "a command name", default="", rest=True),), needs_agent=False),
     Command("status", "Mode, setpoint and where it comes from, power, temperatures, faults.",
-            handlers.status),
+            info.status),
     Command("sensors", "Every reading of the last control period with its validity and reason.",
-            handlers.sensors),
+            info.sensors),
     Command("limits", "The configured safety limits and the power ceiling in force now.",
-            handlers.limits),
-    Command("faults", "Latched faults and the supervisor's active findings.", handlers.faults),
-    Command("events", "The latest safety and console events, oldest first.", handlers.events,
+            info.limits),
+    Command("faults", "Latched faults and the supervisor's active findings.", faults.faults),
+    Command("events", "The latest safety and console events, oldest first.", info.events,
             (Arg("count", int, "how many", min=1, max=256, default=10),)),
     Command("setpoint", "Set the board's power setpoint as a local override that expires "
-            "(the leader's setpoint over MQTT).", handlers.setpoint,
+            "(the leader's setpoint over MQTT).", control.setpoint,
             (Arg("watts", float, "power setpoint", unit="W", min=0.0, max=15.0),
              Arg("minutes", float, "how long the local override lasts", unit="min", min=1.0,
                  max=OVERRIDE_MAX_MIN, default=OVERRIDE_DEFAULT_MIN, keyword="for")),
             remote=("leader", "operator")),
     Command("mode", "auto: the leader decides; safe: hold the board in SAFE; hold: keep the "
-            "present setpoint whatever the leader says.", handlers.mode,
+            "present setpoint whatever the leader says.", control.mode,
             (Arg("mode", str, "the control mode", choices=("auto", "safe", "hold")),),
             remote=("operator",)),
-    Command("reset", "Clear latched faults, only once their causes are gone.", handlers.reset,
+    Command("reset", "Clear latched faults, only once their causes are gone.", faults.reset,
             destructive="reset clears the latched faults and lets the board heat again.",
             remote=("operator",)),
     Command("tune", "Relay-autotune the power or SoC loop on the running board; `tune stop` "
-            "aborts.", handlers.tune,
+            "aborts.", calibration.tune,
             (Arg("loop", str, "which loop", choices=("power", "soc", "stop"),
                  default="power"),),
             destructive="tune drives the board with a relay (power swinging around 4.5 W) for "
             "up to 60 s (power) or 15 min (soc), then applies the new gains.",
             remote=("operator",)),
     Command("identify", "Blink the board's status LED so you can find it in the rack.",
-            handlers.identify,
+            diagnostics.identify,
             (Arg("seconds", float, "how long", unit="s", min=1.0, max=600.0, default=10.0),),
             remote=("leader", "operator")),
     Command("i2c scan", "Probe I2C addresses 0x03-0x77 and name the configured chips that "
-            "answer (or do not).", handlers.i2c_scan,
+            "answer (or do not).", diagnostics.i2c_scan,
             (Arg("bus", int, "I2C bus number (default: the sensors' bus)", min=0, max=31,
                  default=-1),)),
     Command("w1 list", "The DS18B20 sensors on the 1-wire bus, with their configured names.",
-            handlers.w1_list, needs_agent=False),
+            diagnostics.w1_list, needs_agent=False),
     Command("config show", "The effective config (board definition and site merged).",
-            handlers.config_show, needs_agent=False),
+            diagnostics.config_show, needs_agent=False),
     Command("config check", "Check the config file on disk; every problem with key, value and "
-            "expectation.", handlers.config_check, needs_agent=False),
+            "expectation.", diagnostics.config_check, needs_agent=False),
     Command("calibrate flow", "Flow meter K factor: `calibrate flow start`, run a known volume "
-            "through the meter, then `calibrate flow <litres>`.", handlers.calibrate_flow,
+            "through the meter, then `calibrate flow <litres>`.", calibration.calibrate_flow,
             (Arg("litres", float, "the volume that ran through", unit="L", min=0.1,
                  max=10000.0, choices=("start", "cancel")),)),
     Command("selftest", "Exercise every sensor and actuator through the agent's drivers; "
-            "pass/fail per item.", handlers.selftest),
-    Command("reboot", "Put the board in SAFE and reboot it.", handlers.reboot,
+            "pass/fail per item.", selftest.selftest),
+    Command("reboot", "Put the board in SAFE and reboot it.", faults.reboot,
             destructive="reboot stops heating and restarts the board (about a minute)."),
     Command("shutdown", "Stop the workload and power the board off through the agent's "
-            "shutdown path.", handlers.shutdown,
+            "shutdown path.", faults.shutdown,
             destructive="shutdown powers the board off; it stays off until someone powers it "
             "on again."),
 )
-
-
-def command_named(name: str) -> Command | None:
-    return next((command for command in COMMANDS if command.name == name), None)
 
 
 def remote_commands(source: str) -> list[Command]:
@@ -158,25 +156,31 @@ class CommandProcessor:
                  run_in_loop: Callable[[Callable[[], Any]], Any] | None = None,
                  state_dir: Path | None = None,
                  run_command: Callable[[list[str]], None] | None = None,
-                 root: Path | None = None, hold_minutes: float = OVERRIDE_DEFAULT_MIN):
+                 root: Path | None = None, hold_minutes: float = OVERRIDE_DEFAULT_MIN,
+                 commands: Sequence[Command] = COMMANDS):
         self.agent = agent
+        self.commands = commands
+        """The table this processor runs; `help` lists it (handlers never import it)."""
         self.config = config
         self.config_path = config_path or (config.path if config else DEFAULT_CONFIG_PATH)
         self.board_id = board_id or default_board_id(config)
         self.run_in_loop = run_in_loop
         self.state_store = StateStore(state_dir) if state_dir is not None else None
-        self.run_command = run_command or (agent.supervisor.shutdown.run if agent else None)
+        self.run_command = run_command or (agent.run_command if agent else None)
         self.root = root or (agent.context.hardware.root if agent else Path("/"))
         self.hold_minutes = hold_minutes
         self.request = TechnicianRequest()
         self.override_until: float | None = None
-        self.tune: handlers.TuneJob | None = None
-        self.calibration: handlers.FlowCalibration | None = None
+        self.tune: TuneJob | None = None
+        self.calibration: FlowCalibration | None = None
         self.led = None
         self.refused_commands = 0
         self._count_lock = threading.Lock()
+        self.agent_mode = agent.status().mode if agent is not None else "NO-AGENT"
+        """The mode the supervisor last announced, kept so the prompt never waits for the loop."""
         if agent is not None:
             agent.supervisor.add_check(self, self.request)
+            agent.subscribe_events(self, self._note_mode)
 
     @classmethod
     def without_agent(cls, config_path: Path, board_id: str | None = None,
@@ -199,8 +203,7 @@ class CommandProcessor:
         return "auto"
 
     def prompt(self) -> str:
-        mode = self.agent.supervisor.mode.value if self.agent is not None else "NO-AGENT"
-        return f"hearth {self.board_id} {mode}> "
+        return f"hearth {self.board_id} {self.agent_mode}> "
 
     def execute(self, name: Any, args: Any, source: Any, confirmed: bool = False) -> Result:
         """Never raises: whatever the caller passes, the answer is a Result any transport can
@@ -216,11 +219,11 @@ class CommandProcessor:
         return result
 
     def _execute(self, name: Any, args: Any, source: Any, confirmed: bool) -> Result:
-        command = command_named(name) if isinstance(name, str) else None
+        command = command_named(self.commands, name) if isinstance(name, str) else None
         if command is None:
             return Result(False, "", reason=f"unknown command {shown(name)}: `help` lists them")
         if source not in LOCAL_SOURCES and source not in command.remote:
-            allowed = ", ".join(c.name for c in remote_commands(source)) or "none"
+            allowed = ", ".join(c.name for c in self.commands if source in c.remote) or "none"
             return Result(False, command.name, reason=f"{command.name} is not allowed from "
                           f"{shown(source)}; allowed from there: {allowed}. Use the board's "
                           "console")
@@ -248,7 +251,7 @@ class CommandProcessor:
     def execute_line(self, line: str, source: str,
                      confirmed: bool = False) -> tuple[Result, bool]:
         try:
-            parsed: ParsedLine = parse_line(line, COMMANDS)
+            parsed: ParsedLine = parse_line(line, self.commands)
         except CommandRefused as error:
             with self._count_lock:
                 self.refused_commands += 1
@@ -258,23 +261,30 @@ class CommandProcessor:
                               confirmed or parsed.confirmed)
         return result, parsed.as_json
 
+    def _note_mode(self, event) -> None:
+        """The supervisor announces every change of mode as a `mode` event."""
+        if event.cause == "mode":
+            self.agent_mode = event.mode
+
     def poll(self) -> None:
         """Once per period in the loop's thread: expire a local override, watch a tune, count
         flow pulses."""
         agent = self.agent
         if agent is None:
             return
-        now = agent.clock()
-        if self.override_until is not None and now >= self.override_until:
+        if self.tune is None and self.calibration is None and self.override_until is None:
+            return
+        state = agent.status()
+        if self.override_until is not None and state.time >= self.override_until:
             self.override_until = None
-            agent.setpoints.clear_local()
-            handlers._event(self, "console:override_expired", None,
-                            "the console's local setpoint expired; the leader's setpoint (or "
-                            "the fallback) applies again", "info")
+            agent.clear_local_setpoint()
+            agent.record("console:override_expired", None,
+                         "the console's local setpoint expired; the leader's setpoint (or the "
+                         "fallback) applies again", "info")
         if self.tune is not None:
-            handlers.finish_tune(self)
+            finish_tune(self, state)
         if self.calibration is not None:
-            self.calibration.poll(now, agent.readings.get(self.calibration.reading))
+            self.calibration.poll(state.time, state.readings.get(self.calibration.reading))
 
     def close(self) -> None:
         if self.agent is not None:

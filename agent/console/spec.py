@@ -1,10 +1,11 @@
 """The shapes of console commands: arguments with types and bounds, results, and the text parser.
 
 Kept apart from the command list (agent.console.commands) so handlers can import these types
-without importing the list that names them. Typed text becomes a value in one place,
-`parse_line` (through `Arg.from_text`: numbers in ASCII digits only); every value, typed or
-JSON, is then judged by `Arg.coerce`, which takes JSON numbers only, so a caller on MQTT or the
-socket cannot smuggle in text that some other number parser would read.
+without importing the list that names them; a handler that needs the list (help) gets it from
+the processor that runs it. Typed text becomes a value in one place, `parse_line` (through
+`Arg.from_text`: numbers in ASCII digits only); every value, typed or JSON, is then judged by
+`Arg.coerce`, which takes JSON numbers only, so a caller on MQTT or the socket cannot smuggle
+in text that some other number parser would read.
 """
 
 import dataclasses
@@ -61,6 +62,12 @@ def shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "a list"
     return f"a {type(value).__name__}"
+
+
+def described_source(source: str) -> str:
+    """Where a command came from, as events and answers name it."""
+    return {"serial": "the serial console", "socket": "hearth ctl"}.get(source,
+                                                                        f"MQTT ({source})")
 
 
 def check_line(line: Any) -> str:
@@ -255,6 +262,10 @@ class ParsedLine:
     args: dict[str, Any]
     as_json: bool
     confirmed: bool
+
+
+def command_named(commands: Sequence[Command], name: str) -> Command | None:
+    return next((command for command in commands if command.name == name), None)
 
 
 def parse_line(line: str, commands: Sequence[Command]) -> ParsedLine:

@@ -23,7 +23,6 @@ from agent.console.session import RateLimit, Session
 from agent.console.spec import Result, shown
 from agent.console.wire import MAX_REQUEST, RequestRefused, decode_request
 from agent.errors import HearthError
-from agent.safety.events import Event
 
 DEFAULT_SERIAL = "/dev/serial0"
 DEFAULT_BAUD = 115200
@@ -425,6 +424,4 @@ class ConsoleService:
         self.processor.close()
 
     def _problem(self, message: str) -> None:
-        agent = self.agent
-        agent.events.record(Event(agent.clock(), "console:problem", None, message,
-                                  agent.supervisor.mode.value, "warning"))
+        self.agent.record("console:problem", None, message)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agent.mqtt.link import NetworkLoop
+from agent.mqtt.network_loop import NetworkLoop
 from agent.sim.board_farm import BoardSpec, FarmSettings, LocalFarm, WorkerFarm
 from agent.sim.clock import SimClock
 

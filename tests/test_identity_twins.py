@@ -13,7 +13,8 @@ import time
 from twin_boards import RECONNECT_MAX_S, Twin, generated_broker, run_twins, twin_settings
 
 from agent.identity import IDENTITY_FILE
-from agent.mqtt.link import DUPLICATE_IDENTITY, Link, NetworkLoop
+from agent.mqtt.link import DUPLICATE_IDENTITY, Link
+from agent.mqtt.network_loop import NetworkLoop
 from agent.mqtt.outbox import Outbox
 
 FIND_S = 25.0
@@ -55,7 +56,7 @@ def test_twins_on_one_network_loop_back_off_too(tmp_path):
     network = NetworkLoop()
     found = []
     links = [Link(twin_settings(broker, account), client_id="hearth-maple-school-m1-b01",
-                  outbox=Outbox(tmp_path / name), boot=name, network=network)
+                  outbox=Outbox(tmp_path / name), boot=name, io=network)
              for name in ("first", "second")]
     try:
         for link in links:

@@ -1,4 +1,4 @@
-"""Many Links on one NetworkLoop (agent/mqtt/link.py) against a real Mosquitto: more
+"""Many Links on one NetworkLoop (agent/mqtt/network_loop.py) against a real Mosquitto: more
 connections than paho's select()-based thread can hold in one process, delivery both ways, and
 a reconnect with the kept messages after the broker was away."""
 
@@ -8,7 +8,8 @@ import threading
 import time
 import uuid
 
-from agent.mqtt.link import Link, LinkSettings, NetworkLoop
+from agent.mqtt.link import Link, LinkSettings
+from agent.mqtt.network_loop import NetworkLoop
 from agent.mqtt.outbox import Outbox
 
 LINKS = 400
@@ -28,7 +29,7 @@ def wait_for(condition, timeout_s: float, what: str):
 def make_link(port: int, directory, name: str, network: NetworkLoop | None,
               inbox_max: int = 1000) -> Link:
     return Link(LinkSettings("127.0.0.1", port), client_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                outbox=Outbox(directory / name), boot=str(uuid.uuid4()), network=network,
+                outbox=Outbox(directory / name), boot=str(uuid.uuid4()), io=network,
                 inbox_max=inbox_max)
 
 
@@ -73,7 +74,7 @@ def test_a_link_on_a_network_loop_reconnects_and_sends_what_waited(mosquitto, tm
     broker = mosquitto()
     network = NetworkLoop()
     link = Link(LinkSettings("127.0.0.1", broker.port, reconnect_min_s=2), client_id="board",
-                outbox=Outbox(tmp_path / "board"), boot=str(uuid.uuid4()), network=network)
+                outbox=Outbox(tmp_path / "board"), boot=str(uuid.uuid4()), io=network)
     link.start()
     listener = None
     got = []
@@ -148,7 +149,7 @@ def test_a_keepalive_timeout_on_a_network_loop_reconnects(mosquitto, tmp_path):
     link = Link(LinkSettings("127.0.0.1", broker.port, keepalive_s=1, reconnect_min_s=1,
                              reconnect_max_s=1),
                 client_id="quiet-broker", outbox=Outbox(tmp_path / "q"), boot=str(uuid.uuid4()),
-                network=network)
+                io=network)
     try:
         link.start()
         wait_for(lambda: link.connected, 10, "the link connected")

@@ -33,7 +33,7 @@ from typing import Any, Callable, Protocol
 from agent.energy_meter import EnergyMeter
 from agent.errors import MessageError
 from agent.mqtt.envelope import finite_number, printable
-from agent.mqtt.link import Link, LinkSettings, Message, NetworkLoop
+from agent.mqtt.link import Link, LinkIo, LinkSettings, Message
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.persist import StateStore
@@ -437,9 +437,9 @@ class BoardConnection:
     boot: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
     keep_ram: int = 256
     """Kept messages (events, replies) held in RAM before they spill to outbox_dir."""
-    network: NetworkLoop | None = None
-    """A network thread shared by many boards in one process (the simulator); None: the
-    link's own paho thread, as on a real board."""
+    io: LinkIo | None = None
+    """Runs the link's network I/O: a NetworkLoop shared by many boards in one process (the
+    simulator); None: the link's own paho thread, as on a real board."""
 
 
 def read_password(path: Path) -> str:
@@ -471,7 +471,7 @@ def connect_board(agent, connection: BoardConnection, commands: CommandRunner | 
     link = Link(connection.settings, client_id=connection.topics.client_id,
                 outbox=Outbox(connection.outbox_dir, keep_ram=connection.keep_ram), boot=connection.boot,
                 wall_clock=connection.wall_clock, status_topic=connection.topics.status,
-                network=connection.network)
+                io=connection.io)
     board_link = BoardLink(agent, link, connection.topics, commands, energy_store)
     link.start()
     return board_link

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board
-from agent.mqtt.link import LinkSettings, NetworkLoop
+from agent.mqtt.link import LinkSettings
+from agent.mqtt.network_loop import NetworkLoop
 from agent.mqtt.topics import BoardTopics
 from agent.safety.events import EventLog
 from agent.sim.clock import SimClock
@@ -104,7 +105,7 @@ class SimBoard:
         self.link: BoardLink = connect_board(self.sim.agent, BoardConnection(
             LinkSettings(settings.host, settings.port, reconnect_max_s=2),
             BoardTopics(SITE, spec.module, spec.name), spec.directory / "outbox",
-            lambda: settings.wall_epoch + (clock() - start_s), network=network))
+            lambda: settings.wall_epoch + (clock() - start_s), io=network))
         settle_at_idle(self.plant, settings.water_c)
 
     @property

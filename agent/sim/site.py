@@ -36,7 +36,8 @@ from typing import Callable
 from agent.errors import ConfigValueError
 from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
                                module_topics)
-from agent.mqtt.link import Link, LinkSettings, NetworkLoop
+from agent.mqtt.link import Link, LinkSettings
+from agent.mqtt.network_loop import NetworkLoop
 from agent.mqtt.outbox import Outbox
 from agent.persist import StateStore
 from agent.sim.board_farm import (BOARD_PERIOD_S, SITE, BoardSpec, BoardState,
@@ -127,7 +128,7 @@ class SimModule:
                     outbox=Outbox(self.directory / "leader-outbox"), boot=str(uuid.uuid4()),
                     wall_clock=self.wall_clock,
                     status_topic=module_topics(SITE, self.name)["status"],
-                    network=self.network, window=LINK_WINDOW)
+                    io=self.network, window=LINK_WINDOW)
         self.leader = LeaderRole(SITE, self.name, link, self.clock, LEADER_SETTINGS,
                                  self.readings, store=self.store, wall_clock=self.wall_clock)
         self.leader.start()
@@ -283,7 +284,7 @@ class SiteSimulation:
         link = Link(LinkSettings(self.broker.host, self.broker.port, reconnect_max_s=2),
                     client_id=f"hearth-{SITE}-site", outbox=Outbox(self.directory / "site-outbox"),
                     boot=str(uuid.uuid4()), wall_clock=self.wall_clock,
-                    status_topic=site_topics(SITE)["status"], network=self.network)
+                    status_topic=site_topics(SITE)["status"], io=self.network)
         kp = self.nominal_w / 5.0
         role = SiteRole(SITE, link, self.clock, SiteSettings(
             period_s=10.0, target_c=target_c, kp_w_per_k=kp, ki_w_per_k_s=kp / 120.0,

@@ -6,8 +6,11 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent.leader.ledger import LEDGER_FILE, EnergyLedger
+from agent.leader.board_state import POWER_CEILING_W
+from agent.leader.ledger import ALLOWANCE_WINDOW_S, ENERGY_MARGIN, LEDGER_FILE, EnergyLedger
 from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
 from agent.metrics import exposition
 from agent.mqtt import envelope
@@ -274,3 +277,35 @@ def test_rejections_are_in_the_metrics():
     assert 'hearth_board_rejected_states_total{site="s1",module="m1",board="b1"} 1' in text
     assert 'hearth_board_rejected_energy_reports_total{site="s1",module="m1",board="b1"} 0' \
         in text
+
+
+def test_reports_that_arrive_bunched_are_all_counted():
+    """Two reports taken in one poll are 0 s apart by the leader's clock; the first bound
+    rejected the second (the simulator on Mosquitto showed thousands of these an hour)."""
+    ledger = EnergyLedger()
+    wh = 100.0
+    assert ledger.board_sample("b1", "a", {"energy_electric_wh": wh}, 0.0) is None
+    for second in range(1, 600, 2):  # 6 W, reports a second apart, taken two at a time
+        for _ in range(2):
+            wh += 6.0 / 3600.0
+            assert ledger.board_sample("b1", "a", {"energy_electric_wh": wh},
+                                       float(second)) is None
+    assert ledger.boards["b1"].total_wh["electric"] == pytest.approx(wh - 100.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 2.0)), min_size=1,
+                max_size=200))
+def test_a_board_that_lies_gains_at_most_the_window_beyond_the_ceiling(reports):
+    """Whatever rises it claims and however often it reports, the total taken stays within
+    the ceiling's rate over the time passed plus one window of unused allowance."""
+    ledger = EnergyLedger()
+    wall_s, claimed = 1000.0, 0.0
+    ledger.board_sample("b1", "a", {"energy_electric_wh": claimed}, wall_s)
+    for gap_s, rise_wh in reports:
+        wall_s += gap_s
+        claimed += rise_wh
+        ledger.board_sample("b1", "a", {"energy_electric_wh": claimed}, wall_s)
+    rate_w = POWER_CEILING_W * ENERGY_MARGIN
+    bound_wh = rate_w * (wall_s - 1000.0 + ALLOWANCE_WINDOW_S) / 3600.0
+    assert ledger.boards["b1"].total_wh["electric"] <= bound_wh + 1e-9

@@ -18,6 +18,13 @@ reason): the ledger keeps its reference, so the next honest report still counts.
 that jumped is taken as the new reference only at the board's next boot, without the jump.
 Time is the leader's wall clock, kept in the file, so the bound also holds across a leader
 restart. The totals therefore stay finite and never go down.
+
+The bound is a rate, not a per-report check: reports reach the leader bunched (two taken in
+one poll are 0 s apart by the leader's clock though the board measured a second between them),
+so allowance a board did not use is kept for ALLOWANCE_WINDOW_S. `wall_s` is the time up to
+which the board has spent its allowance (a token bucket written as a time, like GCRA): each
+rise taken moves it on by the time the ceiling needs to draw that rise, and never leaves it more
+than the window behind. A board that lies can gain at most the window's worth once.
 """
 
 import dataclasses
@@ -32,6 +39,8 @@ LEDGER_FILE = "leader-energy.json"
 LEDGER_VERSION = 1
 KINDS = ("electric", "heat")
 ENERGY_MARGIN = 1.5
+ALLOWANCE_WINDOW_S = 60.0
+"""Unused allowance is kept this long: reports that arrive bunched still fit."""
 TOTAL_MAX_WH = 1e15
 """A stored total above this (a 15 W board for 7.6 billion years) did not come from a ledger."""
 
@@ -59,8 +68,9 @@ class BoardEnergy:
         default_factory=lambda: {kind: 0.0 for kind in KINDS})
     segments: int = 0
     wall_s: float | None = None
-    """The leader's wall-clock time of the last report taken: the next rise must fit in the
-    time since. None (a ledger written before it was kept): the next rise is not counted."""
+    """The leader's wall-clock time up to which the board has used its allowance: the next rise
+    must fit in the time since. None (a ledger written before it was kept): the next rise is
+    not counted."""
     rejected: int = 0
     """Reports not counted since the leader started (not kept in the file)."""
     rejection: str | None = None
@@ -116,6 +126,8 @@ class EnergyLedger:
         entry = self.boards.setdefault(board, BoardEnergy())
         restarted = boot != entry.boot
         values = {kind: finite_number(counters.get(f"energy_{kind}_wh")) for kind in KINDS}
+        if entry.wall_s is not None and entry.wall_s > wall_s:
+            entry.wall_s = wall_s  # the wall clock went back: the allowance starts again now
         problem = self._beyond_bound(entry, values, wall_s)
         if problem is not None:
             entry.rejected += 1
@@ -134,6 +146,7 @@ class EnergyLedger:
             entry.boot = boot
             self.urgent = True
         went_back = False
+        rise_wh = 0.0
         for kind in KINDS:
             value, last = values[kind], entry.last[kind]
             if value is None:
@@ -146,10 +159,11 @@ class EnergyLedger:
             if value <= last:
                 continue  # same boot and lower: an old message arriving late
             entry.total_wh[kind] += value - last
+            rise_wh = max(rise_wh, value - last)
             entry.last[kind] = value
             self.dirty = True
         entry.segments += went_back
-        entry.wall_s = wall_s
+        entry.wall_s = self._spent_until(entry.wall_s, rise_wh, wall_s)
         entry.rejecting = False
         return None
 
@@ -157,6 +171,14 @@ class EnergyLedger:
         """Was the board's last report not counted? (One event per streak, not per report.)"""
         entry = self.boards.get(board)
         return entry is not None and entry.rejecting
+
+    @staticmethod
+    def _spent_until(spent_s: float | None, rise_wh: float, wall_s: float) -> float:
+        """Where the allowance stands after taking a rise of `rise_wh` at `wall_s`."""
+        if spent_s is None:
+            return wall_s
+        used_s = rise_wh * 3600.0 / (POWER_CEILING_W * ENERGY_MARGIN)
+        return min(wall_s, max(spent_s + used_s, wall_s - ALLOWANCE_WINDOW_S))
 
     @staticmethod
     def _beyond_bound(entry: BoardEnergy, values: dict[str, float | None],

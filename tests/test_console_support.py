@@ -37,8 +37,7 @@ class Board:
 
     def _loop(self) -> None:
         try:
-            self.simulated.run_realtime(time.monotonic, time.sleep,
-                                        self.service.loop_hook(self._stop.is_set))
+            self.simulated.run_realtime(time.monotonic, time.sleep, self._stop.is_set)
         except BaseException as error:  # reported by the test, which fails on it
             self.loop_error = error
 

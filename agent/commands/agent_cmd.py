@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     console = _start_console(agent, config, args, DEFAULT_SOCKET, args.state_dir)
     board_link = _connect(agent, config, args.state_dir, console)
     try:
-        agent.run(time.sleep, console.loop_hook(should_stop), notifier)
+        agent.run(time.sleep, should_stop, notifier)
     finally:
         if board_link is not None:
             board_link.close()
@@ -122,7 +122,7 @@ def _run_sim(directory: Path, args: argparse.Namespace, should_stop) -> int:
             BoardTopics(site, module, board), directory / "outbox", time.time),
             commands=console.processor)
     try:
-        simulated.run_realtime(time.monotonic, time.sleep, console.loop_hook(should_stop))
+        simulated.run_realtime(time.monotonic, time.sleep, should_stop)
     finally:
         if board_link is not None:
             board_link.close()

@@ -35,7 +35,8 @@ API (for transports, including the MQTT command path)
   must share the agent's one processor (`ConsoleService.processor`).
 * Threads: execute() may be called from any thread. What touches the agent runs in the loop's
   thread through `run_in_loop` (a LoopMailbox's `call`), between two periods; the loop calls
-  `LoopMailbox.service()` and `poll()` once per period (ConsoleService.loop_hook does both).
+  `LoopMailbox.service()` and `poll()` once per period (ConsoleService registers both as one
+  of the agent's inputs).
   Without `run_in_loop` (a test stepping a SimulatedAgent itself) calls are direct.
 * `CommandProcessor(None, None, config_path=...)` is the processor of `hearth console` while
   the agent is down: commands with needs_agent=False still work, the rest say the agent is

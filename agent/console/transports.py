@@ -376,9 +376,9 @@ class RemoteExecutor:
 class ConsoleService:
     """The console inside the agent process: one processor, the loop mailbox, the transports.
 
-    `loop_hook(should_stop)` wraps the loop's should_stop callable, which BoardAgent.run and
-    SimulatedAgent.run_realtime call once per period in the loop's thread: queued console work
-    and the processor's poll run there, and a console failure is an event, never a dead loop.
+    From `start()` to `close()` it is one of the agent's inputs: at the start of every period,
+    in the loop's thread, queued console work and the processor's poll run, and a console
+    failure is an event, never a dead loop.
     """
 
     def __init__(self, agent, config, *, socket_path: Path | None = None,
@@ -397,6 +397,7 @@ class ConsoleService:
         self._loop_failures = 0
 
     def start(self) -> None:
+        self.agent.add_input(self, self._serve_loop)
         for transport in list(self.transports):
             try:
                 transport.start()
@@ -405,20 +406,18 @@ class ConsoleService:
                               f"started: {error}; the agent runs on without it")
                 self.transports.remove(transport)
 
-    def loop_hook(self, should_stop: Callable[[], bool]) -> Callable[[], bool]:
-        def hooked() -> bool:
-            try:
-                self.mailbox.service()
-                self.processor.poll()
-            except Exception as error:  # the console must never stop the control loop
-                self._loop_failures += 1
-                if self._loop_failures == 1:
-                    self._problem(f"console work failed in the loop: {type(error).__name__}: "
-                                  f"{error}")
-            return should_stop()
-        return hooked
+    def _serve_loop(self) -> None:
+        try:
+            self.mailbox.service()
+            self.processor.poll()
+        except Exception as error:  # the console must never stop the control loop
+            self._loop_failures += 1
+            if self._loop_failures == 1:
+                self._problem(f"console work failed in the loop: {type(error).__name__}: "
+                              f"{error}")
 
     def close(self) -> None:
+        self.agent.remove(self)
         for transport in self.transports:
             transport.stop()
         self.processor.close()

@@ -13,7 +13,9 @@ INTRO = f"""# Technician console
 
 A technician with a USB-serial cable, or a shell on the board, sees what the board is doing and
 acts on it without the network. The same commands are reached three ways, all through one
-`CommandProcessor` (`agent/console/commands.py`, whose docstring is the API):
+`CommandProcessor` (`agent/console/commands.py`, whose docstring is the API; what each
+command does is in `agent/console/handlers/`, one module per concern, reading the agent only
+through its API):
 
 * **serial**: `hearth console` (hearth-console.service) on `{DEFAULT_SERIAL}` at {DEFAULT_BAUD}
   8N1 passes lines to the agent over its socket and keeps answering when the agent is down

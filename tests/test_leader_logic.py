@@ -4,13 +4,14 @@ import math
 
 import pytest
 
-from agent.leader.heat import HeatMeter, heat_w
+from agent.leader.heat import HeatMeter
 from agent.leader.interlock import ModuleInterlock
 from agent.leader.ledger import EnergyLedger, LEDGER_FILE
 from agent.leader.split import BoardCapacity, BudgetSplitter, capacity_from_state
 from agent.leader.tracker import BoardTracker
 from agent.leader.trim import TrimLoop
 from agent.persist import StateStore
+from agent.water_heat import heat_w
 
 
 def state(seq, boot="a", **fields):
@@ -74,7 +75,7 @@ def test_tracker_leaves_out_safe_and_faulted(mode, faults):
 
 def test_heat_formula():
     # 10 L/min warmed by 5 K: 10/60 kg/s * 4180 J/(kg K) * 5 K = 3483.3 W
-    assert heat_w(40.0, 45.0, 10.0) == pytest.approx(3483.33, abs=0.01)
+    assert heat_w(10.0, 40.0, 45.0) == pytest.approx(3483.33, abs=0.01)
 
 
 def test_heat_meter_efficiency_and_unknowns():
@@ -90,7 +91,7 @@ def test_heat_meter_smooths():
     meter = HeatMeter(smoothing_s=10)
     meter.update(0, 40.0, 40.0, 6.0, 50.0)
     reading = meter.update(10, 40.0, 40.2, 6.0, 50.0)
-    assert 0 < reading.heat_w < heat_w(40.0, 40.2, 6.0)
+    assert 0 < reading.heat_w < heat_w(6.0, 40.0, 40.2)
 
 
 # --- BudgetSplitter

@@ -2,19 +2,18 @@
 power, giving the module's recovery efficiency.
 
 Why on the leader: each board measures its own heat exchanger, but the number the building
-pays for is what leaves the module's loop, Q = m_dot * c_p * (T_out - T_in) (DESIGN.md section 7).
-Its sensors (module inlet and outlet temperatures and flow) sit on the leader's board and are
-named in the `[leader]` config section. Both powers are smoothed with the same time constant
-so that the efficiency compares like with like; the oil bath still delays heat behind power by
-minutes, which is why the efficiency is only meaningful averaged (and why the trim loop is slow).
+pays for is what leaves the module's loop (agent.water_heat, the formula the boards use too).
+Its sensors (module inlet and outlet temperatures and flow) sit on the leader's board and carry
+the module's roles (module_water_in, module_water_out, module_flow). Both powers are smoothed
+with the same time constant so that the efficiency compares like with like; the oil bath still
+delays heat behind power by minutes, which is why the efficiency is only meaningful averaged
+(and why the trim loop is slow).
 """
 
 import dataclasses
 import math
 
-WATER_CP_J_PER_KG_K = 4180.0
-WATER_KG_PER_L = 1.0
-"""Close enough for a heating loop at 20-70 C (0.978-0.998 kg/L); the meter's own error is larger."""
+from agent.water_heat import heat_w
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +23,6 @@ class HeatReading:
     heat_w: float | None
     electric_w: float | None
     efficiency: float | None
-
-
-def heat_w(inlet_c: float, outlet_c: float, flow_l_per_min: float) -> float:
-    """Q = m_dot * c_p * dT for water."""
-    return flow_l_per_min / 60.0 * WATER_KG_PER_L * WATER_CP_J_PER_KG_K * (outlet_c - inlet_c)
 
 
 class HeatMeter:
@@ -49,11 +43,8 @@ class HeatMeter:
         dt_s = 0.0 if self._last_s is None else max(0.0, now - self._last_s)
         self._last_s = now
         alpha = 1.0 if self.smoothing_s <= 0 else dt_s / (self.smoothing_s + dt_s)
-        measured = None
-        if None not in (inlet_c, outlet_c, flow_l_per_min) and all(
-                math.isfinite(v) for v in (inlet_c, outlet_c, flow_l_per_min)):
-            measured = heat_w(inlet_c, outlet_c, flow_l_per_min)
-        self._heat_w = self._smooth(self._heat_w, measured, alpha)
+        self._heat_w = self._smooth(self._heat_w, heat_w(flow_l_per_min, inlet_c, outlet_c),
+                                    alpha)
         self._electric_w = self._smooth(self._electric_w, electric_w, alpha)
         efficiency = None
         if (self._heat_w is not None and self._electric_w is not None

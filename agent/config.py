@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.config_schema import (BOARD_SCHEMA, DEFAULT_CONFIG_PATH, MISSING_KEY_HINTS,
-                                 ORDERED_CHAINS, SECTIONS, SENSOR_NAME_FIELD, TOP_SCHEMA,
-                                 Actuators, BoardConfig, Control, Identity, Leader, Limits, Mqtt,
-                                 Pins, SensorConfig, Site)
+from agent.config_schema import (BOARD_SCHEMA, DEFAULT_CONFIG_PATH, LEADER_ROLE_KEYS,
+                                 MISSING_KEY_HINTS, ORDERED_CHAINS, SECTIONS, SENSOR_NAME_FIELD,
+                                 SENSOR_ROLE_FIELD, SENSOR_ROLES, TOP_SCHEMA, Actuators,
+                                 BoardConfig, Control, Identity, Leader, Limits, Mqtt, Pins,
+                                 SensorConfig, Site)
 from agent.schema import Schema
 from agent.tables import ABSENT, TableCheck, suggest, toml_value
 
@@ -101,8 +102,9 @@ class _Check(TableCheck):
                 layers.insert(0, (board, board_file))
             sections[name] = self.section(name, schema, layers, required,
                                           report_missing=self.board_usable or name != "pins")
-        sensors = self.sensors(site, board, board_file)
+        sensors, drafts = self.sensors(site, board, board_file)
         self.cross_checks(sections)
+        roles = self.roles(sensors, drafts, sections["leader"])
         self.raise_problems("the configuration")
         return BoardConfig(
             path=self.path, board_type=board_type, board_path=board_file,
@@ -112,7 +114,10 @@ class _Check(TableCheck):
             actuators=Actuators(**sections["actuators"]), pins=Pins(**sections["pins"]),
             sensors=tuple(sensors), mqtt=Mqtt(**sections["mqtt"]) if sections["mqtt"] else None,
             leader=Leader(**sections["leader"]) if sections["leader"] else None,
-            site=Site(**sections["site"]) if sections["site"] else None)
+            site=Site(**sections["site"]) if sections["site"] else None,
+            roles=types.MappingProxyType(roles),
+            leader_only_sensors=self.leader_only_sensors(roles) if sections["leader"] else
+            frozenset())
 
     def board_definition(self, board_type: str | None) -> tuple[str, dict | None]:
         """The board definition's file name and contents (None when it cannot be used)."""
@@ -188,7 +193,9 @@ class _Check(TableCheck):
             drafts.append(_SensorDraft(name, file, index, entries))
         return drafts
 
-    def sensors(self, site: dict, board: dict, board_file: str) -> list[SensorConfig]:
+    def sensors(self, site: dict, board: dict, board_file: str
+                ) -> tuple[list[SensorConfig], dict[str, _SensorDraft]]:
+        """The merged sensors, and the drafts they came from by name (where each key was set)."""
         merged: dict[str, _SensorDraft] = {}
         unnamed: list[_SensorDraft] = []
         for draft in self.sensor_tables(board, board_file) + self.sensor_tables(site, self.file):
@@ -215,7 +222,7 @@ class _Check(TableCheck):
             if sensor is not None:
                 sensors.append(sensor)
         self.shared_i2c_addresses(sensors, merged)
-        return sensors
+        return sensors, merged
 
     def sensor(self, draft: _SensorDraft) -> SensorConfig | None:
         label = f"sensor[{{}}] {draft.name!r}" if draft.name else "sensor[{}]"
@@ -235,10 +242,10 @@ class _Check(TableCheck):
         schema = self.sensor_classes[kind].SCHEMA
         settings = {}
         for key, entry in draft.entries.items():
-            if key != "kind" and key not in schema:
+            if key not in ("kind", "role") and key not in schema:
                 self.report(entry.file, f"{label.format(entry.index)}.{key}",
                             f"a key of a {kind} sensor: " + (", ".join(schema) or
-                                                             "none besides name and kind"),
+                                                             "none besides name, kind and role"),
                             value=entry.value, hint=suggest(key, list(schema)))
         for key, field in schema.items():
             entry = draft.entries.get(key, _Entry(ABSENT, draft.file, draft.index))
@@ -247,9 +254,100 @@ class _Check(TableCheck):
                 hint = f"set it in the site config's [[sensor]] table with name = {draft.name!r}"
             settings[key] = self.value(field, entry.value, entry.file,
                                        f"{label.format(entry.index)}.{key}", missing_hint=hint)
-        if None in settings.values() or draft.name is None:
+        role = self.role(draft, label, kind)
+        if None in settings.values() or draft.name is None or role is ABSENT:
             return None
-        return SensorConfig(draft.name, kind, types.MappingProxyType(settings))
+        return SensorConfig(draft.name, kind, types.MappingProxyType(settings), role)
+
+    def role(self, draft: _SensorDraft, label: str, kind: str) -> Any:
+        """The sensor's role, None for none, ABSENT when it is wrong (reported)."""
+        entry = draft.entries.get("role")
+        if entry is None:
+            return None
+        path = f"{label.format(entry.index)}.role"
+        role = self.value(SENSOR_ROLE_FIELD, entry.value, entry.file, path)
+        if role is None:
+            return ABSENT
+        quantities = self.sensor_classes[kind].QUANTITIES
+        if SENSOR_ROLES[role][0] in quantities:
+            return role
+        possible = [name for name, (quantity, _) in SENSOR_ROLES.items() if quantity in quantities]
+        givers = [other for other, cls in sorted(self.sensor_classes.items())
+                  if SENSOR_ROLES[role][0] in cls.QUANTITIES]
+        self.report(entry.file, path,
+                    f"a role a {kind} sensor can give: " + ", ".join(map(repr, possible))
+                    if possible else f"no role: a {kind} sensor gives none", value=role,
+                    hint=f"{role!r} needs a sensor that measures {SENSOR_ROLES[role][0]}: "
+                    + ", ".join(givers))
+        return ABSENT
+
+    def role_reading(self, sensor: SensorConfig, role: str) -> str | None:
+        """The reading of `sensor` that serves `role`, None when its kind cannot give it."""
+        suffixes = self.sensor_classes[sensor.kind].QUANTITIES
+        quantity = SENSOR_ROLES[role][0]
+        return sensor.name + suffixes[quantity] if quantity in suffixes else None
+
+    def roles(self, sensors: list[SensorConfig], drafts: dict[str, _SensorDraft],
+              leader: dict | None) -> dict[str, str]:
+        """Each role given -> the reading that serves it. A role is given once: by a sensor's
+        `role`, or for the leader's roles also by a [leader] *_reading key naming a sensor."""
+        roles: dict[str, str] = {}
+        owners: dict[str, tuple[SensorConfig, _Entry]] = {}
+        for sensor in sensors:
+            if sensor.role is None:
+                continue
+            entry = drafts[sensor.name].entries["role"]
+            if sensor.role not in owners:
+                owners[sensor.role] = (sensor, entry)
+                roles[sensor.role] = self.role_reading(sensor, sensor.role)
+                continue
+            first, first_entry = owners[sensor.role]
+            # Blame the site config's table, if it is one of the two, over the board's.
+            if first_entry.file == self.file != entry.file:
+                (first, first_entry), (sensor, entry) = (sensor, entry), (first, first_entry)
+            self.report(entry.file, f"sensor[{entry.index}] {sensor.name!r}.role",
+                        f"a role no other sensor has ({first.name!r} in {first_entry.file} has "
+                        "it)", value=sensor.role, hint="a role names one sensor; remove it "
+                        "from one of them")
+        by_name = {sensor.name: sensor for sensor in sensors}
+        for role, key in LEADER_ROLE_KEYS.items():
+            written = (leader or {}).get(key)
+            if not written:
+                continue
+            entry = self.written[f"leader.{key}"]
+            name, _, quantity = written.partition(".")
+            sensor = by_name.get(name)
+            if sensor is None:
+                self.report(entry.file, f"leader.{key}", "the name of a [[sensor]] in this "
+                            "config: " + ", ".join(map(repr, by_name)), value=written,
+                            hint=suggest(name, list(by_name)) or "add the sensor, or fix the "
+                            "name")
+                continue
+            reading = self.role_reading(sensor, role)
+            if reading is None:
+                self.report(entry.file, f"leader.{key}", f"a sensor that measures "
+                            f"{SENSOR_ROLES[role][0]} for {role} ({name!r} is a {sensor.kind})",
+                            value=written)
+            elif quantity and written != reading:
+                self.report(entry.file, f"leader.{key}", f"{reading!r}, the reading {name!r} "
+                            f"gives for {role}", value=written)
+            elif role in owners and roles[role] != reading:
+                first, first_entry = owners[role]
+                self.report(entry.file, f"leader.{key}", f"{roles[role]!r} or empty: the "
+                            f"sensor {first.name!r} in {first_entry.file} has role = {role!r}",
+                            value=written, hint="a role names one sensor")
+            else:
+                roles[role] = reading
+        return roles
+
+    @staticmethod
+    def leader_only_sensors(roles: dict[str, str]) -> frozenset[str]:
+        """Sensors that only the leader's roles name: a sensor with a role of the board's stays
+        the board's too, so the board keeps its own protection."""
+        sensor_of = {role: reading.partition(".")[0] for role, reading in roles.items()}
+        leader = {name for role, name in sensor_of.items() if role in LEADER_ROLE_KEYS}
+        board = {name for role, name in sensor_of.items() if role not in LEADER_ROLE_KEYS}
+        return frozenset(leader - board)
 
     def shared_i2c_addresses(self, sensors: list[SensorConfig],
                              drafts: dict[str, _SensorDraft]) -> None:

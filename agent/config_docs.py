@@ -3,8 +3,9 @@ the config's schemas and the drivers' SCHEMAs, and the merged config as TOML tha
 
 from collections.abc import Mapping
 
-from agent.config_schema import (DEFAULT_CONFIG_PATH, ORDERED_CHAINS, SECTIONS, SENSOR_NAME_FIELD,
-                                 TOP_SCHEMA, BoardConfig)
+from agent.config_schema import (DEFAULT_CONFIG_PATH, LEADER_ROLE_KEYS, ORDERED_CHAINS, SECTIONS,
+                                 SENSOR_NAME_FIELD, SENSOR_ROLE_FIELD, SENSOR_ROLES, TOP_SCHEMA,
+                                 BoardConfig)
 from agent.schema import Field, Schema
 from agent.tables import toml_value
 
@@ -42,7 +43,22 @@ def reference_markdown(sensor_classes: Mapping[str, type] | None = None) -> str:
         "",
         *_schema_table({"name": SENSOR_NAME_FIELD,
                         "kind": Field(str, "which driver reads it",
-                                      choices=tuple(sorted(sensor_classes)))}),
+                                      choices=tuple(sorted(sensor_classes))),
+                        "role": SENSOR_ROLE_FIELD}),
+        "",
+        "### Sensor roles",
+        "",
+        "A role says what the agent, the supervisor, the leader or the MQTT state use a sensor "
+        "for; each role is given to one sensor at most, and only to a kind that measures what "
+        "it needs. The roles of the module's sensors may also be given by `[leader]` "
+        "`*_reading` keys that name a sensor (docs/leader.md).",
+        "",
+        "| role | kinds | what for |",
+        "| --- | --- | --- |",
+        *(f"| `{role}` | "
+          + ", ".join(kind for kind, cls in sorted(sensor_classes.items())
+                      if quantity in cls.QUANTITIES)
+          + f" | {doc} |" for role, (quantity, doc) in SENSOR_ROLES.items()),
     ]
     for kind in sorted(sensor_classes):
         sensor_class = sensor_classes[kind]
@@ -58,6 +74,9 @@ def reference_markdown(sensor_classes: Mapping[str, type] | None = None) -> str:
         "* `mqtt.cert_file` and `mqtt.key_file` come together, and need `mqtt.ca_file`; "
         "`mqtt.password_file` needs `mqtt.username`.",
         "* Sensor names are unique within a file; no two sensors share an I2C bus and address.",
+        "* A role is given once: by one sensor's `role`, or by "
+        + ", ".join(f"`leader.{key}`" for key in LEADER_ROLE_KEYS.values())
+        + " naming a sensor of a kind that can give it.",
         "",
     ]
     return "\n".join(lines)
@@ -66,7 +85,11 @@ def reference_markdown(sensor_classes: Mapping[str, type] | None = None) -> str:
 def _schema_table(schema: Schema) -> list[str]:
     rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for key, field in schema.items():
-        default = "required" if field.required else f"`{toml_value(field.default, field.hex)}`"
+        if field.required:
+            default = "required"
+        else:
+            default = "none" if field.default is None else (
+                f"`{toml_value(field.default, field.hex)}`")
         cells = (f"`{key}`", default, field.expected(), field.doc)
         rows.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ")
                                       for cell in cells) + " |")
@@ -86,6 +109,8 @@ def effective_toml(config: BoardConfig, sensor_classes: Mapping[str, type]) -> s
         schema = sensor_classes[sensor.kind].SCHEMA
         lines += ["", "[[sensor]]", f"name = {toml_value(sensor.name)}",
                   f"kind = {toml_value(sensor.kind)}"]
+        if sensor.role:
+            lines.append(f"role = {toml_value(sensor.role)}")
         lines += [f"{key} = {toml_value(value, schema[key].hex)}"
                   for key, value in sensor.settings.items()]
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ the checks across keys. The loader (agent.config) and the reference page (agent.
 read these, so what is checked and what is documented cannot drift apart."""
 
 import dataclasses
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,10 @@ _READING_NAME = r"([a-z][a-z0-9_]*(\.[a-z_]+)?)?"
 _READING_RULE = ("a reading of a [[sensor]] in this file (its name, or name.quantity such as "
                  "`module_power.power_w`), or empty for none")
 
+_LEADER_READING_RULE = ("the name of a [[sensor]] in this file, or empty; the same as giving "
+                        "that sensor the role, and the way to give it to a sensor with a board "
+                        "role already (the board's `oil`)")
+
 # The module leader's own settings and the module sensors on its board (docs/leader.md).
 LEADER_SCHEMA: Schema = {
     "period_s": Field(float, "leader period: setpoints (the boards' heartbeat), module totals and "
@@ -189,19 +194,23 @@ LEADER_SCHEMA: Schema = {
                                "silent and gets no share", default=15.0, min=2.0, max=600.0),
     "budget_w": Field(float, "module heat budget until the site sends one", default=0.0,
                       min=0.0, max=100000.0),
-    "water_in_reading": Field(str, "module water inlet temperature: " + _READING_RULE,
-                              default="", pattern=_READING_NAME, example="module_in"),
-    "water_out_reading": Field(str, "module water outlet temperature: " + _READING_RULE,
-                               default="", pattern=_READING_NAME, example="module_out"),
-    "flow_reading": Field(str, "module water flow (L/min): " + _READING_RULE, default="",
-                          pattern=_READING_NAME, example="module_flow"),
-    "oil_reading": Field(str, "module oil temperature: " + _READING_RULE, default="",
-                         pattern=_READING_NAME, example="module_oil"),
+    "water_in_reading": Field(str, "module water inlet temperature, the role module_water_in: "
+                              + _LEADER_READING_RULE, default="", pattern=_READING_NAME,
+                              example="module_in"),
+    "water_out_reading": Field(str, "module water outlet temperature, the role "
+                               "module_water_out: " + _LEADER_READING_RULE, default="",
+                               pattern=_READING_NAME, example="module_out"),
+    "flow_reading": Field(str, "module water flow (L/min), the role module_flow: "
+                          + _LEADER_READING_RULE, default="", pattern=_READING_NAME,
+                          example="module_flow"),
+    "oil_reading": Field(str, "module oil temperature, the role module_oil: "
+                         + _LEADER_READING_RULE, default="", pattern=_READING_NAME,
+                         example="module_oil"),
     "flow_min_l_per_min": Field(float, "module flow below this sets the interlock (all boards "
-                                "SAFE); checked only when flow_reading is set", default=2.0,
-                                min=0.0, max=1000.0),
+                                "SAFE); checked only when the module_flow role is given",
+                                default=2.0, min=0.0, max=1000.0),
     "oil_max_c": Field(float, "module oil at or above this sets the interlock; checked only when "
-                       "oil_reading is set", default=68.0, min=20.0, max=90.0),
+                       "the module_oil role is given", default=68.0, min=20.0, max=90.0),
     "interlock_clear_s": Field(float, "the causes must be gone this long before the interlock "
                                "clears", default=30.0, min=0.0, max=3600.0),
     "metrics_port": Field(int, "Prometheus endpoint port (/metrics); 0 for none", default=9105,
@@ -299,6 +308,46 @@ SENSOR_NAME_FIELD = Field(str, "unique sensor name, used in readings and MQTT st
                           "letters, digits and '_', starting with a letter",
                           pattern=r"[a-z][a-z0-9_]*", example="water_in")
 
+# What a sensor may be declared to be for (`role`), with the quantity its driver must measure
+# for it (each driver lists its QUANTITIES) and who reads it. Roles are resolved once, when the
+# config is loaded; a sensor without a role is only measured and reported.
+SENSOR_ROLES: dict[str, tuple[str, str]] = {
+    "power": ("power", "the board's electric power: the power loop holds it at the setpoint; "
+              "the supervisor checks it"),
+    "soc": ("soc_temperature", "the SoC temperature: its limit loop and the supervisor's "
+            "warning, limit and critical stages"),
+    "oil": ("temperature", "the oil bath at the board: its limit loop and the supervisor's "
+            "stages"),
+    "flow": ("flow", "water flow through the board's heat exchanger: flow lost makes the board "
+             "SAFE; with water_in and water_out it gives the heat in the state report"),
+    "throttle": ("supply_flags", "the firmware's under-voltage and throttling flags: the "
+                 "supervisor's supply check"),
+    "water_in": ("temperature", "heat exchanger inlet: reported, and the heat in the state report"),
+    "water_out": ("temperature", "heat exchanger outlet: reported, and the heat in the state "
+                  "report"),
+    "module_water_in": ("temperature", "the module's water inlet, read by `hearth leader` for "
+                        "the module heat meter"),
+    "module_water_out": ("temperature", "the module's water outlet, read by `hearth leader` for "
+                         "the module heat meter"),
+    "module_flow": ("flow", "the module's water flow, read by `hearth leader`: its interlock "
+                    "and heat meter"),
+    "module_oil": ("temperature", "the module's oil, read by `hearth leader`: its interlock"),
+}
+
+# The [leader] keys that name a module sensor's reading, from before sensors declared roles;
+# still read, so a leader's config written then keeps working, and the one way to give the
+# leader a sensor that already has a board role (the board's own oil).
+LEADER_ROLE_KEYS: dict[str, str] = {
+    "module_water_in": "water_in_reading",
+    "module_water_out": "water_out_reading",
+    "module_flow": "flow_reading",
+    "module_oil": "oil_reading",
+}
+
+SENSOR_ROLE_FIELD = Field(str, "what the sensor is for (see Sensor roles below); without one it "
+                          "is only measured and reported", default=None,
+                          choices=tuple(SENSOR_ROLES))
+
 BOARD_SCHEMA: Schema = {
     "description": Field(str, "what the carrier board is, for people",
                          example="Hearth oil carrier"),
@@ -329,6 +378,7 @@ class SensorConfig:
     name: str
     kind: str
     settings: Mapping[str, Any]
+    role: str | None = None  # None: only measured and reported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +398,12 @@ class BoardConfig:
     mqtt: Mqtt | None = None  # None: no broker, the board runs on its own
     leader: Leader | None = None  # None: this board runs no leader
     site: Site | None = None  # None: no site role here
+    roles: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({}))
+    """Each role given in the config -> the reading that serves it (`board_power.power_w`)."""
+    leader_only_sensors: frozenset[str] = frozenset()
+    """Sensors only `hearth leader` reads, which the board agent must not build as well: two
+    processes cannot both count one flow meter's pulses."""
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain TOML/JSON values (what `hearth config show` prints)."""
@@ -357,6 +413,8 @@ class BoardConfig:
             if values is not None:
                 effective[section] = {key: list(value) if isinstance(value, tuple) else value
                                       for key, value in dataclasses.asdict(values).items()}
-        effective["sensor"] = [{"name": sensor.name, "kind": sensor.kind, **sensor.settings}
+        effective["sensor"] = [{"name": sensor.name, "kind": sensor.kind,
+                                **({"role": sensor.role} if sensor.role else {}),
+                                **sensor.settings}
                                for sensor in self.sensors]
         return effective

@@ -142,6 +142,36 @@ BROKEN = [
      ['actuators.workload_cgroup = "../etc"', "without '..'"]),
     ("section not a table", 'board_type = "oil-carrier"\nlimits = 70\n' + IDS,
      ["limits = 70", "expected a table [limits]"]),
+    ("role given twice", 'board_type = "oil-carrier"\n' + IDS +
+     '[[sensor]]\nname = "tank"\nkind = "tmp117"\nbus = 1\naddress = 0x4a\nrole = "oil"\n',
+     ['sensor[3] \'tank\'.role = "oil"',
+      f"expected a role no other sensor has ('oil' in {BOARD_FILE} has it)"]),
+    ("role the kind cannot give", 'board_type = "oil-carrier"\n' + IDS +
+     '[[sensor]]\nname = "tank"\nkind = "ds18b20"\nid = "28-0316a2795e00"\nrole = "power"\n',
+     ['sensor[3] \'tank\'.role = "power"', "expected a role a ds18b20 sensor can give: ",
+      "'water_in'", "'power' needs a sensor that measures power: ina219, ina226"]),
+    ("role on a kind that gives none", 'board_type = "oil-carrier"\n' + IDS +
+     '[[sensor]]\nname = "water_pressure"\nrole = "flow"\n',
+     ['sensor[3] \'water_pressure\'.role = "flow"', "expected no role: a ads1115 sensor gives "
+      "none", "'flow' needs a sensor that measures flow: flow"]),
+    ("unknown role", 'board_type = "oil-carrier"\n' + IDS +
+     '[[sensor]]\nname = "tank"\nkind = "tmp117"\nbus = 1\naddress = 0x4a\nrole = "tank"\n',
+     ['sensor[3] \'tank\'.role = "tank"', "expected one of 'power', 'soc', 'oil'"]),
+    ("leader names no sensor", 'board_type = "oil-carrier"\n[leader]\nflow_reading = "wate_flow"\n'
+     + IDS, ['leader.flow_reading = "wate_flow"', "expected the name of a [[sensor]] in this "
+             "config", "did you mean 'water_flow'?"]),
+    ("leader names a sensor of the wrong kind", 'board_type = "oil-carrier"\n[leader]\n'
+     'flow_reading = "oil"\n' + IDS, ['leader.flow_reading = "oil"', "expected a sensor that "
+                                       "measures flow for module_flow ('oil' is a tmp117)"]),
+    ("leader names a reading the sensor does not give", 'board_type = "oil-carrier"\n[leader]\n'
+     'flow_reading = "water_flow.flow_l_per_min"\n' + IDS,
+     ['leader.flow_reading = "water_flow.flow_l_per_min"',
+      "expected 'water_flow', the reading 'water_flow' gives for module_flow"]),
+    ("leader key and a sensor's role disagree", 'board_type = "oil-carrier"\n[leader]\n'
+     'oil_reading = "oil"\n' + IDS + '[[sensor]]\nname = "module_oil"\nkind = "tmp117"\n'
+     'bus = 1\naddress = 0x4a\nrole = "module_oil"\n',
+     ['leader.oil_reading = "oil"', "expected 'module_oil' or empty: the sensor 'module_oil' "
+      "in", "has role = 'module_oil'"]),
 ]
 
 
@@ -275,6 +305,48 @@ def test_loaded_values_merge_board_and_site_and_fill_defaults():
         config.limits.soc_limit_c = 90.0
     with pytest.raises(TypeError):
         sensors["oil"].settings["address"] = 0x49
+
+
+def test_roles_are_resolved_once_to_the_readings_that_serve_them():
+    config = hearth_config.load_config(EXAMPLE)
+    assert dict(config.roles) == {
+        "power": "board_power.power_w", "oil": "oil", "water_in": "water_in",
+        "water_out": "water_out", "flow": "water_flow", "soc": "soc", "throttle": "throttle"}
+    assert {sensor.name: sensor.role for sensor in config.sensors}["water_pressure"] is None
+    assert config.leader_only_sensors == frozenset()  # no [leader] here
+    with pytest.raises(TypeError):
+        config.roles["oil"] = "water_in"
+
+
+def test_module_roles_come_from_sensors_or_leader_keys_and_only_theirs_are_the_leaders(tmp_path):
+    config = hearth_config.load_config(write(
+        tmp_path, 'board_type = "oil-carrier"\n[leader]\noil_reading = "oil"\n'
+        'water_in_reading = "module_in"\n' + IDS +
+        '[[sensor]]\nname = "module_in"\nkind = "ds18b20"\nid = "28-00000000aaa1"\n'
+        '[[sensor]]\nname = "module_flow"\nkind = "flow"\npin = 22\npulses_per_litre = 450.0\n'
+        'role = "module_flow"\n'))
+    assert {role: config.roles[role] for role in ("module_water_in", "module_flow",
+                                                  "module_oil", "oil")} == {
+        "module_water_in": "module_in", "module_flow": "module_flow", "module_oil": "oil",
+        "oil": "oil"}
+    assert "module_water_out" not in config.roles
+    # the board's own oil keeps its protection: the board agent builds it as well
+    assert config.leader_only_sensors == {"module_in", "module_flow"}
+
+
+def test_role_problems_are_structured_on_the_error(tmp_path):
+    path = write(tmp_path, 'board_type = "oil-carrier"\n' + IDS +
+                 '[[sensor]]\nname = "tank"\nkind = "ds18b20"\nid = "28-0316a2795e00"\n'
+                 'role = "power"\n[[sensor]]\nname = "cpu"\nkind = "soc"\nrole = "soc"\n')
+    with pytest.raises(ConfigValueError) as raised:
+        hearth_config.load_config(path)
+    kind_problem, twice_problem = raised.value.problems
+    assert (kind_problem.file, kind_problem.key, kind_problem.value) == (
+        str(path), "sensor[3] 'tank'.role", "power")
+    assert kind_problem.expected.startswith("a role a ds18b20 sensor can give: ")
+    assert (twice_problem.file, twice_problem.key, twice_problem.value) == (
+        str(path), "sensor[4] 'cpu'.role", "soc")
+    assert twice_problem.expected == f"a role no other sensor has ('soc' in {BOARD_FILE} has it)"
 
 
 def test_identity_is_optional(tmp_path):

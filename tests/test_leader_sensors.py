@@ -11,7 +11,7 @@ LEADER_CONFIG = """
 [leader]
 water_in_reading = "module_in"
 water_out_reading = "module_out"
-flow_reading = "module_flow.flow_l_per_min"
+flow_reading = "module_flow"
 oil_reading = "oil"
 
 [[sensor]]

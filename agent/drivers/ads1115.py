@@ -33,6 +33,7 @@ class ADS1115(Sensor):
 
     kind = "ads1115"
     doc = "ADS1115 16-bit ADC channel, scaled linearly to the measured quantity"
+    QUANTITIES: dict[str, str] = {}  # what it measures is the wiring's business: no role
     SCHEMA = {
         "bus": Field(int, "I2C bus number (/dev/i2c-N)", min=0, example="1"),
         "address": Field(int, "I2C address of the ADS1115 (ADDR strap)", min=0x48, max=0x4B,

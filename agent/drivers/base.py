@@ -39,6 +39,9 @@ class Sensor:
     kind: ClassVar[str]
     doc: ClassVar[str]
     SCHEMA: ClassVar[dict[str, Field]]
+    QUANTITIES: ClassVar[dict[str, str]]
+    """What a sensor role may take from it (agent.config_schema.SENSOR_ROLES): quantity -> the
+    suffix its reading adds to the sensor's name ("" for the name itself)."""
 
     def __init__(self, name: str):
         self.name = name

@@ -120,6 +120,7 @@ def _write_trigger(path: str) -> None:
 class DS18B20(Sensor):
     kind = "ds18b20"
     doc = "DS18B20 1-wire temperature sensor read through the kernel's w1_therm driver"
+    QUANTITIES = {"temperature": ""}
     SCHEMA = {
         "id": Field(str, "1-wire ROM id as the kernel names the device directory",
                     pattern=r"(10|22|28|3b|42)-[0-9a-f]{12}", example="28-0316a2795eff"),

@@ -19,6 +19,7 @@ UNIT = "L/min"
 class FlowMeter(Sensor):
     kind = "flow"
     doc = "pulse-output flow meter (hall-effect turbine) counted on a GPIO rising edge"
+    QUANTITIES = {"flow": ""}
     SCHEMA = {
         "pin": Field(int, "BCM GPIO number of the meter's pulse output", min=0, max=27),
         "pulses_per_litre": Field(float, "the meter's K factor", min=1.0, max=100000.0),

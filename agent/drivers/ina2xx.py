@@ -237,6 +237,7 @@ class INA219(_INA2xx):
 
     kind = "ina219"
     doc = "INA219 current/power monitor: bus volts, current and power of one rail"
+    QUANTITIES = {"power": ".power_w"}
     SCHEMA = _schema(kind)
     SHUNT_LSB_V = 10e-6
     BUS_LSB_V = 4e-3
@@ -275,6 +276,7 @@ class INA226(_INA2xx):
 
     kind = "ina226"
     doc = "INA226 current/power monitor: bus volts, current and power of one rail"
+    QUANTITIES = {"power": ".power_w"}
     SCHEMA = _schema(kind)
     SHUNT_LSB_V = 2.5e-6
     BUS_LSB_V = 1.25e-3

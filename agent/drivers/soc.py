@@ -25,6 +25,7 @@ MIN_MILLIC, MAX_MILLIC = -40000, 125000
 class SocTemperature(Sensor):
     kind = "soc"
     doc = "SoC temperature from a kernel thermal zone (millidegrees Celsius)"
+    QUANTITIES = {"soc_temperature": ""}
     SCHEMA = {
         "zone": Field(int, "thermal zone number: /sys/class/thermal/thermal_zone<N>/temp",
                       default=0, min=0, max=15),
@@ -68,6 +69,7 @@ class SocTemperature(Sensor):
 class ThrottleFlags(Sensor):
     kind = "throttle"
     doc = "the firmware's under-voltage and throttling flags (get_throttled)"
+    QUANTITIES = {"supply_flags": ""}
     SCHEMA = {}
 
     def __init__(self, name: str, context: DriverContext):

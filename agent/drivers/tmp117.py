@@ -31,6 +31,7 @@ class TMP117(Sensor):
 
     kind = "tmp117"
     doc = "TMP117 precision temperature sensor (±0.1 °C), degrees Celsius"
+    QUANTITIES = {"temperature": ""}
     SCHEMA = {
         "bus": Field(int, "I2C bus number (/dev/i2c-N)", min=0, example="1"),
         "address": Field(int, "I2C address of the TMP117 (ADD0 strap)", min=0x48, max=0x4B,

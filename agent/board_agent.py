@@ -32,6 +32,7 @@ from agent.safety.build import build_supervisor
 from agent.safety.checks import Finding, Level
 from agent.safety.events import Event, EventLog
 from agent.safety.shutdown import ShutdownPath, run_command
+from agent.safety.supervisor import Supervisor
 from agent.setpoints import SetpointSource
 from agent.supervisor_hook import Allowance
 from agent.systemd_notify import Notifier
@@ -87,7 +88,19 @@ class BoardAgent:
                  send_signal: Callable[[int, int], None] = os.kill,
                  save_latched: Callable[[dict[str, str]], None] = lambda latched: None,
                  latched: dict[str, str] | None = None,
-                 gains: StoredGains | None = None):
+                 gains: StoredGains | None = None,
+                 controller=None,
+                 governor: Callable[..., object] = DvfsGovernor,
+                 supervisor: Callable[..., Supervisor] = build_supervisor):
+        """The control law, the governor and the supervisor are parameters with Hearth's as
+        defaults, so other control laws run inside this same loop (scripts/bench-control).
+
+        `controller` is an object with HeatController's `update`; None builds the heat
+        controller from `config` (it needs nothing else, so a caller can build its own from the
+        same config). `governor` is called with the CPU policy, the workload and heat-fill
+        groups and the core count the agent builds, and returns an object with DvfsGovernor's
+        `apply` and `safe`. `supervisor` is called with `build_supervisor`'s arguments. The
+        supervisor's SAFE is written by `governor.safe()` whatever the controller wanted."""
         self.clock = hardware.clock
         self.context = DriverContext(hardware)
         module_only = module_sensor_names(config)  # `hearth leader` reads those
@@ -106,25 +119,26 @@ class BoardAgent:
         self.workload = CpuGroup(hardware, actuators.workload_cgroup, actuators.cpu_period_us)
         self.heatfill = CpuGroup(hardware, actuators.heatfill_cgroup, actuators.cpu_period_us)
         self.cores = len(self.policy.cpus)
-        self.governor = DvfsGovernor(self.policy, self.workload, self.heatfill, self.cores)
+        self.governor = governor(self.policy, self.workload, self.heatfill, self.cores)
         self.model = PowerModel(IDLE_PRIOR_W, CORE_PRIOR_W)
-        temperature_limits = [TemperatureLimit("soc", limits.soc_limit_c - LIMIT_MARGIN_C,
-                                               LimitGains(), limits.power_min_w,
-                                               limits.power_max_w)]
-        if self.oil_reading:
-            temperature_limits.append(TemperatureLimit(
-                "oil", limits.oil_limit_c - LIMIT_MARGIN_C, LimitGains(kp=2.0, ki=0.02, kd=0.0),
-                limits.power_min_w, limits.power_max_w))
-        self.controller = HeatController(limits.power_min_w, limits.power_max_w,
-                                         temperature_limits,
-                                         PowerGains.for_period(control.period_s))
+        if controller is None:
+            temperature_limits = [TemperatureLimit("soc", limits.soc_limit_c - LIMIT_MARGIN_C,
+                                                   LimitGains(), limits.power_min_w,
+                                                   limits.power_max_w)]
+            if self.oil_reading:
+                temperature_limits.append(TemperatureLimit(
+                    "oil", limits.oil_limit_c - LIMIT_MARGIN_C,
+                    LimitGains(kp=2.0, ki=0.02, kd=0.0), limits.power_min_w, limits.power_max_w))
+            controller = HeatController(limits.power_min_w, limits.power_max_w,
+                                        temperature_limits, PowerGains.for_period(control.period_s))
+        self.controller = controller
         if gains is not None:
             apply_gains(self.controller, gains)
         now = self.clock()
         self.events = events if events is not None else EventLog()
         shutdown = ShutdownPath(self.events, self.workload.dir, save_latched,
                                 POWEROFF_COMMAND, run_command, send_signal)
-        self.supervisor = build_supervisor(
+        self.supervisor = supervisor(
             limits, {"power": self.power_reading, "soc": self.soc_reading,
                      "oil": self.oil_reading, "flow": self.flow_reading,
                      "throttle": self.throttle_prefix,

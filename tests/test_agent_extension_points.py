@@ -1,11 +1,15 @@
 """How other parts attach to a running BoardAgent: registered with an owner and removed by owner,
 events handed out after the actuators are written, a temporary controller swapped in by a
-context manager, a read-only status, and one way out when a period raises."""
+context manager, a controller, governor and supervisor given to the constructor, a read-only
+status, and one way out when a period raises."""
 
 import pytest
 
 from agent.control.controller import Decision
+from agent.control.governor import Settings
+from agent.drivers.safe_actuators import safe_actuators
 from agent.errors import HearthError, PeriodFailed
+from agent.safety.build import build_supervisor
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 from safety_invariants import actuators, is_safe
@@ -97,3 +101,71 @@ def test_a_period_that_raises_leaves_the_board_safe_with_an_event_and_ends_the_l
     assert [e.cause for e in seen][-1] == "internal_error"
     assert "SAFE" in seen[-1].message and seen[-1].severity == "critical"
     assert isinstance(PeriodFailed("x"), HearthError)  # `hearth agent` exits 2 on it
+
+
+class AlwaysMost:
+    """A plug-in control law: the most power the config allows, whatever is measured."""
+
+    def __init__(self, power_max_w: float):
+        self.power_max_w = power_max_w
+        self.calls = 0
+
+    def update(self, now, setpoint_w, power_w, temperatures, allowed_w):
+        self.calls += 1
+        return Decision(self.power_max_w, "always-most")
+
+
+class TopPoint:
+    """A plug-in governor: the top operating point with the paid work unlimited, built on the
+    agent's own drivers; SAFE the way Hearth's governor writes it."""
+
+    def __init__(self, policy, workload, heatfill, cores):
+        self.policy, self.workload, self.heatfill = policy, workload, heatfill
+        self.applied = self.safe_calls = 0
+
+    def apply(self, command_w, demand_cores, model):
+        self.applied += 1
+        self.policy.cap(self.policy.top_khz)
+        self.workload.freeze(False)
+        self.workload.set_quota(None)
+        return Settings(self.policy.top_khz, None, False, 0.0, command_w)
+
+    def safe(self, freeze_workload):
+        self.safe_calls += 1
+        assert not safe_actuators([self.policy], self.workload, self.heatfill, freeze_workload)
+        return Settings(self.policy.min_khz, 0.05, freeze_workload, 0.0, 0.0)
+
+
+def test_a_plug_in_controller_and_governor_run_inside_the_agent_and_safe_still_wins(sim_dir):
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=2, agent_arguments=lambda config: {
+        "controller": AlwaysMost(config.limits.power_max_w), "governor": TopPoint})
+    agent = sim.agent
+    controller, governor = agent.controller, agent.governor
+    assert isinstance(controller, AlwaysMost) and isinstance(governor, TopPoint)
+    assert governor.policy is agent.policy and governor.workload is agent.workload
+    sim.run_for(30.0)
+    assert agent.last_report.mode == "NORMAL" and agent.last_report.selected == "always-most"
+    assert actuators(sim)["freq_khz"] == agent.policy.top_khz
+    assert governor.safe_calls > 0  # STARTING held it SAFE through the plug-in's safe()
+    applied = governor.applied
+    sim.board.plant.soc_c = 78.5  # over soc_critical_c: FAULT, whatever the plug-in wants
+    sim.run_for(0.5)
+    report = agent.last_report
+    assert report.mode == "FAULT" and report.selected == "safe" and is_safe(sim)
+    assert governor.applied == applied  # not once since the SoC jumped
+
+
+def test_the_supervisor_is_the_one_the_constructor_was_given(sim_dir):
+    built = []
+
+    def recording(*arguments):
+        built.append(build_supervisor(*arguments))
+        return built[-1]
+
+    sim = SimulatedAgent(sim_dir, SimClock(), seed=2, supervisor=recording)
+    assert len(built) == 1 and sim.agent.supervisor is built[0]
+    sim.run_for(30.0)
+    assert built[0].mode.value == "NORMAL"
+    sim.board.plant.soc_c = 78.5
+    sim.run_for(0.5)
+    assert sim.agent.last_report.mode == "FAULT" and is_safe(sim)

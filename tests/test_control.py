@@ -6,6 +6,8 @@ import statistics
 
 import pytest
 
+from agent.control.controller import HeatController
+from agent.control.governor import DvfsGovernor
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
 from agent.sim.scenario import ScenarioPlayer, load_scenario
@@ -37,6 +39,13 @@ def settles_within(reports, setpoint_w, tolerance, by_s):
     means = one_second_means(reports)
     first = round(by_s / PERIOD_S) - 10
     return all(abs(m - setpoint_w) <= tolerance * setpoint_w for m in means[first:])
+
+
+def test_the_agent_runs_hearths_controller_and_governor_unless_given_others(sim):
+    """The constructor's defaults are the control law and governor every other test here
+    judges (plug-ins are tested in test_agent_extension_points)."""
+    assert type(sim.agent.controller) is HeatController
+    assert type(sim.agent.governor) is DvfsGovernor
 
 
 def test_power_steps_settle_within_2_percent_in_3_s(sim):

@@ -2,9 +2,10 @@
 (the oil carrier's definition plus this board's 1-wire ids) and the hardware seam."""
 
 from pathlib import Path
+from typing import Callable
 
 from agent.board_agent import BoardAgent
-from agent.config import load_config
+from agent.config import BoardConfig, load_config
 from agent.safety.events import EventLog
 from agent.sim.board import SimulatedBoard
 from agent.sim.clock import SimClock
@@ -15,10 +16,14 @@ class SimulatedAgent:
     """A SimulatedBoard and the BoardAgent that runs it, stepped together on one clock.
 
     The poweroff command and workload signals are recorded, not run, and events stay in
-    the agent's RAM ring unless an EventLog with a journal is passed in."""
+    the agent's RAM ring unless an EventLog with a journal is passed in. `agent_arguments`,
+    given the board's config, returns more of BoardAgent's arguments: a plug-in controller
+    tuned to the board's limits."""
 
     def __init__(self, directory: Path, clock: SimClock, seed: int = 0,
-                 params: BoardParams = BoardParams(), extra_config: str = "", **agent_kwargs):
+                 params: BoardParams = BoardParams(), extra_config: str = "",
+                 agent_arguments: Callable[[BoardConfig], dict] = lambda config: {},
+                 **agent_kwargs):
         directory.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self.board = SimulatedBoard(directory / "root", clock, params, seed=seed)
@@ -28,7 +33,8 @@ class SimulatedAgent:
         self.poweroff_commands: list[list[str]] = []
         self.signals_sent: list[tuple[int, int]] = []
         agent_kwargs.setdefault("events", EventLog(journal=None))
-        self.agent = BoardAgent(load_config(self.config_path), self.board.hardware,
+        config = load_config(self.config_path)
+        self.agent = BoardAgent(config, self.board.hardware, **agent_arguments(config),
                                 run_command=self.poweroff_commands.append,
                                 send_signal=lambda pid, signum: self.signals_sent.append(
                                     (pid, signum)), **agent_kwargs)

@@ -1,28 +1,34 @@
 """The controllers scripts/bench-control sets against Hearth's: bang-bang, IPA-style, simple-pid.
 
-They replace only the control and govern steps of the board agent: `AlternativeLoop` samples
-the same sensors (built from the same config by agent/drivers/registry.py) and writes the same
-actuators through the agent's own drivers (CpuFreqPolicy, CpuGroup). Without a governor of
-their own they share one static operating-point ladder that reaches as far as Hearth's
-governor does, so the comparison is of control, not of actuator reach:
+Each runs inside the real BoardAgent as a plug-in (`plug_in`): its sampling, safety supervisor,
+setpoint source and CPU-load measurement are the agent's own, and only the control and govern
+steps are the alternative's. Without a governor of their own they share one static
+operating-point ladder, written through the agent's own drivers (CpuFreqPolicy, CpuGroup), that
+reaches as far as Hearth's governor does, so the comparison is of control, not of actuator
+reach:
 
 * below the lowest frequency: the paid work's CPU quota (cpu.max) in quarter-CPU steps;
 * the policy's frequencies (cpufreq scaling_max_freq), paid work unlimited;
 * above the top frequency: the heat-fill group's quota in quarter-CPU steps.
 
 None of them learns a model, measures what the work demands beyond its CPU load, or dithers.
+A supervisor's LIMITED ceiling, in watts, means nothing to a choice of point without a power
+model, so they go by their own SoC handling there; SAFE, FAULT and SHUTDOWN are the agent's and
+hold them at the SAFE settings.
 """
 
 import dataclasses
 import math
+from typing import Callable
 
 import simple_pid
 
-from agent.drivers.base import DriverContext
+from agent.control.controller import Decision
+from agent.control.governor import DvfsGovernor, Settings
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
-from agent.drivers.registry import build_sensors
 from agent.drivers.safe_actuators import MIN_HEATFILL_CPUS
+from agent.safety.supervisor import Mode, SafetySettings, Supervisor
 from agent.supervisor_hook import Allowance
 
 QUOTA_STEP_CPUS = 0.25
@@ -44,7 +50,8 @@ class Measurement:
     power_w: float | None
     soc_c: float | None
     load_cores: float
-    """The paid work's CPU demand, from cpu.stat (held while a quota throttles it)."""
+    """The paid work's CPU demand as the agent measures it from cpu.stat (held while a quota
+    throttles it)."""
 
 
 class Ladder:
@@ -248,74 +255,6 @@ class SimplePidOnPower:
         return self.index
 
 
-class AlwaysHeard:
-    """Stands in for the agent's setpoint source: the alternatives have no leader timeout."""
-
-    def contact(self, now: float) -> None:
-        """Nothing to track: every offered setpoint is used as it comes."""
-
-
-class AlternativeLoop:
-    """The board agent's sample step, then an alternative controller's choice of ladder point.
-
-    Quacks like BoardAgent where the benchmark and ScenarioPlayer touch it (tick, clock,
-    setpoint_w, set_setpoint, setpoints.contact, period_s, close); the setpoint is taken as
-    given, from whichever source."""
-
-    def __init__(self, config, hardware, make_controller):
-        self.clock = hardware.clock
-        self.context = DriverContext(hardware)
-        self.sensors = build_sensors(config.sensors, self.context)
-        kinds = {sensor.name: sensor.kind for sensor in self.sensors}
-        self.power_reading = next(f"{name}.power_w" for name, kind in kinds.items()
-                                  if kind in ("ina219", "ina226"))
-        self.soc_reading = next(name for name, kind in kinds.items() if kind == "soc")
-        actuators = config.actuators
-        self.policy = CpuFreqPolicy(hardware, actuators.cpufreq_policy)
-        self.workload = CpuGroup(hardware, actuators.workload_cgroup, actuators.cpu_period_us)
-        self.heatfill = CpuGroup(hardware, actuators.heatfill_cgroup, actuators.cpu_period_us)
-        self.cores = len(self.policy.cpus)
-        self.ladder = Ladder(self.policy, self.workload, self.heatfill, self.cores)
-        self.period_s = config.control.period_s
-        self.soc_limit_c = config.limits.soc_limit_c
-        self.setpoint_w = config.control.fallback_setpoint_w
-        self.controller = make_controller(self)
-        self.setpoints = AlwaysHeard()
-        self._last_stat: tuple[float, int, int] | None = None
-        self._load_cores = float(self.cores)
-
-    def set_setpoint(self, watts: float, source: str = "local") -> tuple[bool, str]:
-        self.setpoint_w = watts
-        return True, f"setpoint {watts:g} W from {source}"
-
-    def tick(self) -> LadderPoint:
-        now = self.clock()
-        readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
-
-        def value(name):
-            reading = readings.get(name)
-            return reading.value if reading is not None and reading.ok else None
-
-        measurement = Measurement(now, self.setpoint_w, value(self.power_reading),
-                                  value(self.soc_reading), self._measure_load(now))
-        return self.ladder.apply(self.controller.update(measurement))
-
-    def _measure_load(self, now: float) -> float:
-        stat = self.workload.cpu_stat()
-        sample = (now, stat["usage_usec"], stat["nr_throttled"])
-        previous, self._last_stat = self._last_stat, sample
-        if previous is not None and now > previous[0]:
-            used = (sample[1] - previous[1]) / ((now - previous[0]) * 1e6)
-            throttled = sample[2] > previous[2]
-            self._load_cores = max(self._load_cores, used) if throttled else used
-        return self._load_cores
-
-    def close(self) -> None:
-        for sensor in self.sensors:
-            sensor.close()
-        self.context.close()
-
-
 def static_model_from_datasheet(params, policy: CpuFreqPolicy) -> StaticPowerModel:
     """The board's nominal figures (what a device tree would carry): idle power, one busy
     core's power at the top point, and the core voltage table, linear between its ends."""
@@ -336,9 +275,69 @@ def sustainable_power_w(params, control_temp_c: float, design_inlet_c: float) ->
     return max(0.1, board_w - params.idle_w)
 
 
-class PassThroughSupervisor:
-    """Allows everything: put in place of a BoardAgent's supervisor to see its control loop
-    alone (a diagnostic run, labelled as such; never how the agent ships)."""
+class PassThroughController:
+    """The control-step half of a plug-in: passes the setpoint through as the command and keeps
+    what the control step sees (setpoint, measured power, SoC) for the governor half, which
+    alone sees the paid work's CPU demand; the alternatives choose from all of them at once."""
 
-    def supervise(self, now: float, readings: dict, last_command_w: float = 0.0) -> Allowance:
-        return Allowance(mode="NORMAL", max_power_w=math.inf)
+    def __init__(self, name: str):
+        self.name = name
+        self.seen: tuple[float, float, float | None, float | None] = (0.0, 0.0, None, None)
+        """(now, setpoint W, power W, SoC C) of this period."""
+
+    def update(self, now: float, setpoint_w: float, power_w: float | None,
+               temperatures_c: dict[str, float | None], allowed_max_w: float) -> Decision:
+        self.seen = (now, setpoint_w, power_w, temperatures_c.get("soc"))
+        return Decision(setpoint_w, self.name)
+
+
+class LadderGovernor:
+    """The govern-step half of a plug-in: the alternative's choice of ladder point, written to
+    the actuators. It predicts nothing, so it reports the command as its prediction: the agent's
+    dither correction of measured power is then nil. SAFE is written by Hearth's governor, the
+    same settings every SAFE period of the agent writes."""
+
+    def __init__(self, ladder: Ladder, choice, control: PassThroughController):
+        self.ladder = ladder
+        self.choice = choice
+        """An alternative: `update(Measurement)` returns a ladder index."""
+        self.control = control
+        self.hearth = DvfsGovernor(ladder.policy, ladder.workload, ladder.heatfill, ladder.cores)
+
+    def apply(self, command_w: float, demand_cores: float, model) -> Settings:
+        now, setpoint_w, power_w, soc_c = self.control.seen
+        index = self.choice.update(Measurement(now, setpoint_w, power_w, soc_c, demand_cores))
+        point = self.ladder.apply(index)
+        running = point.heatfill_cpus >= MIN_HEATFILL_CPUS
+        return Settings(point.freq_khz, point.workload_quota_cpus, False,
+                        point.heatfill_cpus if running else 0.0, command_w)
+
+    def safe(self, freeze_workload: bool) -> Settings:
+        return self.hearth.safe(freeze_workload)
+
+
+def plug_in(name: str, make_choice: Callable[[Ladder], object]) -> dict:
+    """BoardAgent's constructor arguments that run an alternative inside it; `make_choice`
+    builds the alternative on the ladder of the agent's own actuators."""
+    control = PassThroughController(name)
+
+    def governor(policy: CpuFreqPolicy, workload: CpuGroup, heatfill: CpuGroup,
+                 cores: int) -> LadderGovernor:
+        ladder = Ladder(policy, workload, heatfill, cores)
+        return LadderGovernor(ladder, make_choice(ladder), control)
+
+    return {"controller": control, "governor": governor}
+
+
+class PassThroughSupervisor(Supervisor):
+    """Allows everything, from the first period: given to a BoardAgent as its `supervisor` to
+    see its control loop alone (a diagnostic run, labelled as such; never how the agent ships).
+    Built from build_supervisor's arguments, none of whose checks it runs."""
+
+    def __init__(self, limits, readings, events, shutdown, now: float, latched=None):
+        super().__init__([], [], SafetySettings(), limits.power_min_w, limits.power_max_w,
+                         events, shutdown, now, latched)
+        self.mode = Mode.NORMAL
+
+    def supervise(self, now: float, readings: dict, command_w: float) -> Allowance:
+        return Allowance(self.mode.value, math.inf)

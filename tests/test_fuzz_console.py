@@ -83,12 +83,14 @@ PAYLOADS = st.one_of(
 
 def board_state(agent, processor) -> tuple:
     """What a refused command must leave as it was: setpoint, mode, latched faults, and the
-    console's own state."""
+    console's own state. Events other than the record of a refusal (`setpoint_rejected`: a
+    setpoint within the argument's 0-15 W but outside this board's range) count as changes."""
     now = agent.clock()
     return (agent.setpoints.current_w(now), agent.setpoints.status, agent.supervisor.mode,
             dict(agent.supervisor.latched), agent.supervisor.shutdown.started,
             processor.request.source, processor.override_until, processor.tune,
-            processor.calibration, len(agent.events.events))
+            processor.calibration,
+            [e for e in agent.events.events if e.cause != "setpoint_rejected"])
 
 
 @contextmanager

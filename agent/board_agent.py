@@ -24,7 +24,6 @@ from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
 from agent.errors import PeriodFailed
-from agent.leader.sensors import module_sensor_names
 from agent.readings import Reading
 from agent.seam import Hardware
 from agent.config_watch import ConfigWatch
@@ -103,17 +102,13 @@ class BoardAgent:
         supervisor's SAFE is written by `governor.safe()` whatever the controller wanted."""
         self.clock = hardware.clock
         self.context = DriverContext(hardware)
-        module_only = module_sensor_names(config)  # `hearth leader` reads those
-        self.sensors = build_sensors([s for s in config.sensors if s.name not in module_only],
-                                     self.context)
-        kinds = {sensor.name: sensor.kind for sensor in self.sensors}
-        self.power_reading = next((f"{name}.power_w" for name, kind in kinds.items()
-                                   if kind in ("ina219", "ina226")), None)
-        self.soc_reading = next((name for name, kind in kinds.items() if kind == "soc"), None)
-        self.oil_reading = "oil" if "oil" in kinds else None
-        self.flow_reading = next((name for name, kind in kinds.items() if kind == "flow"), None)
-        self.throttle_prefix = next((name for name, kind in kinds.items()
-                                     if kind == "throttle"), None)
+        self.sensors = build_sensors([s for s in config.sensors
+                                      if s.name not in config.leader_only_sensors], self.context)
+        self.roles = config.roles
+        """Sensor role -> the reading that serves it, resolved when the config was loaded."""
+        self.power_reading = self.roles.get("power")
+        self.soc_reading = self.roles.get("soc")
+        self.oil_reading = self.roles.get("oil")
         limits, actuators, control = config.limits, config.actuators, config.control
         self.policy = CpuFreqPolicy(hardware, actuators.cpufreq_policy)
         self.workload = CpuGroup(hardware, actuators.workload_cgroup, actuators.cpu_period_us)
@@ -138,12 +133,7 @@ class BoardAgent:
         self.events = events if events is not None else EventLog()
         shutdown = ShutdownPath(self.events, self.workload.dir, save_latched,
                                 POWEROFF_COMMAND, run_command, send_signal)
-        self.supervisor = supervisor(
-            limits, {"power": self.power_reading, "soc": self.soc_reading,
-                     "oil": self.oil_reading, "flow": self.flow_reading,
-                     "throttle": self.throttle_prefix,
-                     "advisory": [name for name, kind in kinds.items() if kind == "ds18b20"]},
-            self.events, shutdown, now, latched)
+        self.supervisor = supervisor(limits, self.roles, self.events, shutdown, now, latched)
         self.setpoints = SetpointSource(control.fallback_setpoint_w, control.leader_timeout_s,
                                         control.setpoint_hold_s, limits.power_min_w,
                                         limits.power_max_w, self.events, now)

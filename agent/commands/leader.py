@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.config_schema import LEADER_ROLE_KEYS
 from agent.drivers.base import DriverContext
 from agent.drivers.registry import build_sensors
 from agent.errors import ConfigValueError
@@ -20,8 +21,6 @@ from agent.mqtt.link import Link
 from agent.mqtt.outbox import Outbox
 from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.seam import Hardware
-
-READINGS = ("water_in", "water_out", "flow", "oil")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,28 +39,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 class ModuleSensors:
-    """The module's sensors named in [leader], read once per leader period."""
+    """The sensors serving the module's roles (resolved when the config was loaded), read once
+    per leader period."""
 
-    def __init__(self, config, names: dict[str, str], hardware: Hardware):
-        wanted = {name.split(".")[0] for name in names.values() if name}
-        self.names = names
+    def __init__(self, config, hardware: Hardware):
+        self.readings = {role: config.roles.get(role) for role in LEADER_ROLE_KEYS}
+        """module role -> the reading that serves it, None where no sensor has the role"""
+        wanted = {reading.partition(".")[0] for reading in self.readings.values() if reading}
         self.context = DriverContext(hardware)
         self.sensors = build_sensors([s for s in config.sensors if s.name in wanted],
                                      self.context)
-        missing = wanted - {s.name for s in self.sensors}
-        if missing:
-            raise ConfigValueError(f"{config.path}: [leader] names sensor(s) "
-                                   f"{', '.join(sorted(missing))} that no [[sensor]] table "
-                                   "declares; add them or fix the names")
 
     def read(self) -> ModuleReadings:
         readings = {r.sensor: r for sensor in self.sensors for r in sensor.read()}
 
-        def value(key: str) -> float | None:
-            reading = readings.get(self.names[key]) if self.names[key] else None
+        def value(role: str) -> float | None:
+            reading = readings.get(self.readings[role])
             return reading.value if reading is not None and reading.ok else None
 
-        return ModuleReadings(value("water_in"), value("water_out"), value("flow"), value("oil"))
+        return ModuleReadings(value("module_water_in"), value("module_water_out"),
+                              value("module_flow"), value("module_oil"))
 
     def close(self) -> None:
         for sensor in self.sensors:
@@ -77,15 +74,12 @@ def run(args: argparse.Namespace) -> int:
                                "[mqtt] (the module's broker) and [leader]; see docs/leader.md")
     site, module = config.identity.site, config.identity.module
     options = config.leader
-    sensors = ModuleSensors(config, {"water_in": options.water_in_reading,
-                                     "water_out": options.water_out_reading,
-                                     "flow": options.flow_reading, "oil": options.oil_reading},
-                            Hardware())
+    sensors = ModuleSensors(config, Hardware())
     settings = LeaderSettings(
         period_s=options.period_s, silence_timeout_s=options.silence_timeout_s,
         budget_w=options.budget_w,
-        flow_min_l_per_min=options.flow_min_l_per_min if options.flow_reading else None,
-        oil_max_c=options.oil_max_c if options.oil_reading else None,
+        flow_min_l_per_min=options.flow_min_l_per_min if "module_flow" in config.roles else None,
+        oil_max_c=options.oil_max_c if "module_oil" in config.roles else None,
         interlock_clear_s=options.interlock_clear_s)
     topics = module_topics(site, module)
     link = Link(link_settings(config.mqtt), client_id=f"hearth-{site}-{module}-leader",

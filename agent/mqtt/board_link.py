@@ -38,9 +38,8 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.persist import StateStore
 from agent.safety.events import Event
+from agent.water_heat import heat_w
 
-WATER_CP_J_PER_KG_K = 4180.0
-WATER_KG_PER_L = 1.0
 COMMAND_SENDERS = ("leader", "operator")
 COMMAND_ID_MAX = 64
 REMEMBERED_REPLIES = 64
@@ -125,13 +124,9 @@ class BoardLink:
         """docs/mqtt.md "Board state"; anything unknown is None (null), never a guess."""
         agent = self.agent
         status = agent.status()
-        water_in_c = self._value(status.readings, "water_in")
-        water_out_c = self._value(status.readings, "water_out")
-        flow_l_per_min = self._value(status.readings, agent.flow_reading)
-        heat_w = None
-        if None not in (water_in_c, water_out_c, flow_l_per_min):
-            heat_w = (flow_l_per_min / 60.0 * WATER_KG_PER_L * WATER_CP_J_PER_KG_K
-                      * (water_out_c - water_in_c))
+        water_in_c, water_out_c, flow_l_per_min = (
+            self._value(status.readings, agent.roles.get(role))
+            for role in ("water_in", "water_out", "flow"))
         min_w, max_w = status.power_min_w, status.power_max_w
         if report.allowed_w is not None:
             max_w = min(max_w, report.allowed_w)
@@ -141,7 +136,8 @@ class BoardLink:
             "setpoint_source": status.setpoint_source, "power_w": report.power_w,
             "command_w": report.command_w, "selected": report.selected,
             "soc_c": report.soc_c, "oil_c": report.oil_c, "water_in_c": water_in_c,
-            "water_out_c": water_out_c, "flow_l_per_min": flow_l_per_min, "heat_w": heat_w,
+            "water_out_c": water_out_c, "flow_l_per_min": flow_l_per_min,
+            "heat_w": heat_w(flow_l_per_min, water_in_c, water_out_c),
             "min_w": min_w, "max_w": max_w, "faults": sorted(status.latched),
             "energy_electric_wh": self.energy.electric_wh,
             "energy_heat_wh": self.energy.heat_wh, "counter_reset": self.energy.counter_reset,

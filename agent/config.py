@@ -3,7 +3,8 @@ frozen values (the sections and their keys are in agent.config_schema).
 
 A site config (default /etc/hearth/hearth.toml) names a board type; the board definition
 (<config dir>/boards/<type>.toml, else the one shipped in agent.boards) declares that carrier's
-pins and sensors, and the site config may override them. Every problem is collected before
+pins and sensors, and the site config may override them. Sensor roles are resolved here, once,
+into the readings that serve them (BoardConfig.roles). Every problem is collected before
 anything is raised, so an operator fixes a config in one round instead of one error per restart.
 """
 

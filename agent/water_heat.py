@@ -6,7 +6,8 @@ import math
 
 WATER_CP_J_PER_KG_K = 4180.0
 WATER_KG_PER_L = 1.0
-"""Close enough for a heating loop at 20-70 C (0.978-0.998 kg/L); the meter's own error is larger."""
+"""Close enough for a heating loop at 20-70 C (0.978-0.998 kg/L): the meter's own error is
+larger."""
 
 
 def heat_w(flow_l_per_min: float | None, inlet_c: float | None,

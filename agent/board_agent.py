@@ -76,6 +76,8 @@ class AgentStatus:
     """Latched FAULT causes -> their messages."""
     active: tuple[str, ...]
     """The causes the supervisor sees this period, sorted."""
+    findings: tuple[Finding, ...]
+    """What it found for each of them (level, value, message), in the same order."""
     last_report: TickReport | None
     readings: Mapping[str, Reading]
 
@@ -194,7 +196,9 @@ class BoardAgent:
         return AgentStatus(now, supervisor.mode.value, setpoints.current_w(now),
                            setpoints.status, setpoints.power_min_w, setpoints.power_max_w,
                            types.MappingProxyType(dict(supervisor.latched)),
-                           tuple(sorted(supervisor.active)), self.last_report,
+                           tuple(sorted(supervisor.active)),
+                           tuple(supervisor.active[cause] for cause in sorted(supervisor.active)),
+                           self.last_report,
                            types.MappingProxyType(self.readings))
 
     def latest_events(self, count: int) -> list[Event]:

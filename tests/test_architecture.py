@@ -239,3 +239,34 @@ def test_only_the_command_line_imports_the_commands():
         if names:
             offenders[str(relative)] = names
     assert offenders == {}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The names a module imports when it is loaded (not inside its functions)."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_nothing_outside_the_simulator_imports_it():
+    """The runtime never imports the simulator, anywhere; of the commands only the
+    simulator's own (`hearth sim`, `hearth sim-board`) load it when imported, the rest
+    (`hearth agent --sim`, `hearth tune --sim`) only when asked for it."""
+    offenders = {}
+    for path in sorted(AGENT.rglob("*.py")):
+        relative = path.relative_to(AGENT)
+        if relative.parts[0] == "sim":
+            continue
+        if relative.parts[0] == "commands":
+            names = set() if path.stem in ("sim", "sim_board") else top_level_imports(path)
+        else:
+            names = imported_names(path)
+        found = loaded(sorted(names), "agent.sim")
+        if found:
+            offenders[str(relative)] = found
+    assert offenders == {}

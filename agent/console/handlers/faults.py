@@ -7,12 +7,10 @@ REBOOT_COMMAND = ["systemctl", "reboot"]
 
 def faults(processor, args, source):
     def collect():
-        agent = processor.agent
-        # The status snapshot names the active causes only; their level and message are the
-        # supervisor's findings, read here on the loop's thread.
-        return (dict(agent.status().latched),
+        status = processor.agent.status()
+        return (dict(status.latched),
                 [{"cause": f.cause, "level": f.level.name, "value": f.value,
-                  "message": f.message} for f in agent.supervisor.active.values()])
+                  "message": f.message} for f in status.findings])
 
     latched, active = processor.in_loop(collect)
     lines = [f"latched {cause}: {message}" for cause, message in sorted(latched.items())]

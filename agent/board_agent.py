@@ -23,7 +23,7 @@ from agent.drivers.base import DriverContext
 from agent.drivers.cgroup import CpuGroup
 from agent.drivers.cpufreq import CpuFreqPolicy
 from agent.drivers.registry import build_sensors
-from agent.errors import PeriodFailed
+from agent.errors import ConfigValueError, PeriodFailed
 from agent.readings import Reading
 from agent.seam import Hardware
 from agent.config_watch import ConfigWatch
@@ -41,6 +41,8 @@ LIMIT_MARGIN_C = 1.0
 IDLE_PRIOR_W = 2.7
 CORE_PRIOR_W = 0.85
 POWEROFF_COMMAND = ["systemctl", "poweroff"]
+REQUIRED_ROLES = ("power", "soc")
+"""A board without these is not controlled at all: a config that lacks them fails closed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,15 @@ class BoardAgent:
         groups and the core count the agent builds, and returns an object with DvfsGovernor's
         `apply` and `safe`. `supervisor` is called with `build_supervisor`'s arguments. The
         supervisor's SAFE is written by `governor.safe()` whatever the controller wanted."""
+        missing = [role for role in REQUIRED_ROLES if role not in config.roles]
+        if missing:
+            raise ConfigValueError(
+                f"{config.path}: no [[sensor]] has role {' or '.join(map(repr, missing))}: "
+                "the agent cannot hold the board's power or protect its SoC without them, so it "
+                "does not start (the failsafe keeps the board capped). Add role = \"power\" to "
+                "the power monitor and role = \"soc\" to the SoC zone in the board definition "
+                f"({config.board_path or 'the config'}); board definitions written before roles "
+                "need them added")
         self.clock = hardware.clock
         self.context = DriverContext(hardware)
         self.sensors = build_sensors([s for s in config.sensors

@@ -3,10 +3,16 @@ a carrier whose sensors are named differently is protected the same way (issue 1
 
 from pathlib import Path
 
+import pytest
+
+from agent.board_agent import BoardAgent
 from agent.config import load_config
 from agent.config_schema import LEADER_ROLE_KEYS, SENSOR_ROLES
+from agent.errors import ConfigValueError
+from agent.sim.board import SimulatedBoard
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
+from agent.sim.params import BoardParams
 
 SHIPPED_BOARD = Path(__file__).resolve().parent.parent / "hardware" / "boards" / "oil-carrier.toml"
 RENAMED = {"board_power": "rail", "oil": "bath", "water_flow": "loop_flow", "soc": "cpu",
@@ -43,3 +49,19 @@ def test_a_carrier_with_other_sensor_names_is_supervised_by_role(sim_dir):
         assert agent.status().mode == "SAFE"
     finally:
         sim.agent.close()
+
+
+def test_a_board_definition_without_the_power_and_soc_roles_fails_closed(tmp_path):
+    """A custom board definition written before roles (its sensors found by kind before) must
+    not start an agent that neither holds power nor protects the SoC."""
+    board = SHIPPED_BOARD.read_text(encoding="utf-8")
+    unroled = "\n".join(line for line in board.splitlines()
+                        if not line.strip().startswith("role ="))
+    (tmp_path / "boards").mkdir()
+    (tmp_path / "boards/old-carrier.toml").write_text(unroled + "\n")
+    simulated = SimulatedBoard(tmp_path / "root", SimClock(), BoardParams())
+    config_path = tmp_path / "hearth.toml"
+    config_path.write_text('board_type = "old-carrier"\n' + simulated.sensor_config())
+    config = load_config(config_path)
+    with pytest.raises(ConfigValueError, match=r"no \[\[sensor\]\] has role 'power' or 'soc'"):
+        BoardAgent(config, simulated.hardware)

@@ -57,13 +57,11 @@ class Measurement:
 class Ladder:
     """The operating points, lowest heat first, and writing one of them to the actuators."""
 
-    def __init__(self, policy: CpuFreqPolicy, workload: CpuGroup, heatfill: CpuGroup,
-                 cores: int):
-        self.policy = policy
-        self.workload = workload
-        self.heatfill = heatfill
-        self.cores = cores
-        steps = round(cores / QUOTA_STEP_CPUS)
+    def __init__(self, hearth: DvfsGovernor):
+        """On the drivers Hearth's governor writes through (it keeps them)."""
+        policy, self.cores = hearth.policy, hearth.cores
+        self.policy, self.workload, self.heatfill = policy, hearth.workload, hearth.heatfill
+        steps = round(self.cores / QUOTA_STEP_CPUS)
         self.points = (
             [LadderPoint(policy.min_khz, QUOTA_STEP_CPUS * i, 0.0) for i in range(1, steps)]
             + [LadderPoint(khz, None, 0.0) for khz in policy.available_khz]
@@ -297,12 +295,14 @@ class LadderGovernor:
     dither correction of measured power is then nil. SAFE is written by Hearth's governor, the
     same settings every SAFE period of the agent writes."""
 
-    def __init__(self, ladder: Ladder, choice, control: PassThroughController):
+    def __init__(self, hearth: DvfsGovernor, ladder: Ladder, choice,
+                 control: PassThroughController):
+        self.hearth = hearth
+        """Writes SAFE."""
         self.ladder = ladder
         self.choice = choice
         """An alternative: `update(Measurement)` returns a ladder index."""
         self.control = control
-        self.hearth = DvfsGovernor(ladder.policy, ladder.workload, ladder.heatfill, ladder.cores)
 
     def apply(self, command_w: float, demand_cores: float, model) -> Settings:
         now, setpoint_w, power_w, soc_c = self.control.seen
@@ -323,8 +323,9 @@ def plug_in(name: str, make_choice: Callable[[Ladder], object]) -> dict:
 
     def governor(policy: CpuFreqPolicy, workload: CpuGroup, heatfill: CpuGroup,
                  cores: int) -> LadderGovernor:
-        ladder = Ladder(policy, workload, heatfill, cores)
-        return LadderGovernor(ladder, make_choice(ladder), control)
+        hearth = DvfsGovernor(policy, workload, heatfill, cores)
+        ladder = Ladder(hearth)
+        return LadderGovernor(hearth, ladder, make_choice(ladder), control)
 
     return {"controller": control, "governor": governor}
 

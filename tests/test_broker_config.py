@@ -168,9 +168,9 @@ def login(out: Path, user: str) -> dict:
     return tomllib.loads((out / "credentials" / f"{user}.toml").read_text())["mqtt"]
 
 
-@pytest.fixture
-def site(tmp_path):
-    """Inventory, generated configuration (broker-etc pointing at it) and a running broker."""
+def generated_site(tmp_path) -> tuple[Path, int, Mosquitto]:
+    """INVENTORY's configuration generated (broker-etc pointing at it) and a Mosquitto started
+    on it: the output directory, the port and the running broker."""
     port = free_port()
     inventory = tmp_path / "site.toml"
     inventory.write_text(INVENTORY.format(port=port))
@@ -178,7 +178,13 @@ def site(tmp_path):
     leader_dir = out / "leaders/m1"
     assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
                    "--broker-etc", str(leader_dir)]) == 0
-    broker = Mosquitto(leader_dir / "mosquitto.conf", port, tmp_path / "run").start()
+    return out, port, Mosquitto(leader_dir / "mosquitto.conf", port, tmp_path / "run").start()
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Inventory, generated configuration and a running broker; `connect` logs in an account."""
+    out, port, broker = generated_site(tmp_path)
     clients: list[Client] = []
 
     def connect(user: str | None, **options) -> Client:

@@ -3,9 +3,8 @@
 
 import time
 
-from test_broker_config import INVENTORY, Mosquitto, free_port, login
+from test_broker_config import Mosquitto, generated_site, login
 
-from agent.cli import main as hearth
 from agent.mqtt.board_link import BoardConnection, connect_board
 from agent.mqtt.link import DUPLICATE_IDENTITY, LinkSettings
 from agent.mqtt.topics import BoardTopics
@@ -20,15 +19,8 @@ report (a board's default is 60 s)."""
 
 def generated_broker(tmp_path) -> tuple[dict, Mosquitto]:
     """The account of board m1.b01 and a started Mosquitto with the generated config."""
-    port = free_port()
-    inventory = tmp_path / "site.toml"
-    inventory.write_text(INVENTORY.format(port=port))
-    out = tmp_path / "out"
-    leader_dir = out / "leaders/m1"
-    assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
-                   "--broker-etc", str(leader_dir)]) == 0
-    return login(out, "m1.b01"), Mosquitto(leader_dir / "mosquitto.conf", port,
-                                           tmp_path / "run").start()
+    out, _, broker = generated_site(tmp_path)
+    return login(out, "m1.b01"), broker
 
 
 def twin_settings(broker: Mosquitto, account: dict) -> LinkSettings:

@@ -62,8 +62,8 @@ class BoardTopics:
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """MQTT 3.1.1's matching rules for one filter: `+` one level, `#` the rest (and the
-    parent), `$` topics never matched by a leading wildcard: the Link's dispatch of received messages
-    to its handlers."""
+    parent), `$` topics never matched by a leading wildcard: how the Link dispatches received
+    messages to its handlers."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
     filter_levels, topic_levels = topic_filter.split("/"), topic.split("/")

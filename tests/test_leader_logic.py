@@ -34,6 +34,21 @@ def test_tracker_lwt_marks_offline_and_state_brings_back():
     assert [v.board for v in tracker.usable()] == ["b1"]
 
 
+def test_a_stale_offline_after_a_broker_restart_yields_to_the_boards_live_state():
+    """Mosquitto publishes the Last Wills of the clients it drops when it stops and, with
+    persistence, restores them as retained statuses: a reconnecting leader can hear a board's
+    "offline" after its "online". The next live state puts the board back in the split; a
+    backlog state (hist) from before the outage does not."""
+    tracker = BoardTracker(silence_timeout_s=10)
+    tracker.on_status(0, "b1", "online")
+    tracker.on_state(0, "b1", state(1))
+    tracker.on_status(100, "b1", "offline")
+    assert tracker.on_state(100, "b1", state(2, hist=True)) == []
+    assert tracker.usable() == []
+    assert "online" in tracker.on_state(101, "b1", state(3))
+    assert [v.board for v in tracker.usable()] == ["b1"]
+
+
 def test_tracker_silence_with_connection_still_open():
     tracker = BoardTracker(silence_timeout_s=10)
     tracker.on_status(0, "b1", "online")

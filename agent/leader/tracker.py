@@ -99,7 +99,11 @@ class BoardTracker:
         if (mode, faults) != (view.mode, view.faults):
             view.mode, view.faults = mode, faults
             notes.append("mode")
-        if view.status in ("silent", "unknown") and self._set_status(now, view, "online"):
+        # A live state is proof of life even after an "offline": a broker restarted with
+        # persistence hands out the Last Wills it published when it stopped as retained
+        # statuses, which can reach a reconnecting leader after the board's own "online".
+        if view.status in ("silent", "unknown", "offline") and self._set_status(now, view,
+                                                                                 "online"):
             notes.append("online")
         return notes
 

@@ -26,21 +26,29 @@ def safe_actuators(policies: Iterable[CpuFreqPolicy], workload: CpuGroup, heatfi
     Files are written through the drivers, so a caller that keeps its drivers (the governor)
     still writes only what changed."""
     failures: list[str] = []
-
-    def attempt(what: str, step: Callable[..., object], *args: object) -> None:
-        try:
-            step(*args)
-        except OSError as error:
-            failures.append(f"{what}: {error}")
-
-    attempt(f"could not freeze the heat-fill ({heatfill.dir.name})", heatfill.freeze, True)
-    attempt(f"could not set the heat-fill's quota ({heatfill.dir.name}) to "
-            f"{MIN_HEATFILL_CPUS} CPU", heatfill.set_quota, MIN_HEATFILL_CPUS)
-    attempt(f"could not set the workload's quota ({workload.dir.name}) to "
-            f"{MIN_WORKLOAD_QUOTA_CPUS} CPU", workload.set_quota, MIN_WORKLOAD_QUOTA_CPUS)
-    attempt(f"could not {'freeze' if freeze_workload else 'thaw'} the workload "
-            f"({workload.dir.name})", workload.freeze, freeze_workload)
+    _attempt(failures, heatfill.freeze, True,
+             lambda: f"could not freeze the heat-fill ({heatfill.dir.name})")
+    _attempt(failures, heatfill.set_quota, MIN_HEATFILL_CPUS,
+             lambda: f"could not set the heat-fill's quota ({heatfill.dir.name}) to "
+                     f"{MIN_HEATFILL_CPUS} CPU")
+    _attempt(failures, workload.set_quota, MIN_WORKLOAD_QUOTA_CPUS,
+             lambda: f"could not set the workload's quota ({workload.dir.name}) to "
+                     f"{MIN_WORKLOAD_QUOTA_CPUS} CPU")
+    _attempt(failures, workload.freeze, freeze_workload,
+             lambda: f"could not {'freeze' if freeze_workload else 'thaw'} the workload "
+                     f"({workload.dir.name})")
     for policy in policies:
-        attempt(f"could not cap {policy.dir.name} at its lowest frequency, {policy.min_khz} kHz",
-                policy.cap, policy.min_khz)
+        _attempt(failures, policy.cap, policy.min_khz,
+                 lambda: f"could not cap {policy.dir.name} at its lowest frequency, "
+                         f"{policy.min_khz} kHz")
     return failures
+
+
+def _attempt(failures: list[str], step: Callable[[object], object], value: object,
+             describe: Callable[[], str]) -> None:
+    """One step, in its own guard; the operator's line is built only when it failed (the
+    governor writes SAFE every period it is SAFE)."""
+    try:
+        step(value)
+    except OSError as error:
+        failures.append(f"{describe()}: {error}")

@@ -231,3 +231,27 @@ def test_backlog_after_an_outage_is_sent_once_in_order_marked_hist(mosquitto, tm
     assert "hist" not in listener.on("t/event")[-1]
     sender.close()
     listener.close()
+
+
+def test_an_asserted_retained_message_is_sent_as_given_and_again_after_the_broker_lost_it(
+        mosquitto, tmp_path):
+    broker = mosquitto()  # no persistence: a restart loses every retained message
+    owner = _link(broker, tmp_path, "owner")
+    payload = b'{"dev": {"ids": ["x"]}, "cmps": {}}'
+    owner.assert_retained("ha/device/x/config", payload)
+    owner.assert_retained("ha/device/gone/config", b"{}")
+    owner.assert_retained("ha/device/gone/config", b"")  # cleared before it was ever sent
+    owner.start()
+    late = Listener(broker, tmp_path, "ha/#")  # subscribes after: hears it only if retained
+    late.wait(lambda: late.link.connected and owner.connected)
+    late.wait(lambda: ("ha/device/x/config", payload) in late.received)
+    broker.stop()
+    late.wait(lambda: not owner.connected)
+    broker.start()
+    again = Listener(broker, tmp_path, "ha/#", name="again")
+    again.wait(lambda: owner.connected and again.link.connected)
+    again.wait(lambda: ("ha/device/x/config", payload) in again.received)
+    time.sleep(0.3)
+    assert [t for t, _ in again.received] == ["ha/device/x/config"]  # the cleared one never
+    for link in (owner, late, again):
+        link.close()

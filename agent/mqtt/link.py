@@ -190,6 +190,8 @@ class Link:
         self._lock = threading.RLock()
         self._subscriptions: list[tuple[str, Handler]] = []
         self._subscriptions_lock = threading.Lock()
+        self._asserted: dict[str, bytes] = {}
+        """topic -> the plain retained payload this Link re-sends at every connect."""
         self._handlers: dict[str, list[Handler]] = {}
         """topic -> its handlers, kept until the subscriptions change (a leader hears the same
         topics every second)."""
@@ -249,6 +251,21 @@ class Link:
             self.outbox.put(Pending(topic, message, qos, retain), keep)
             self._pump()
         return message
+
+    def assert_retained(self, topic: str, payload: bytes) -> None:
+        """Own a plain (no envelope) retained message: sent now if connected and again at every
+        connect, so it survives a broker that lost it (a restart without persistence, a move to
+        the standby). For payloads in another system's format, such as Home Assistant's
+        discovery: the bytes go out exactly as given, so they are identical across restarts
+        while nothing changed. An empty payload clears the topic and forgets it."""
+        with self._subscriptions_lock:
+            if payload:
+                self._asserted[topic] = payload
+            else:
+                self._asserted.pop(topic, None)
+        if self._connected:
+            self._client.publish(topic, payload, qos=1, retain=True)
+            self.io.flush(self._client)
 
     def subscribe(self, pattern: str, handler: Handler) -> None:
         """Call handler(message) from poll() for each message matching pattern (MQTT wildcards);
@@ -420,6 +437,9 @@ class Link:
                 client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             with self._subscriptions_lock:
                 patterns = sorted({pattern for pattern, _ in self._subscriptions})
+                asserted = list(self._asserted.items())
+            for topic, payload in asserted:
+                client.publish(topic, payload, qos=1, retain=True)
             if patterns:
                 client.subscribe([(pattern, 1) for pattern in patterns])
             self._generation += 1

@@ -15,7 +15,8 @@ from typing import Any, Callable
 from agent.errors import MessageError
 from agent.mqtt.envelope import finite_number
 from agent.mqtt.topics import LEADER, ROOT
-from agent.site.demand import ExternalDemand, TemperatureDemand, split_across_modules
+from agent.site.demand import ExternalDemand, split_across_modules
+from agent.site.law import DemandLaw, HearthDemand
 
 TARGET_SET = "site/target/set"
 """Home Assistant's `number` writes the site target here: a plain number in C, no envelope."""
@@ -42,9 +43,10 @@ def site_topics(site: str) -> dict[str, str]:
 class SiteRole:
     def __init__(self, site: str, link, clock: Callable[[], float], settings: SiteSettings,
                  read_loop_c: Callable[[], float | None] | None = None,
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None, law: DemandLaw | None = None):
         """`read_loop_c` reads the tank/loop temperature; None means demand comes only from
-        `site/demand`."""
+        `site/demand`. `law` turns temperature into demand (agent/site/law.py); Hearth's
+        bumpless PI from `settings` when None."""
         self.site = site
         self.link = link
         self.clock = clock
@@ -53,7 +55,11 @@ class SiteRole:
         self.log = log or logging.getLogger("hearth.site")
         self.topics = site_topics(site)
         self.target_c = settings.target_c
-        self.temperature = TemperatureDemand(settings.kp_w_per_k, settings.ki_w_per_k_s, 0.0)
+        self.law = law if law is not None else HearthDemand(
+            settings.kp_w_per_k, settings.ki_w_per_k_s, max_step_s=3 * settings.period_s)
+        self.demand_w = 0.0
+        self.capacity_full_w: dict[str, float] = {}
+        """The highest capacity each module has reported: what the site could deliver."""
         self.external = ExternalDemand(settings.demand_timeout_s)
         self.modules: dict[str, dict[str, Any]] = {}
         self.module_seen_s: dict[str, float] = {}
@@ -107,7 +113,8 @@ class SiteRole:
             recent = now - self.module_seen_s.get(module, -math.inf) <= self.settings.leader_timeout_s
             interlocked = bool((state.get("interlock") or {}).get("active"))
             online = self.leader_status.get(module, "online") == "online"
-            capacity = finite_number(state.get("capacity_w")) or 0.0
+            capacity = max(0.0, finite_number(state.get("capacity_w")) or 0.0)
+            self.capacity_full_w[module] = max(capacity, self.capacity_full_w.get(module, 0.0))
             found[module] = capacity if recent and online and not interlocked else 0.0
         return found
 
@@ -119,7 +126,10 @@ class SiteRole:
         if external_w is not None:
             demand_w, source = external_w, "external"
         elif self.read_loop_c is not None:
-            demand_w = self.temperature.update(now, loop_c, self.target_c, site_capacity_w)
+            if loop_c is not None and math.isfinite(loop_c):
+                self.demand_w = self.law.update(now, loop_c, self.target_c, site_capacity_w,
+                                                sum(self.capacity_full_w.values()))
+            demand_w = min(self.demand_w, site_capacity_w)
             source = "temperature"
         else:
             demand_w, source = 0.0, "none"

@@ -8,11 +8,13 @@ commands with their one-line help is kept here, and each module adds its own opt
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NamedTuple
 
 from agent import __version__
 from agent.errors import HearthError
+from agent.journal_log import ERROR_PRIORITY, with_priority, writes_to_journal
 
 
 class Command(NamedTuple):
@@ -73,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except HearthError as error:
-        print(f"hearth {args.command}: {error}", file=sys.stderr)
+        message = f"hearth {args.command}: {error}"
+        if writes_to_journal(sys.stderr, os.environ):  # a unit that refused to start: an error
+            message = with_priority(message, ERROR_PRIORITY)
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

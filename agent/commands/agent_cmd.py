@@ -12,6 +12,7 @@ from agent.config import DEFAULT_CONFIG_PATH, load_config
 from agent.console.transports import DEFAULT_BAUD, DEFAULT_SOCKET, ConsoleService
 from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.errors import ConfigValueError
+from agent.journal_log import log_to_journal
 from agent.mqtt.board_link import BoardConnection, BoardLink, connect_board, link_settings
 from agent.mqtt.link import LinkSettings
 from agent.mqtt.topics import BoardTopics
@@ -67,6 +68,7 @@ def format_report(report: TickReport) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    log_to_journal()
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     started = time.monotonic()

@@ -1,7 +1,6 @@
 """`hearth leader`: run one module's leader (and, with --site, the site role in the same process)."""
 
 import argparse
-import logging
 import signal
 import time
 import uuid
@@ -13,6 +12,7 @@ from agent.drivers.base import DriverContext
 from agent.drivers.registry import build_sensors
 from agent.errors import ConfigValueError
 from agent.ha_discovery import leader_discovery
+from agent.journal_log import log_to_journal
 from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
                                module_topics)
 from agent.metrics import MetricsServer, exposition
@@ -67,7 +67,7 @@ class ModuleSensors:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_journal()
     config = load_config(args.config)
     if config.identity is None or config.mqtt is None or config.leader is None:
         raise ConfigValueError(f"{args.config}: `hearth leader` needs [identity] (site, module), "

@@ -1,7 +1,6 @@
 """`hearth site`: turn building demand into module budgets (docs/leader.md)."""
 
 import argparse
-import logging
 import signal
 import time
 import uuid
@@ -12,6 +11,7 @@ from agent.drivers.base import DriverContext
 from agent.drivers.registry import build_sensors
 from agent.errors import ConfigValueError
 from agent.ha_discovery import site_discovery
+from agent.journal_log import log_to_journal
 from agent.mqtt.board_link import link_settings
 from agent.mqtt.link import Link
 from agent.mqtt.outbox import Outbox
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_journal()
     config = load_config(args.config)
     if config.identity is None or config.mqtt is None or config.site is None:
         raise ConfigValueError(f"{args.config}: `hearth site` needs [identity] (site), [mqtt] "

@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, ClassVar
 
+from agent.drivers.i2c import open_bus
 from agent.readings import Reading
 from agent.schema import Field
 from agent.seam import Hardware, SMBusLike
@@ -17,7 +18,7 @@ class DriverContext:
 
     def i2c(self, bus_number: int) -> SMBusLike:
         if bus_number not in self._buses:
-            self._buses[bus_number] = self.hardware.i2c_bus(bus_number)
+            self._buses[bus_number] = open_bus(self.hardware.i2c_bus, bus_number)
         return self._buses[bus_number]
 
     def shared(self, key: str, make: Callable[["DriverContext"], Any]) -> Any:

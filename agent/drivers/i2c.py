@@ -33,6 +33,27 @@ def signed16(word: int) -> int:
     return word - 0x10000 if word & 0x8000 else word
 
 
+def open_bus(open_i2c_bus: Callable[[int], SMBusLike], bus_number: int) -> SMBusLike:
+    """Open /dev/i2c-N through the seam's factory. A bus that is not there (I2C not enabled,
+    or the wrong number in the config) or not ours to open is a message for the operator with
+    what to change, not a traceback."""
+    try:
+        return open_i2c_bus(bus_number)
+    except FileNotFoundError as error:
+        device = error.filename or f"/dev/i2c-{bus_number}"
+        raise HardwareError(
+            f"I2C bus {bus_number}: {device} does not exist, so the sensors on it cannot be "
+            "read. Enable I2C: dtparam=i2c_arm=on in config.txt (/boot/firmware/config.txt), "
+            "or raspi-config > Interface Options > I2C, then reboot; or, if the sensors are "
+            f"wired to another bus, fix `bus = {bus_number}` in their [[sensor]] tables of "
+            "the board definition or the site config.") from None
+    except PermissionError as error:
+        device = error.filename or f"/dev/i2c-{bus_number}"
+        raise HardwareError(
+            f"I2C bus {bus_number}: no permission to open {device}; run as a member of group "
+            "i2c (hearth-agent.service has SupplementaryGroups=i2c) or with sudo.") from None
+
+
 def _describe(error: OSError) -> str:
     name = errno.errorcode.get(error.errno, f"errno {error.errno}")
     return f"{name}: {error.strerror or os.strerror(error.errno or 0)}"

@@ -5,8 +5,10 @@ import json
 
 import pytest
 
-from agent.mqtt import envelope
+from agent.mqtt.link import Message
 from agent.site.demand import ExternalDemand, split_across_modules
+from agent.persist import StateStore
+from agent.site.energy import SiteEnergy
 from agent.site.law import HearthDemand
 from agent.site.role import SiteRole, SiteSettings
 
@@ -29,17 +31,6 @@ class RecordingLink:
         for pattern, handler in self.handlers:
             if paho.topic_matches_sub(pattern, topic):
                 handler(Message(topic, payload))
-
-
-class Message:
-    def __init__(self, topic, payload):
-        self.topic, self.payload = topic, payload
-
-    def data(self):
-        return envelope.decode(self.payload)
-
-    def text(self):
-        return self.payload.decode()
 
 
 def stamped(**fields):
@@ -152,3 +143,141 @@ def test_site_demand_is_continuous_across_five_minutes_without_capacity():
     now[0] = 700.0
     role.tick(now[0])
     assert budget_of(link, "m1") == pytest.approx(before_w, abs=0.01)
+
+
+def module_energy(capacity_w, boot, electric_wh, heat_wh):
+    return json.dumps({"v": 1, "boot": boot, "seq": 1, "ts": 0.0, "capacity_w": capacity_w,
+                       "interlock": {"active": False, "reason": ""},
+                       "energy_electric_wh": electric_wh, "energy_heat_wh": heat_wh}).encode()
+
+
+def started_site(tmp_path, now, loop_c=None, **settings):
+    link = RecordingLink()
+    role = SiteRole("s1", link, lambda: now[0], SiteSettings(**settings),
+                    read_loop_c=(lambda: loop_c[0]) if loop_c is not None else None,
+                    store=StateStore(tmp_path), wall_clock=lambda: 1.7e9)
+    role.start()
+    return role, link
+
+
+def sent_states(link):
+    return [p for t, p in link.published if t == "hearth/v1/s1/site/state"]
+
+
+def test_site_energy_totals_never_lower_across_a_site_restart(tmp_path):
+    now = [0.0]
+    role, link = started_site(tmp_path, now)
+    link.deliver("hearth/v1/s1/m1/leader/state", module_energy(100.0, "a", 400.0, 500.0))
+    link.deliver("hearth/v1/s1/m2/leader/state", module_energy(100.0, "b", 100.0, 90.0))
+    role.tick(0.0)
+    assert sent_states(link)[-1]["energy_electric_wh"] == 500.0
+    assert sent_states(link)[-1]["energy_heat_wh"] == 590.0
+    del role  # the site crashes: no clean stop
+
+    now[0] = 5.0
+    role, link = started_site(tmp_path, now)
+    role.tick(5.0)  # no leader heard yet: the totals saved, not 0.0
+    first = sent_states(link)[0]
+    assert (first["energy_electric_wh"], first["energy_heat_wh"]) == (500.0, 590.0)
+    # m1's leader lost its ledger (new boot, counting from 0); m2's leader is gone
+    link.deliver("hearth/v1/s1/m1/leader/state", module_energy(100.0, "c", 2.0, 3.0))
+    role.tick(70.0)
+    assert sent_states(link)[-1]["energy_electric_wh"] == 500.0  # a new segment, nothing lost
+    link.deliver("hearth/v1/s1/m1/leader/state", module_energy(100.0, "c", 12.0, 3.0))
+    role.tick(140.0)
+    assert sent_states(link)[-1]["energy_electric_wh"] == 510.0
+
+
+def test_site_energy_segments_follow_leader_boots():
+    energy = SiteEnergy()
+    energy.offer("m1", {"boot": "a", "energy_electric_wh": 100.0, "energy_heat_wh": 80.0})
+    energy.offer("m1", {"boot": "a", "energy_electric_wh": 90.0})  # late, same boot: ignored
+    energy.offer("m1", {"boot": "a", "energy_electric_wh": 110.0})
+    assert energy.totals_wh()["energy_electric_wh"] == 110.0
+    energy.offer("m1", {"boot": "b", "energy_electric_wh": 105.0})  # an older save: new segment
+    energy.offer("m1", {"boot": "b", "energy_electric_wh": 107.0})
+    assert energy.totals_wh()["energy_electric_wh"] == 112.0
+    energy.offer("m1", {"boot": "c", "energy_electric_wh": 120.0})  # carried on
+    assert energy.totals_wh()["energy_electric_wh"] == 125.0
+    energy.offer("m1", {"boot": "c", "energy_electric_wh": float("inf"), "energy_heat_wh": -1})
+    assert energy.totals_wh() == {"energy_electric_wh": 125.0, "energy_heat_wh": 80.0}
+    assert SiteEnergy.from_payload(
+        json.loads(json.dumps(energy.to_payload()))).totals_wh() == energy.totals_wh()
+    with pytest.raises(ValueError, match="modules.m1.total_wh.energy_heat_wh"):
+        SiteEnergy.from_payload({"modules": {"m1": {"boot": "c", "last_wh": {},
+                                                    "total_wh": {"energy_heat_wh": -5}}}})
+
+
+def test_site_target_mode_and_integrator_kept_across_a_site_restart(tmp_path):
+    """Issue 15: a new SiteRole on the same state directory carries on where the last stopped."""
+    now, loop_c = [0.0], [54.0]
+    settings = dict(target_c=55.0, kp_w_per_k=10.0, ki_w_per_k_s=1.0)
+    role, link = started_site(tmp_path, now, loop_c, **settings)
+    link.deliver("hearth/v1/s1/site/target/set", b"60")
+    loop_c[0] = 59.0
+    for step in range(30):
+        link.deliver("hearth/v1/s1/m1/leader/state", module_state(1000.0))
+        now[0] = step * 10.0
+        role.tick(now[0])
+    before_w = budget_of(link, "m1")
+    integral_w = role.law.integral_w
+    assert integral_w > 200.0 and sent_states(link)[-1]["target_c"] == 60.0
+    role.close()
+
+    role, link = started_site(tmp_path, now, loop_c, **settings)
+    assert role.target_c == 60.0 and role.law.integral_w == integral_w
+    link.deliver("hearth/v1/s1/m1/leader/state", module_state(1000.0))
+    now[0] += 10.0
+    role.tick(now[0])
+    assert sent_states(link)[-1]["target_c"] == 60.0
+    assert budget_of(link, "m1") == pytest.approx(before_w, abs=0.01)
+
+
+def test_site_mode_sets_the_target_in_force_and_off_asks_nothing(tmp_path):
+    now = [0.0]
+    role, link = started_site(tmp_path, now, [40.0], target_c=55.0, eco_target_c=45.0)
+    link.deliver("hearth/v1/s1/m1/leader/state", module_state(1000.0))
+    link.deliver("hearth/v1/s1/site/mode/set", b"eco")
+    role.tick(0.0)
+    assert sent_states(link)[-1]["mode"] == "eco" and sent_states(link)[-1]["target_c"] == 45.0
+    assert budget_of(link, "m1") > 0.0
+    link.deliver("hearth/v1/s1/site/demand", stamped(demand_w=300.0))
+    link.deliver("hearth/v1/s1/site/mode/set", b"off")
+    role.tick(10.0)
+    state = sent_states(link)[-1]
+    assert state["mode"] == "off" and state["demand_w"] == 0.0 and budget_of(link, "m1") == 0.0
+    for bad in (b"OFFF", b"", b"\xff", b"comfort please"):
+        link.deliver("hearth/v1/s1/site/mode/set", bad)
+    assert role.mode == "off" and role.rejected_messages == 4
+    link.deliver("hearth/v1/s1/site/mode/set", b"comfort")
+    role, link = started_site(tmp_path, now, [40.0], target_c=55.0)
+    assert role.mode == "comfort"
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"", json.dumps(
+    {"format": "hearth-state", "version": 1, "sha256": "0", "payload": {}}).encode()])
+def test_a_damaged_site_state_file_fails_closed(tmp_path, caplog, damage):
+    now = [0.0]
+    role, link = started_site(tmp_path, now, [50.0], target_c=55.0)
+    link.deliver("hearth/v1/s1/site/target/set", b"62")
+    link.deliver("hearth/v1/s1/site/mode/set", b"eco")
+    (tmp_path / "site-control.json").write_bytes(damage)
+    with caplog.at_level("WARNING"):
+        role, link = started_site(tmp_path, now, [50.0], target_c=55.0)
+    assert role.target_c == 55.0 and role.mode == "auto" and role.law.integral_w == 0.0
+    line = caplog.records[-1].getMessage()
+    assert str(tmp_path / "site-control.json") in line and "kept as site-control.json.damaged-" in line
+    assert "config's target 55 C" in line
+    aside = list(tmp_path.glob("site-control.json.damaged-*"))
+    assert [p.read_bytes() for p in aside] == [damage]
+    role.tick(0.0)
+    assert sent_states(link)[-1]["target_c"] == 55.0
+
+
+def test_a_saved_control_state_out_of_range_is_refused_whole(tmp_path, caplog):
+    StateStore(tmp_path).write("site-control.json", 1, {
+        "target_c": 60.0, "mode": "eco", "law": {"integral_w": -3.0}, "capacity_full_w": {}})
+    with caplog.at_level("WARNING"):
+        role, _ = started_site(tmp_path, [0.0], [50.0], target_c=55.0)
+    assert (role.target_c, role.mode) == (55.0, "auto")
+    assert "integral_w is -3.0" in caplog.records[-1].getMessage()

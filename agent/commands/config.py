@@ -8,6 +8,7 @@ from pathlib import Path
 from agent.config import DEFAULT_CONFIG_PATH, load_config
 from agent.config_docs import effective_toml, reference_markdown
 from agent.errors import ConfigError
+from agent.tables import toml_value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "show", help="print the effective config (board definition and site merged)",
         description="Print the effective config: board definition and site config merged, "
         "defaults filled.")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object: ok, or each problem with file, key, value "
+                       "(as TOML writes it), expected and hint")
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     for action, run in ((check, run_check), (show, run_show)):
         # `--config F` like every other command, or the file as a plain argument.
@@ -45,16 +49,38 @@ def _print_problems(error: ConfigError) -> int:
     return 1
 
 
+def problems_as_json(error: ConfigError, path: Path) -> list[dict]:
+    """Each finding as a tool reads it; an error without findings is one about the file."""
+    if not error.problems:
+        return [{"file": str(path), "key": "", "value": None, "missing": False,
+                 "expected": str(error), "hint": ""}]
+    return [{"file": problem.file, "key": problem.key,
+             "value": None if problem.missing else toml_value(problem.value, hex=problem.hex),
+             "missing": problem.missing, "expected": problem.expected, "hint": problem.hint}
+            for problem in error.problems]
+
+
 def run_check(args: argparse.Namespace) -> int:
+    path = _config_path(args)
     try:
-        config = load_config(_config_path(args))
+        config = load_config(path)
     except ConfigError as error:
+        if args.json:
+            print(json.dumps({"ok": False, "problems": problems_as_json(error, path)}, indent=2))
+            return 1
         return _print_problems(error)
-    identity = ("identity " + "/".join((config.identity.site, config.identity.module,
-                                        config.identity.board))
-                if config.identity else "identity learned at boot")
+    identity = config.identity
+    if args.json:
+        print(json.dumps({"ok": True, "file": str(config.path), "board_type": config.board_type,
+                          "sensors": len(config.sensors),
+                          "identity": None if identity is None else {  # None: learned at boot
+                              "site": identity.site, "module": identity.module,
+                              "board": identity.board}}, indent=2))
+        return 0
+    learned = ("identity " + "/".join((identity.site, identity.module, identity.board))
+               if identity else "identity learned at boot")
     print(f"{config.path}: OK: board type {config.board_type}, {len(config.sensors)} sensors, "
-          f"{identity}")
+          f"{learned}")
     return 0
 
 

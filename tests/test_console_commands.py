@@ -264,7 +264,7 @@ def hearth(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_ctl_without_an_agent_says_so_in_one_line(tmp_path):
     done = hearth("ctl", "--socket", str(tmp_path / "console.sock"), "status")
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == 3 and done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("hearth ctl: the agent is not running: nothing answers on ")
 
@@ -276,7 +276,7 @@ def test_ctl_with_a_stale_socket_left_by_a_dead_agent(tmp_path):
     stale.bind(str(tmp_path / "console.sock"))
     stale.close()
     done = hearth("ctl", "--socket", str(tmp_path / "console.sock"), "status")
-    assert done.returncode == 2 and "the agent is not running" in done.stderr
+    assert done.returncode == 3 and "the agent is not running" in done.stderr
 
 
 def test_ctl_against_a_running_agent(sim_dir):

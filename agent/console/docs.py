@@ -24,7 +24,10 @@ through its API):
   From a laptop: `hearth term /dev/ttyUSB0` (history, tab completion), or picocom/screen.
 * **local socket**: `hearth ctl <command>` talks to `{DEFAULT_SOCKET}` (mode 0660 in the
   agent's 0750 runtime directory: group `hearth` only); it exits 0 when done, 1 when refused,
-  2 with one line when the agent does not answer.
+  2 for a command line it cannot read (argparse's usage error) and 3 with one line when the
+  agent does not answer. `--json` goes before or after the command (`hearth ctl --json status`,
+  `hearth ctl status --json`); without an agent it prints `{{"ok": false, "command": null,
+  "reason": ...}}`.
 * **MQTT**: the remote subset below (docs/mqtt.md "Commands"), same definitions and checks.
 
 Typed lines are the only place text becomes a number, and only ASCII digits count (`4.5`,

@@ -171,3 +171,63 @@ def test_line_discipline_on_the_wire(console):
     assert line.read_until().endswith(b"^C\r\nhearth b07 NORMAL> ")
     line.send("stat\x15status\r")
     assert b"board b07" in line.read_until()
+
+
+ON_ITS_OWN_TERMINAL = """
+import os, sys
+terminal = os.open(sys.argv[1], os.O_RDWR)  # a new session's first tty: its controlling one
+for fd in (0, 1, 2):
+    os.dup2(terminal, fd)
+os.execv(sys.executable, [sys.executable, "-m", "agent", "term", *sys.argv[2:]])
+"""
+
+
+def test_term_sends_ctrl_c_to_the_console_and_says_how_to_quit(sim_dir, tmp_path):
+    """`hearth term` on a technician's terminal (a pty whose line discipline turns Ctrl-C into
+    SIGINT), the board at the other end of a null-modem cable: Ctrl-C cancels on the board
+    (here a pending confirmation) instead of ending the session; Ctrl-D ends it."""
+    import subprocess
+    import sys
+    import threading
+
+    from test_console_support import bridge
+
+    board_master, board_slave, board_path = open_pty()
+    laptop_master, laptop_slave, laptop_path = open_pty()
+    terminal_master, terminal_slave = os.openpty()
+    stop = threading.Event()
+    cable = bridge(board_master, laptop_master, stop)
+    board = Board(sim_dir, board_path).start()
+    term = subprocess.Popen(
+        [sys.executable, "-c", ON_ITS_OWN_TERMINAL, os.ttyname(terminal_slave), laptop_path,
+         "--history", str(tmp_path / "history")],
+        start_new_session=True, env={**os.environ, "TERM": "dumb"})
+    screen = Line(terminal_master)
+    try:
+        banner = screen.read_until(timeout_s=20).decode()
+        assert "Ctrl-C cancels the line on the board" in banner, banner
+        assert "Ctrl-D (on an empty line) quits" in banner, banner
+        screen.send("reset\r")
+        assert b"Type yes" in screen.read_until()
+        screen.send("\x03")
+        assert b"^C" in screen.read_until()
+        assert term.poll() is None, "Ctrl-C ended hearth term"
+        screen.send("yes\r")
+        answer = screen.read_until().decode()
+        assert "unknown command 'yes'" in answer and "nothing is latched" not in answer, answer
+        screen.send("stat\x03")  # a half-typed line is dropped, on the laptop and the board
+        screen.read_until()
+        screen.send("status\r")
+        assert b"board b07" in screen.read_until()
+        screen.send("\x04")
+        assert term.wait(timeout=10) == 0
+    finally:
+        if term.poll() is None:
+            term.kill()
+            term.wait()
+        board.stop()
+        stop.set()
+        cable.join(timeout=2)
+        for fd in (board_master, board_slave, laptop_master, laptop_slave, terminal_master,
+                   terminal_slave):
+            os.close(fd)

@@ -16,6 +16,8 @@ from agent.console.commands import COMMANDS
 from agent.console.transports import DEFAULT_BAUD
 
 PROMPT = re.compile(rb"hearth \S+ \S+> $")
+ANY_PROMPT = re.compile(rb"hearth \S+ \S+> ")
+CTRL_C = b"\x03"
 HISTORY = Path("~/.hearth_history")
 ANSWER_S = 20.0
 
@@ -24,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "term", help="open a board's serial console from a laptop (history, tab completion)",
         description="Open a board's technician console on a serial port with line editing, "
-        "history and tab completion of command names. Ctrl-D leaves.")
+        "history and tab completion of command names. Ctrl-C goes to the board's console, "
+        "which cancels the line (or a question it asked); Ctrl-D on an empty line quits.")
     parser.add_argument("port", help="serial port, e.g. /dev/ttyUSB0")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help=f"baud rate (default {DEFAULT_BAUD}, 8N1)")
@@ -56,11 +59,17 @@ def completions(before: str) -> list[str]:
 
 
 def read_reply(port, deadline_s: float) -> bytes:
-    """Everything the board sends up to and including its next prompt."""
+    """Everything the board sends up to and including its next prompt. Ctrl-C meanwhile goes
+    to the board too, and the prompt the console answers it with is waited for as well."""
     data = b""
+    cancels = 0
     while time.monotonic() < deadline_s:
-        data += port.read(max(1, port.in_waiting))
-        if PROMPT.search(data):
+        try:
+            data += port.read(max(1, port.in_waiting))
+        except KeyboardInterrupt:
+            port.write(CTRL_C)
+            cancels += 1
+        if PROMPT.search(data) and len(ANY_PROMPT.findall(data)) > cancels:
             return data
     return data
 
@@ -90,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hearth term: {args.port} could not be opened ({error}); check the cable and "
               "that you are in group dialout", file=sys.stderr)
         return 2
+    print(f"hearth term: {args.port} at {args.baud} 8N1. Ctrl-C cancels the line on the board; "
+          "Ctrl-D (on an empty line) quits.", flush=True)
     try:
         port.write(b"\r")
         reply = read_reply(port, time.monotonic() + ANSWER_S)
@@ -109,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
             except EOFError:
                 print()
                 return 0
+            except KeyboardInterrupt:  # the console's, as on its own serial line
+                port.write(CTRL_C)
+                reply = read_reply(port, time.monotonic() + ANSWER_S)
+                continue
             port.write(line.encode("ascii", "replace") + b"\r")
             reply = strip_echo(read_reply(port, time.monotonic() + ANSWER_S), line)
     finally:

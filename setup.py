@@ -29,7 +29,8 @@ setup(
     install_requires=RUNTIME["requires"],
     extras_require={
         "sim": ["matplotlib>=3.6"],
-        "dev": ["pytest>=7", "hypothesis>=6", "simple-pid>=2", "Cython>=3.0", "matplotlib>=3.6"],
+        "dev": ["pytest>=7", "hypothesis>=6", "simple-pid>=2", "Cython>=3.0", "matplotlib>=3.6",
+                "Jinja2>=3"],
     },
     entry_points={"console_scripts": ["hearth = agent.cli:main"]},
     ext_modules=cythonize(EXTENSIONS),

@@ -1,28 +1,56 @@
-"""Home Assistant MQTT device discovery for the leader (one device per module) and the site.
+"""Home Assistant MQTT device discovery: the site, each module and each board as HA devices,
+in HA's own format, as the bytes that go on the wire.
 
-Why device-based discovery (`homeassistant/device/<id>/config`, keys `dev`, `o`, `cmps`): one
-retained message per device instead of one per entity, with the device, origin and availability
-said once. The entities read Hearth's own `leader/state` and `site/state` with value templates,
-so there is no second set of topics to keep in step. Energy is in kWh with `total_increasing`
-(heat and electricity apart) so the Energy dashboard takes it; the Wh counters on the wire are
-divided in the template. They go out retained through the Link like every Hearth message, so
-they carry the envelope fields too: Home Assistant drops keys it does not know from discovery
-payloads (home-assistant/core pull request 58390, since 2021.11).
+Why device-based discovery (`homeassistant/device/<id>/config`, keys `dev`, `o`, `cmps`, `p`):
+one retained message per device, with the device, origin and availability said once. HA
+rejects a device discovery with any top-level key its schema does not name, so these are plain
+JSON, never Hearth's envelope; and HA re-processes a discovery whose bytes changed, so they hold
+no time or boot id and their keys are sorted: the same site gives the same bytes on every
+start. The entities read Hearth's own `site/state`, `leader/state` and board `state` with value
+templates, so there is no second set of topics to keep in step. Energy is in kWh,
+`total_increasing`, so the Energy dashboard takes it (the Wh counters on the wire are divided in
+the template); the totals behind it never go lower (agent/leader/ledger.py). A module's 64
+boards would flood a dashboard, so board entities are diagnostic and disabled until a user
+enables them. Rules and their sources: tests/ha_rules.py.
 """
 
+import json
 from typing import Any
 
 from agent import __version__
-from agent.leader.role import module_topics
-from agent.site.role import site_topics
+from agent.mqtt.topics import LEADER, ROOT, BoardTopics
+from agent.safety.supervisor import Mode
 
 DISCOVERY_PREFIX = "homeassistant"
+HA_STATUS_TOPIC = f"{DISCOVERY_PREFIX}/status"
+"""Home Assistant's birth and last will (`online` / `offline`)."""
+SITE_MODES = ("auto", "comfort", "eco", "off")
+"""The site's modes as `site/mode/set` takes them and `site/state` reports them."""
+TANK_MODES = ("off", "electric")
+"""HA water heater modes for the site's tank: `off` is the site's off, `electric` any other
+mode (HA takes only its own list: eco, electric, gas, heat_pump, high_demand, performance,
+off; its `eco` is not the site's eco, so the site's modes are offered on a select)."""
 ORIGIN = {"name": "hearth", "sw": __version__}
 
 
+def device_id(site: str, *parts: str) -> str:
+    """`hearth_<site>[_<module>[_<board>]]` with `-` as `_`."""
+    return "_".join(("hearth", site) + parts).replace("-", "_")
+
+
+def discovery_topic(device: str) -> str:
+    return f"{DISCOVERY_PREFIX}/device/{device}/config"
+
+
+def encoded(payload: dict[str, Any]) -> bytes:
+    """The wire form: sorted keys and no spaces, so equal payloads are equal bytes."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
 def _sensor(unique_id: str, name: str, field: str, unit: str | None, device_class: str | None,
-            state_class: str | None, template: str | None = None,
-            precision: int | None = None) -> dict[str, Any]:
+            state_class: str | None = "measurement", precision: int | None = None,
+            template: str | None = None) -> dict[str, Any]:
     component: dict[str, Any] = {
         "p": "sensor", "unique_id": unique_id, "name": name,
         "value_template": template or "{{ value_json.%s }}" % field}
@@ -38,88 +66,133 @@ def _sensor(unique_id: str, name: str, field: str, unit: str | None, device_clas
 
 
 def _energy(unique_id: str, name: str, field: str) -> dict[str, Any]:
-    return _sensor(unique_id, name, field, "kWh", "energy", "total_increasing",
-                   "{{ (value_json.%s / 1000) | round(4) }}" % field, 3)
+    return _sensor(unique_id, name, field, "kWh", "energy", "total_increasing", 3,
+                   "{{ (value_json.%s / 1000) | round(4) }}" % field)
 
 
-def leader_discovery(site: str, module: str) -> tuple[str, dict[str, Any]]:
-    """(topic, payload) for one module's leader."""
-    device_id = f"hearth_{site}_{module}".replace("-", "_")
-    topics = module_topics(site, module)
-    uid = device_id + "_"
-    components = {
-        "power": _sensor(uid + "power", "Electric power", "power_w", "W", "power",
-                         "measurement", precision=1),
-        "heat": _sensor(uid + "heat", "Heat to water", "heat_w", "W", "power", "measurement",
-                        precision=0),
-        "budget": _sensor(uid + "budget", "Heat budget", "budget_w", "W", "power",
-                          "measurement", precision=0),
-        "water_in": _sensor(uid + "water_in", "Water in", "water_in_c", "°C", "temperature",
-                            "measurement", precision=1),
-        "water_out": _sensor(uid + "water_out", "Water out", "water_out_c", "°C",
-                             "temperature", "measurement", precision=1),
-        "oil": _sensor(uid + "oil", "Oil", "oil_c", "°C", "temperature", "measurement",
-                       precision=1),
-        "efficiency": _sensor(uid + "efficiency", "Recovery efficiency", "efficiency", "%",
-                              None, "measurement",
-                              "{{ (value_json.efficiency * 100) | round(1) "
-                              "if value_json.efficiency is not none else none }}", 1),
+def _power_and_energy(uid: str) -> dict[str, dict[str, Any]]:
+    """What the site and every module report alike."""
+    return {
+        "power": _sensor(uid + "power", "Electric power", "power_w", "W", "power", precision=1),
+        "heat": _sensor(uid + "heat", "Heat to water", "heat_w", "W", "power", precision=0),
         "energy_electric": _energy(uid + "energy_electric", "Electricity used",
                                    "energy_electric_wh"),
         "energy_heat": _energy(uid + "energy_heat", "Heat delivered", "energy_heat_wh"),
-        "boards_usable": _sensor(uid + "boards_usable", "Boards heating", "boards_usable",
-                                 None, None, "measurement"),
+    }
+
+
+def site_discovery(site: str, target_min_c: float, target_max_c: float) -> tuple[str, bytes]:
+    """(topic, payload) of the site: its tank as a water heater, its mode, totals, demand."""
+    base = f"{ROOT}/{site}/site"
+    ident = device_id(site)
+    uid = ident + "_"
+    components = {
+        "tank": {
+            "p": "water_heater", "unique_id": uid + "tank", "name": "Tank",
+            "temperature_unit": "C", "precision": 0.5,
+            "min_temp": target_min_c, "max_temp": target_max_c,
+            "current_temperature_topic": f"{base}/state",
+            "current_temperature_template": "{{ value_json.loop_c }}",
+            "temperature_state_topic": f"{base}/state",
+            "temperature_state_template": "{{ value_json.target_c }}",
+            "temperature_command_topic": f"{base}/target/set",
+            "modes": list(TANK_MODES),
+            "mode_state_topic": f"{base}/state",
+            "mode_state_template": "{{ 'off' if value_json.mode == 'off' else 'electric' }}",
+            "mode_command_topic": f"{base}/mode/set",
+            "mode_command_template": "{{ 'off' if value == 'off' else 'auto' }}",
+            "power_command_topic": f"{base}/mode/set",
+            "power_command_template": "{{ 'auto' if value == 'ON' else 'off' }}"},
+        "mode": {"p": "select", "unique_id": uid + "mode", "name": "Mode",
+                 "options": list(SITE_MODES), "command_topic": f"{base}/mode/set",
+                 "value_template": "{{ value_json.mode }}"},
+        **_power_and_energy(uid),
+        "efficiency": _sensor(
+            uid + "efficiency", "Recovery efficiency", "", "%", None, precision=1,
+            template="{{ (100 * value_json.heat_w / value_json.power_w) | round(1) "
+                     "if value_json.power_w and value_json.heat_w is not none else None }}"),
+        "demand": _sensor(uid + "demand", "Heat demand", "demand_w", "W", "power",
+                          precision=0),
+        "demand_source": _sensor(uid + "demand_source", "Demand source", "demand_source",
+                                 None, None, state_class=None),
+        "loop": _sensor(uid + "loop", "Tank/loop temperature", "loop_c", "°C", "temperature",
+                        precision=1),
+    }
+    device = {"ids": [ident], "name": f"Hearth {site}", "mf": "Hearth", "mdl": "site",
+              "sw": __version__}
+    return _device_config(ident, device, components, f"{base}/state", f"{base}/status")
+
+
+def leader_discovery(site: str, module: str) -> tuple[str, bytes]:
+    """(topic, payload) of one module, as its leader reports it on `leader/state`."""
+    base = f"{ROOT}/{site}/{module}/{LEADER}"
+    ident = device_id(site, module)
+    uid = ident + "_"
+    components = {
+        **_power_and_energy(uid),
+        "budget": _sensor(uid + "budget", "Heat budget", "budget_w", "W", "power",
+                          precision=0),
+        "water_in": _sensor(uid + "water_in", "Water in", "water_in_c", "°C", "temperature",
+                            precision=1),
+        "water_out": _sensor(uid + "water_out", "Water out", "water_out_c", "°C",
+                             "temperature", precision=1),
+        "flow": _sensor(uid + "flow", "Water flow", "flow_l_per_min", "L/min",
+                        "volume_flow_rate", precision=1),
+        "oil": _sensor(uid + "oil", "Oil", "oil_c", "°C", "temperature", precision=1),
+        "efficiency": _sensor(
+            uid + "efficiency", "Recovery efficiency", "efficiency", "%", None, precision=1,
+            template="{{ (value_json.efficiency * 100) | round(1) "
+                     "if value_json.efficiency is not none else None }}"),
         "interlock": {"p": "binary_sensor", "unique_id": uid + "interlock",
                       "name": "Module interlock", "device_class": "problem",
                       "value_template": "{{ 'ON' if value_json.interlock.active else 'OFF' }}"},
+        "boards_usable": _sensor(uid + "boards_usable", "Boards heating", "boards_usable",
+                                 None, None),
+        "boards_offline": _sensor(
+            uid + "boards_offline", "Boards offline", "", None, None,
+            template="{{ value_json.boards | length - value_json.boards_online }}"),
+        **{f"boards_{mode.value.lower()}": _sensor(
+            f"{uid}boards_{mode.value.lower()}", f"Boards {mode.value}", "", None, None,
+            template="{{ value_json.boards_by_mode.%s | default(0) }}" % mode.value)
+           for mode in Mode},
     }
-    device = {"ids": [device_id], "name": f"Hearth {site} {module}", "mf": "Hearth",
-              "mdl": "module leader", "sw": __version__}
-    return _device_config(device_id, device, components, topics)
+    device = {"ids": [ident], "name": f"Hearth {site} {module}", "mf": "Hearth",
+              "mdl": "module", "sw": __version__, "via_device": device_id(site)}
+    return _device_config(ident, device, components, f"{base}/state", f"{base}/status")
 
 
-def site_discovery(site: str, target_min_c: float, target_max_c: float) -> tuple[str, dict]:
-    """(topic, payload) for the site: totals, demand, and the target as a `number`."""
-    device_id = f"hearth_{site}".replace("-", "_")
-    topics = site_topics(site)
-    uid = device_id + "_"
+def board_discovery(site: str, module: str, board: str) -> tuple[str, bytes]:
+    """(topic, payload) of one board, as the board reports it on its own `state`: diagnostic
+    and disabled by default."""
+    topics = BoardTopics(site, module, board)
+    ident = device_id(site, module, board)
+    uid = ident + "_"
     components = {
-        "demand": _sensor(uid + "demand", "Heat demand", "demand_w", "W", "power",
-                          "measurement", precision=0),
-        "power": _sensor(uid + "power", "Electric power", "power_w", "W", "power",
-                         "measurement", precision=1),
-        "heat": _sensor(uid + "heat", "Heat to water", "heat_w", "W", "power", "measurement",
-                        precision=0),
-        "loop": _sensor(uid + "loop", "Tank/loop temperature", "loop_c", "°C", "temperature",
-                        "measurement", precision=1),
-        "energy_electric": _energy(uid + "energy_electric", "Electricity used",
-                                   "energy_electric_wh"),
-        "energy_heat": _energy(uid + "energy_heat", "Heat delivered", "energy_heat_wh"),
-        "mode": {"p": "sensor", "unique_id": uid + "mode", "name": "Demand source",
-                 "device_class": "enum", "options": ["external", "temperature", "none"],
-                 "value_template": "{{ value_json.demand_source }}"},
-        "target": {"p": "number", "unique_id": uid + "target", "name": "Target temperature",
-                   "device_class": "temperature", "unit_of_measurement": "°C",
-                   "min": target_min_c, "max": target_max_c, "step": 0.5, "mode": "box",
-                   "command_topic": topics["target_set"],
-                   "value_template": "{{ value_json.target_c }}"},
+        "mode": {"p": "sensor", "unique_id": uid + "mode", "name": "Mode",
+                 "device_class": "enum", "options": [mode.value for mode in Mode],
+                 "value_template": "{{ value_json.mode }}"},
+        "power": _sensor(uid + "power", "Electric power", "power_w", "W", "power", precision=2),
+        "soc": _sensor(uid + "soc", "SoC", "soc_c", "°C", "temperature", precision=1),
+        "oil": _sensor(uid + "oil", "Oil", "oil_c", "°C", "temperature", precision=1),
     }
-    device = {"ids": [device_id], "name": f"Hearth {site}", "mf": "Hearth", "mdl": "site",
-              "sw": __version__}
-    return _device_config(device_id, device, components, topics)
+    for component in components.values():
+        component.update(entity_category="diagnostic", enabled_by_default=False)
+    device = {"ids": [ident], "name": f"Hearth {site} {module} {board}", "mf": "Hearth",
+              "mdl": "board", "via_device": device_id(site, module)}
+    return _device_config(ident, device, components, topics.state, topics.status)
 
 
-def _device_config(device_id: str, device: dict, components: dict,
-                   topics: dict) -> tuple[str, dict]:
-    """One device-based discovery message: the device, its components, shared availability."""
+def _device_config(ident: str, device: dict, components: dict, state_topic: str,
+                   status_topic: str) -> tuple[str, bytes]:
+    """One device discovery: the device, its components, their shared topics."""
     payload = {
         "dev": device,
         "o": dict(ORIGIN),
         "cmps": components,
-        "state_topic": topics["state"],
-        "availability_topic": topics["status"],
+        "state_topic": state_topic,
+        "availability_topic": status_topic,
         "payload_available": "online",
         "payload_not_available": "offline",
         "qos": 1,
     }
-    return f"{DISCOVERY_PREFIX}/device/{device_id}/config", payload
+    return discovery_topic(ident), encoded(payload)

@@ -11,7 +11,7 @@ from agent.config_schema import LEADER_ROLE_KEYS
 from agent.drivers.base import DriverContext
 from agent.drivers.registry import build_sensors
 from agent.errors import ConfigValueError
-from agent.ha_discovery import leader_discovery
+from agent.ha_announce import DiscoveryAnnouncer
 from agent.journal_log import log_to_journal
 from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
                                module_topics)
@@ -86,11 +86,9 @@ def run(args: argparse.Namespace) -> int:
                 outbox=Outbox(args.state_dir / "leader-outbox"), boot=str(uuid.uuid4()),
                 status_topic=topics["status"], window=LINK_WINDOW)
     role = LeaderRole(site, module, link, time.monotonic, settings, sensors.read,
-                      StateStore(args.state_dir))
+                      StateStore(args.state_dir), discovery=DiscoveryAnnouncer(link))
     role.start()
     link.start()
-    discovery_topic, discovery = leader_discovery(site, module)
-    link.publish(discovery_topic, discovery, qos=1, retain=True)
     metrics = None
     if options.metrics_port:
         metrics = MetricsServer(lambda: exposition(site, module, role.snapshot),

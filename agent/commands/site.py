@@ -10,6 +10,7 @@ from agent.config import DEFAULT_CONFIG_PATH, load_config
 from agent.drivers.base import DriverContext
 from agent.drivers.registry import build_sensors
 from agent.errors import ConfigValueError
+from agent.ha_announce import DiscoveryAnnouncer
 from agent.ha_discovery import site_discovery
 from agent.journal_log import log_to_journal
 from agent.mqtt.board_link import link_settings
@@ -67,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     role = SiteRole(site, link, time.monotonic, settings, read_loop_c)
     role.start()
     link.start()
-    topic, payload = site_discovery(site, settings.target_min_c, settings.target_max_c)
-    link.publish(topic, payload, qos=1, retain=True)
+    discovery = DiscoveryAnnouncer(link).start()
+    discovery.announce(*site_discovery(site, settings.target_min_c, settings.target_max_c))
     stop_requested: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     started = time.monotonic()

@@ -25,6 +25,17 @@ so allowance a board did not use is kept for ALLOWANCE_WINDOW_S. `wall_s` is the
 which the board has spent its allowance (a token bucket written as a time, like GCRA): each
 rise taken moves it on by the time the ceiling needs to draw that rise, and never leaves it more
 than the window behind. A board that lies can gain at most the window's worth once.
+
+Why a promise in the file: the module totals go out on `leader/state` every period, the file is
+written every few minutes, and a leader that loses power between the two would come back with
+totals lower than it had published: Home Assistant takes a drop of a `total_increasing` sensor
+as a meter reset and counts the lifetime again. So the totals published never exceed
+`reported_max_wh`, the bound the file on the card holds; when they would, the file is written
+first with a new bound: the totals plus PROMISE_PERIODS save periods at the rate they rose
+since the last write (so the periodic save renews it, and only a faster rise costs an extra
+write). A leader that starts again reports at least that bound (everything it may have
+published before) until the counted totals pass it: after a crash the published totals may
+run that much ahead, then stand still until the count passes them, and never go back.
 """
 
 import dataclasses
@@ -41,6 +52,8 @@ KINDS = ("electric", "heat")
 ENERGY_MARGIN = 1.5
 ALLOWANCE_WINDOW_S = 60.0
 """Unused allowance is kept this long: reports that arrive bunched still fit."""
+PROMISE_PERIODS = 1.5
+"""How far ahead the file's promise reaches, in save periods at the recent rate."""
 TOTAL_MAX_WH = 1e15
 """A stored total above this (a 15 W board for 7.6 billion years) did not come from a ledger."""
 
@@ -114,9 +127,14 @@ class EnergyLedger:
         self.reset_reason: str | None = None
         """Why the ledger started from zero although a file was there (damaged, other
         version); published with the totals, which went back for that reason."""
+        self.promised_wh = {kind: 0.0 for kind in KINDS}
+        """The file's `reported_max_wh`: published totals stay at or below it."""
+        self.floor_wh = {kind: 0.0 for kind in KINDS}
+        """The promise an earlier run left: published totals stay at or above it."""
         self.dirty = False
         self.urgent = False
         self._last_save_s: float | None = None
+        self._saved_totals_wh: dict[str, float] | None = None
         self._last_meter_s: float | None = None
 
     def board_sample(self, board: str, boot: str | None, counters: dict[str, Any],
@@ -207,12 +225,36 @@ class EnergyLedger:
         self._last_meter_s = now
 
     def totals_wh(self) -> dict[str, float]:
+        """What the ledger has counted."""
         return {kind: sum(entry.total_wh[kind] for entry in self.boards.values())
                 for kind in KINDS}
 
-    def to_payload(self) -> dict[str, Any]:
+    def reported_totals_wh(self) -> dict[str, float]:
+        """The totals to publish: never below what an earlier run may have published, never
+        above what the file promises (so no crash can make them go back)."""
+        counted = self.totals_wh()
+        return {kind: min(max(counted[kind], self.floor_wh[kind]), self.promised_wh[kind])
+                for kind in KINDS}
+
+    def _beyond_promise(self) -> bool:
+        counted = self.totals_wh()
+        return any(counted[kind] > self.promised_wh[kind] for kind in KINDS)
+
+    def _next_promise_wh(self, now: float) -> dict[str, float]:
+        """The totals plus PROMISE_PERIODS save periods at the rate since the last write."""
+        counted = self.totals_wh()
+        if self._last_save_s is None or self._saved_totals_wh is None:
+            return {kind: max(self.promised_wh[kind], counted[kind]) for kind in KINDS}
+        elapsed_s = max(now - self._last_save_s, 1.0)
+        return {kind: max(self.promised_wh[kind], counted[kind] + PROMISE_PERIODS
+                          * self.save_every_s * max(0.0, counted[kind]
+                                                    - self._saved_totals_wh[kind]) / elapsed_s)
+                for kind in KINDS}
+
+    def to_payload(self, promised_wh: dict[str, float] | None = None) -> dict[str, Any]:
         return {"boards": {name: entry.to_dict() for name, entry in sorted(self.boards.items())},
-                "module_heat_metered_wh": self.module_heat_metered_wh}
+                "module_heat_metered_wh": self.module_heat_metered_wh,
+                "reported_max_wh": dict(promised_wh or self.promised_wh)}
 
     def load(self, store: StateStore, wall_s: float) -> str | None:
         """Load the persisted ledger; returns the problem (None when it was read well). A file
@@ -232,9 +274,12 @@ class EnergyLedger:
                 self.module_heat_metered_wh = _stored_number(
                     "module_heat_metered_wh", read.payload.get("module_heat_metered_wh", 0.0),
                     TOTAL_MAX_WH, False)
+                self.floor_wh = self._stored_promise(read.payload.get("reported_max_wh"))
+                self.promised_wh = dict(self.floor_wh)
                 return None
             except LedgerFileError as error:
                 self.boards, self.module_heat_metered_wh = {}, 0.0
+                self.floor_wh = {kind: 0.0 for kind in KINDS}
                 problem = f"state file {store.path(LEDGER_FILE)}: {error}"
         if not store.path(LEDGER_FILE).exists():
             return problem
@@ -247,16 +292,32 @@ class EnergyLedger:
         self.urgent = True
         return self.reset_reason
 
+    def _stored_promise(self, stored: Any) -> dict[str, float]:
+        """The file's `reported_max_wh`; a file written before it was kept promised its
+        totals (all it could have published since its last save is unknown)."""
+        if stored is None:
+            return self.totals_wh()
+        if not isinstance(stored, dict):
+            raise LedgerFileError(f"reported_max_wh is {type(stored).__name__}, expected an "
+                                  "object")
+        return {kind: _stored_number(f"reported_max_wh.{kind}", stored.get(kind), TOTAL_MAX_WH,
+                                     False) for kind in KINDS}
+
     def save_if_due(self, now: float, store: StateStore, force: bool = False) -> bool:
         """Write when something changed and either a board restarted (its old counters would be
-        lost with a leader crash now), the save period passed, or `force` (clean exit).
-        OSError (a full or failing SD card) is the caller's to report."""
-        if not self.dirty and not self.urgent:
+        lost with a leader crash now), the totals passed the file's promise, the save period
+        passed, or `force` (clean exit). OSError (a full or failing SD card) is the caller's to
+        report; the promise moves only once the file holds it."""
+        beyond = self._beyond_promise()
+        if not self.dirty and not self.urgent and not beyond:
             return False
         due = (self._last_save_s is None or now - self._last_save_s >= self.save_every_s)
-        if not (force or self.urgent or due):
+        if not (force or self.urgent or due or beyond):
             return False
-        store.write(LEDGER_FILE, LEDGER_VERSION, self.to_payload())
+        promised_wh = self._next_promise_wh(now)
+        store.write(LEDGER_FILE, LEDGER_VERSION, self.to_payload(promised_wh))
+        self.promised_wh = promised_wh
         self._last_save_s = now
+        self._saved_totals_wh = self.totals_wh()
         self.dirty = self.urgent = False
         return True

@@ -17,10 +17,14 @@ leader keeps running whatever its boards say.
 
 import dataclasses
 import logging
+import re
 import time
 from typing import Any, Callable
 
 from agent.errors import MessageError
+from agent.ha_announce import DiscoveryAnnouncer
+from agent.ha_discovery import board_discovery, leader_discovery
+from agent.identity import NAME_PATTERN
 from agent.leader.board_state import BoardStateError, checked_envelope, checked_state
 from agent.leader.heat import HeatMeter
 from agent.leader.interlock import ModuleInterlock
@@ -77,9 +81,11 @@ class LeaderRole:
     def __init__(self, site: str, module: str, link, clock: Callable[[], float],
                  settings: LeaderSettings, read_module: Callable[[], ModuleReadings],
                  store: StateStore | None = None, log: logging.Logger | None = None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time,
+                 discovery: DiscoveryAnnouncer | None = None):
         """`clock` paces the leader; `wall_clock` times the boards' energy reports, which
-        must fit in the time since the last one even across a leader restart."""
+        must fit in the time since the last one even across a leader restart. `discovery`
+        announces the module and each board it learns of to Home Assistant."""
         self.site = site
         self.module = module
         self.link = link
@@ -88,6 +94,7 @@ class LeaderRole:
         self.settings = settings
         self.read_module = read_module
         self.store = store
+        self.discovery = discovery
         self.log = log or logging.getLogger("hearth.leader")
         self.topics = module_topics(site, module)
         self.tracker = BoardTracker(settings.silence_timeout_s)
@@ -110,6 +117,7 @@ class LeaderRole:
                                else None)
         self._availability_changed = False
         self._interlock_published = False
+        self._announced_boards: set[str] = set()
         self._next_tick_s: float | None = None
 
     # -- MQTT ---------------------------------------------------------------------------
@@ -120,6 +128,9 @@ class LeaderRole:
                               ("event", self._on_event)):
             self.link.subscribe(f"{base}/+/{kind}", handler)
         self.link.subscribe(self.topics["budget"], self._on_budget)
+        if self.discovery is not None:
+            self.discovery.start()
+            self.discovery.announce(*leader_discovery(self.site, self.module))
         if self.ledger.reset_reason is not None:
             self.log.warning("%s/%s: %s", self.site, self.module, self.ledger.reset_reason)
             self._event("ledger_reset", None, f"{self.ledger.reset_reason}; check the state "
@@ -144,6 +155,15 @@ class LeaderRole:
         board = topic.split("/")[-2]
         return None if board == LEADER else board
 
+    def _announce(self, board: str) -> None:
+        """Tell Home Assistant of a board the first time the leader hears of it; a name no
+        Hearth identity can have (agent/identity.py) gets no device."""
+        if (self.discovery is None or board in self._announced_boards
+                or not re.fullmatch(NAME_PATTERN, board)):
+            return
+        self._announced_boards.add(board)
+        self.discovery.announce(*board_discovery(self.site, self.module, board))
+
     def _on_status(self, message) -> None:
         board = self._board_of(message.topic)
         if board is None:
@@ -155,6 +175,7 @@ class LeaderRole:
             return
         if self.tracker.on_status(self.clock(), board, text):
             self._availability_changed = True
+        self._announce(board)
 
     def _on_state(self, message) -> None:
         board = self._board_of(message.topic)
@@ -165,6 +186,7 @@ class LeaderRole:
         except MessageError as error:  # BoardStateError is one
             self._reject(board, "state", str(error))
             return
+        self._announce(board)
         view = self.tracker.view(board)
         was_usable = view.usable()
         notes = self.tracker.on_state(self.clock(), board, state)
@@ -255,9 +277,9 @@ class LeaderRole:
         self.ledger.meter_sample(now, heat.heat_w)
         self.electric_budget_w = self.trim.update(now, self.budget_w, heat.heat_w)
         self.redistribute(now)
+        self._save_ledger(now, force=False)  # before the totals go out (ledger.py: promise)
         self.snapshot = self.state_payload(electric_w)
         self.link.publish(self.topics["state"], self.snapshot, qos=0)
-        self._save_ledger(now, force=False)
 
     def _save_ledger(self, now: float, force: bool) -> None:
         """A full or failing SD card costs the ledger its latest minutes, never the leader."""
@@ -273,7 +295,9 @@ class LeaderRole:
     def state_payload(self, electric_w: float | None) -> dict[str, Any]:
         usable = [capacity_from_state(v.board, v.state) for v in self.tracker.usable()]
         usable = [c for c in usable if c is not None]
-        totals = self.ledger.totals_wh()
+        # without a state store nothing outlives the leader, so there is no file to promise
+        totals = (self.ledger.reported_totals_wh() if self.store is not None
+                  else self.ledger.totals_wh())
         heat = self.meter.last
         return {
             "budget_w": self.budget_w,
@@ -292,6 +316,7 @@ class LeaderRole:
             "interlock": self.interlock.state.payload(),
             "boards_online": sum(v.status == "online" for v in self.tracker.boards.values()),
             "boards_usable": len(usable),
+            "boards_by_mode": self._boards_by_mode(),
             "energy_electric_wh": totals["electric"],
             "energy_heat_wh": totals["heat"],
             "energy_heat_metered_wh": self.ledger.module_heat_metered_wh,
@@ -315,6 +340,14 @@ class LeaderRole:
                           if v.board in self.ledger.boards else 0.0}
                 for v in sorted(self.tracker.boards.values(), key=lambda v: v.board)},
         }
+
+    def _boards_by_mode(self) -> dict[str, int]:
+        """Online boards counted by their mode (Home Assistant's module device shows them)."""
+        counts: dict[str, int] = {}
+        for view in self.tracker.boards.values():
+            if view.status == "online" and view.mode is not None:
+                counts[view.mode] = counts.get(view.mode, 0) + 1
+        return dict(sorted(counts.items()))
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Tick on deadlines that never drift; between them, handle messages as they come."""

@@ -19,7 +19,7 @@ from agent.config_schema import (BOARD_SCHEMA, DEFAULT_CONFIG_PATH, LEADER_ROLE_
                                  MISSING_KEY_HINTS, ORDERED_CHAINS, SECTIONS, SENSOR_NAME_FIELD,
                                  SENSOR_ROLE_FIELD, SENSOR_ROLES, TOP_SCHEMA, Actuators,
                                  BoardConfig, Control, Identity, Leader, Limits, Mqtt, Pins,
-                                 SensorConfig, Site)
+                                 MQTT_PORT, MQTT_TLS_PORT, SensorConfig, Site)
 from agent.schema import Schema
 from agent.tables import ABSENT, TableCheck, suggest, toml_value
 
@@ -113,7 +113,7 @@ class _Check(TableCheck):
             identity=Identity(**sections["identity"]) if sections["identity"] else None,
             limits=Limits(**sections["limits"]), control=Control(**sections["control"]),
             actuators=Actuators(**sections["actuators"]), pins=Pins(**sections["pins"]),
-            sensors=tuple(sensors), mqtt=Mqtt(**sections["mqtt"]) if sections["mqtt"] else None,
+            sensors=tuple(sensors), mqtt=_mqtt(sections["mqtt"]) if sections["mqtt"] else None,
             leader=Leader(**sections["leader"]) if sections["leader"] else None,
             site=Site(**sections["site"]) if sections["site"] else None,
             roles=types.MappingProxyType(roles),
@@ -405,6 +405,14 @@ class _Check(TableCheck):
         if mqtt.get("password_file") and not mqtt.get("username"):
             self.report(self.file, "mqtt.username", "an account name, because "
                         "mqtt.password_file is set", value=mqtt.get("username"))
+        if mqtt.get("brokers") == ():
+            self.report(self.file, "mqtt.brokers", "at least one broker, `host` or `host:port`",
+                        value=[], hint="the site's broker first, then any standby")
+        for position, broker in enumerate(mqtt.get("brokers") or (), start=1):
+            _, colon, port = broker.partition(":")
+            if colon and not 1 <= int(port) <= 65535:
+                self.report(self.file, f"mqtt.brokers[{position}]", "a port from 1 to 65535",
+                            value=broker)
         pins = sections.get("pins") or {}
         used: dict[int, str] = {}
         for key, value in pins.items():
@@ -428,3 +436,12 @@ class _Check(TableCheck):
     def lookup(sections: dict[str, dict | None], key_path: str) -> Any:
         section, key = key_path.split(".")
         return (sections.get(section) or {}).get(key)
+
+
+def _mqtt(values: dict[str, Any]) -> Mqtt:
+    """[mqtt] with every broker's port filled in: the default is the TLS port only when TLS is
+    on (ca_file), so a broker written without a port is never sent plain text on 8883."""
+    port = values["port"] or (MQTT_TLS_PORT if values["ca_file"] else MQTT_PORT)
+    brokers = tuple(broker if ":" in broker else f"{broker}:{port}"
+                    for broker in values["brokers"])
+    return Mqtt(**{**values, "brokers": brokers, "port": port})

@@ -137,11 +137,20 @@ class Actuators:
 _FILE_RULE = "an absolute path, or empty for none"
 _FILE_PATTERN = r"(/[^\x00]*)?"
 
+_BROKER_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?"
+MQTT_PORT = 1883
+MQTT_TLS_PORT = 8883
+
 MQTT_SCHEMA: Schema = {
-    "host": Field(str, "the module's broker (the leader board runs it): host name or address",
-                  pattern=r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?",
-                  example="leader.m1.local"),
-    "port": Field(int, "the broker's port (8883 is MQTT over TLS)", default=8883, min=1,
+    "brokers": Field(list, "the site's broker, then any standby, tried in that order: the link "
+                     "moves to the next (wrapping around) when one refuses or drops the "
+                     "connection. Each `host` or `host:port` (a host name or IPv4 address); "
+                     'brokers = ["hearth-broker.local"] replaces host = "hearth-broker.local"',
+                     example='["hearth-broker.local", "standby.local:8883"]',
+                     items=Field(str, "a broker: `host` or `host:port`",
+                                 pattern=_BROKER_PATTERN, example="hearth-broker.local:8883")),
+    "port": Field(int, f"the port of a broker given without one; none: {MQTT_TLS_PORT} (MQTT "
+                  f"over TLS) when ca_file is set, else {MQTT_PORT}", default=None, min=1,
                   max=65535),
     "keepalive_s": Field(int, "seconds between pings when idle; the broker publishes the Last "
                          "Will (`offline`) about 1.5 times this after the board goes silent",
@@ -166,9 +175,10 @@ MQTT_SCHEMA: Schema = {
 
 @dataclasses.dataclass(frozen=True)
 class Mqtt:
-    """[mqtt]: how this board reaches its module's broker."""
+    """[mqtt]: how this role reaches the site's broker, and its standby. `brokers` are
+    `host:port` with the port filled in, and `port` is the default that was used."""
 
-    host: str
+    brokers: tuple[str, ...]
     port: int
     keepalive_s: int
     ca_file: str
@@ -297,8 +307,9 @@ SECTIONS: tuple[tuple[str, Schema, str, bool], ...] = (
     ("actuators", ACTUATORS_SCHEMA, "Where the governor writes: cpufreq policy and cgroups.", True),
     ("pins", PINS_SCHEMA, "GPIO wiring. The board definition declares all of them; the site "
      "config may override any.", True),
-    ("mqtt", MQTT_SCHEMA, "The module's MQTT broker (docs/mqtt.md). Optional: without it the "
-     "board runs on its own, on its fallback setpoint. If present, `host` is required.", False),
+    ("mqtt", MQTT_SCHEMA, "The site's MQTT broker and its standby (docs/mqtt.md). Optional: "
+     "without it the board runs on its own, on its fallback setpoint. If present, `brokers` is "
+     "required.", False),
     ("leader", LEADER_SCHEMA, "Only on the board that runs `hearth leader` for its module: the "
      "leader's timing and the module's own sensors, named by reading (docs/leader.md).", False),
     ("site", SITE_SCHEMA, "Only where `hearth site` runs: how building demand is found.", False),

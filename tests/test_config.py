@@ -167,6 +167,16 @@ BROKEN = [
      'flow_reading = "water_flow.flow_l_per_min"\n' + IDS,
      ['leader.flow_reading = "water_flow.flow_l_per_min"',
       "expected 'water_flow', the reading 'water_flow' gives for module_flow"]),
+    ("mqtt host written the old way", 'board_type = "oil-carrier"\n[mqtt]\nhost = "b.local"\n'
+     + IDS, ['mqtt.host = "b.local"', "mqtt.brokers is missing",
+             'brokers = ["hearth-broker.local"] replaces host']),
+    ("mqtt broker port out of range", 'board_type = "oil-carrier"\n[mqtt]\n'
+     'brokers = ["a.local", "b.local:70000"]\n' + IDS,
+     ['mqtt.brokers[2] = "b.local:70000"', "expected a port from 1 to 65535"]),
+    ("mqtt broker that is no host", 'board_type = "oil-carrier"\n[mqtt]\n'
+     'brokers = ["a.local:x"]\n' + IDS, ['mqtt.brokers[1] = "a.local:x"']),
+    ("mqtt without a broker", 'board_type = "oil-carrier"\n[mqtt]\nbrokers = []\n' + IDS,
+     ["mqtt.brokers = []", "expected at least one broker"]),
     ("leader key and a sensor's role disagree", 'board_type = "oil-carrier"\n[leader]\n'
      'oil_reading = "oil"\n' + IDS + '[[sensor]]\nname = "module_oil"\nkind = "tmp117"\n'
      'bus = 1\naddress = 0x4a\nrole = "module_oil"\n',
@@ -349,6 +359,25 @@ def test_role_problems_are_structured_on_the_error(tmp_path):
     assert twice_problem.expected == f"a role no other sensor has ('soc' in {BOARD_FILE} has it)"
 
 
+def test_mqtt_brokers_in_order_with_the_port_default_of_their_transport(tmp_path):
+    """A broker without a port gets 8883 over TLS (ca_file set) and 1883 without: never plain
+    text to the TLS port."""
+    plain = hearth_config.load_config(write(tmp_path, 'board_type = "oil-carrier"\n[mqtt]\n'
+                                            'brokers = ["hearth-broker.local", "10.0.0.2:1884"]\n'
+                                            + IDS))
+    assert plain.mqtt.brokers == ("hearth-broker.local:1883", "10.0.0.2:1884")
+    assert plain.mqtt.port == 1883
+    tls = hearth_config.load_config(write(tmp_path, 'board_type = "oil-carrier"\n[mqtt]\n'
+                                          'brokers = ["hearth-broker.local", "standby.local"]\n'
+                                          'ca_file = "/etc/hearth/tls/ca.crt"\n' + IDS))
+    assert tls.mqtt.brokers == ("hearth-broker.local:8883", "standby.local:8883")
+    assert tls.mqtt.port == 8883
+    given = hearth_config.load_config(write(tmp_path, 'board_type = "oil-carrier"\n[mqtt]\n'
+                                            'brokers = ["a.local", "b.local:8884"]\nport = 9000\n'
+                                            'ca_file = "/etc/hearth/tls/ca.crt"\n' + IDS))
+    assert given.mqtt.brokers == ("a.local:9000", "b.local:8884")
+
+
 def test_identity_is_optional(tmp_path):
     config = hearth_config.load_config(write(tmp_path, 'board_type = "oil-carrier"\n' + IDS))
     assert config.identity is None
@@ -391,6 +420,8 @@ def test_each_section_dataclass_has_exactly_its_schema_keys_with_their_types():
         hints = typing.get_type_hints(section_class)
         assert [field.name for field in dataclasses.fields(section_class)] == list(schema), name
         for key, field in schema.items():
-            expected = tuple[int, ...] if field.type is list else field.type
-            assert hints[key] == expected, f"{name}.{key}"
+            expected = tuple[field.items.type, ...] if field.type is list else field.type
+            # A key whose default is None may stay None, or be resolved at load (mqtt.port).
+            allowed = (expected, expected | None) if field.default is None else (expected,)
+            assert hints[key] in allowed, f"{name}.{key}"
         assert section_class.__dataclass_params__.frozen, name

@@ -9,6 +9,7 @@ import pytest
 from agent.errors import MessageError
 from agent.mqtt import envelope
 from agent.mqtt.link import Link, LinkSettings
+from agent.mqtt.network_loop import NetworkLoop
 from agent.mqtt.outbox import SPILL_FILE, Outbox, Pending
 
 
@@ -255,3 +256,95 @@ def test_an_asserted_retained_message_is_sent_as_given_and_again_after_the_broke
     assert [t for t, _ in again.received] == ["ha/device/x/config"]  # the cleared one never
     for link in (owner, late, again):
         link.close()
+
+
+def _failover_settings(first, second) -> LinkSettings:
+    return LinkSettings(first.host, first.port, more_brokers=((second.host, second.port),),
+                        reconnect_min_s=1, reconnect_max_s=1)
+
+
+@pytest.mark.parametrize("io", ["threaded", "network-loop"])
+def test_a_link_moves_to_the_next_broker_and_back_and_keeps_its_kept_messages(
+        mosquitto, tmp_path, caplog, io):
+    """The site broker killed: the Link says why it moved and to which broker, is on the
+    standby, and what it kept through the move arrives there in order; the standby killed
+    later (the first one back): the list wraps around."""
+    caplog.set_level("INFO", logger="hearth.mqtt")
+    primary, standby = mosquitto(), mosquitto()
+    network = NetworkLoop() if io == "network-loop" else None
+    sender = Link(_failover_settings(primary, standby), client_id="mover", boot="boot-mover",
+                  outbox=Outbox(tmp_path / "mover"), io=network)
+    sender.start()
+    on_standby = Listener(standby, tmp_path, "t/#", name="on-standby")
+    on_standby.ready("t/probe")
+    on_standby.wait(lambda: sender.connected)
+    assert sender.broker == f"{primary.host}:{primary.port}"
+    primary.process.kill()  # no goodbye, as when the box loses power
+    primary.process.wait()
+    on_standby.wait(lambda: not sender.connected)
+    for n in range(1, 31):
+        sender.publish("t/event", {"n": n}, qos=1)
+    on_standby.wait(lambda: len(on_standby.on("t/event")) == 30 and sender.idle(),
+                    step=sender.poll)
+    assert [event["n"] for event in on_standby.on("t/event")] == list(range(1, 31))
+    assert sender.broker == f"{standby.host}:{standby.port}"
+    moved = [r.getMessage() for r in caplog.records if "moving to" in r.getMessage()]
+    assert moved and f"{primary.host}:{primary.port}" in moved[0]
+    assert f"{standby.host}:{standby.port} (broker 2 of 2)" in moved[0]
+    assert any(f"connected to broker {standby.host}:{standby.port}" in r.getMessage()
+               for r in caplog.records)
+
+    primary.start()
+    on_primary = Listener(primary, tmp_path, "t/#", name="on-primary")
+    on_primary.ready("t/probe")
+    standby.stop()
+    on_primary.wait(lambda: sender.broker == f"{primary.host}:{primary.port}" and
+                    sender.connected, timeout_s=15, step=sender.poll)
+    sender.publish("t/event", {"n": 31}, qos=1)
+    on_primary.wait(lambda: [e["n"] for e in on_primary.on("t/event")] == [31],
+                    step=sender.poll)
+    for link in (sender, on_standby, on_primary):
+        link.close()
+    if network is not None:
+        network.close()
+
+
+def test_the_newest_retained_message_of_each_topic_is_published_again_at_every_connect(
+        mosquitto, tmp_path):
+    """No state lives only in a broker: a broker restarted without persistence has lost the
+    interlock, and the owner's Link puts its newest one back, freshly stamped."""
+    broker = mosquitto()  # no persistence
+    clock = [1000.0]
+    owner = _link(broker, tmp_path, "leader", wall_clock=lambda: clock[0])
+    owner.start()
+    first = Listener(broker, tmp_path, "t/#", name="first")
+    first.ready("t/probe")
+    first.wait(lambda: owner.connected)
+    owner.publish("t/interlock", {"active": True, "reason": "flow lost"}, qos=1, retain=True)
+    owner.publish("t/interlock", {"active": False, "reason": ""}, qos=1, retain=True)
+    owner.publish("t/event", {"n": 1}, qos=1)  # not retained: never repeated
+    first.wait(lambda: len(first.on("t/interlock")) == 2 and owner.idle(), step=owner.poll)
+    broker.stop()
+    first.wait(lambda: not owner.connected)
+    clock[0] = 2000.0
+    broker.start()
+    late = Listener(broker, tmp_path, "t/#", name="late")  # hears only what is retained
+    late.wait(lambda: late.link.connected and owner.connected and late.on("t/interlock"),
+              step=owner.poll)
+    (interlock,) = late.on("t/interlock")
+    assert (interlock["active"], interlock["seq"], interlock["ts"]) == (False, 3, 2000.0)
+    assert "hist" not in interlock
+    time.sleep(0.3)
+    late.link.poll()
+    assert [t for t, _ in late.received] == ["t/interlock"]
+    for link in (owner, first, late):
+        link.close()
+
+
+def test_one_broker_settings_name_it_and_a_list_of_them(tmp_path):
+    one = LinkSettings("hearth-broker.local")
+    assert one.brokers == (("hearth-broker.local", 1883),)
+    two = LinkSettings("a.local", 8883, more_brokers=(("b.local", 8884),))
+    assert two.brokers == (("a.local", 8883), ("b.local", 8884))
+    link = Link(two, client_id="x", outbox=Outbox(tmp_path), boot="b")
+    assert link.broker == "a.local:8883"

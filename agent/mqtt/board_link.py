@@ -453,12 +453,19 @@ def read_password(path: Path) -> str:
 
 
 def link_settings(mqtt) -> LinkSettings:
-    """LinkSettings from the config's [mqtt] section (agent.config.Mqtt)."""
-    return LinkSettings(host=mqtt.host, port=mqtt.port, keepalive_s=mqtt.keepalive_s,
-                        ca_file=mqtt.ca_file, cert_file=mqtt.cert_file, key_file=mqtt.key_file,
-                        username=mqtt.username,
+    """LinkSettings from the config's [mqtt] section (agent.config.Mqtt), for every role: its
+    brokers in order (each `host:port`, the port filled in at load) and its login."""
+    (host, port), *more = [_host_port(broker) for broker in mqtt.brokers]
+    return LinkSettings(host=host, port=port, more_brokers=tuple(more),
+                        keepalive_s=mqtt.keepalive_s, ca_file=mqtt.ca_file,
+                        cert_file=mqtt.cert_file, key_file=mqtt.key_file, username=mqtt.username,
                         password=read_password(Path(mqtt.password_file))
                         if mqtt.password_file else "")
+
+
+def _host_port(broker: str) -> tuple[str, int]:
+    host, _, port = broker.rpartition(":")
+    return host, int(port)
 
 
 def connect_board(agent, connection: BoardConnection, commands: CommandRunner | None = None,

@@ -28,6 +28,16 @@ in a row are reported once (DUPLICATE_IDENTITY, to `problem_listeners` from poll
 log), and the Link then reconnects only every reconnect_max_s until a connection holds again.
 MQTT 5 would name the reason (0x8E, session taken over), but paho builds reason codes and
 properties for every v5 message, and telemetry is most of what a Link sends.
+
+Brokers: a site runs one broker and may run a standby. The Link takes them as a list and, each
+time it connects again after a connection was refused, dropped or never made, tries the next one
+(wrapping around), after the usual backoff; it says which broker it left and why, and which one
+it is on (`broker`). The move happens in paho's pre-connect callback, which both kinds of LinkIo
+go through, so the Link never asks which one it has.
+
+No state lives only in a broker: the status, the newest message published with retain=True on
+each topic (freshly stamped) and every asserted payload are published again at every connect,
+so a standby, or a broker restarted without its database, learns them back.
 """
 
 import dataclasses
@@ -53,6 +63,10 @@ DUPLICATE_IDENTITY = "mqtt:duplicate_identity"
 TWIN_LOSSES = 3
 """Connections in a row closed by the broker within the twin window of being accepted, before
 the Link concludes that another client logs in with its identity."""
+LOGIN_REFUSED = "mqtt:login_refused"
+LOGIN_REFUSED_CODES = (134, 135)
+"""CONNACK reasons (as paho names MQTT 3.1.1's 4 and 5) that mean the account, not the broker:
+bad user name or password, not authorised."""
 TWIN_WINDOW_STEPS = 3
 """The twin window, in reconnect_min_s: a twin takes the connection back after its own first
 backoff step (reconnect_min_s), so a connection it closes has lasted about that long."""
@@ -72,6 +86,12 @@ class LinkSettings:
     password: str = ""
     reconnect_min_s: int = 1
     reconnect_max_s: int = 60
+    more_brokers: tuple[tuple[str, int], ...] = ()
+    """(host, port) of the brokers to try after host:port, in order: the site's standby."""
+
+    @property
+    def brokers(self) -> tuple[tuple[str, int], ...]:
+        return ((self.host, self.port), *self.more_brokers)
 
 
 class Message(NamedTuple):
@@ -192,6 +212,16 @@ class Link:
         self._subscriptions_lock = threading.Lock()
         self._asserted: dict[str, bytes] = {}
         """topic -> the plain retained payload this Link re-sends at every connect."""
+        self._retained: dict[str, tuple[dict[str, Any], int, bool]] = {}
+        """topic -> (payload, qos, keep) of the newest publish(retain=True), stamped afresh and
+        published again after every reconnect."""
+        self._broker_index = 0
+        self._attempted = False
+        self._failures = 0
+        """Connection attempts since the last connection held (the drop of that one first)."""
+        self._loss = ""
+        """Why the last connection or attempt ended, as the broker said it, for the log."""
+        self._login_reported = False
         self._handlers: dict[str, list[Handler]] = {}
         """topic -> its handlers, kept until the subscriptions change (a leader hears the same
         topics every second)."""
@@ -216,6 +246,7 @@ class Link:
             client.username_pw_set(settings.username, settings.password or None)
         if self.status_topic:
             client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message  # on_publish: see _awaiting_acks
@@ -224,6 +255,12 @@ class Link:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def broker(self) -> str:
+        """`host:port` of the broker this Link is connected or connecting to (for status)."""
+        host, port = self.settings.brokers[self._broker_index]
+        return f"{host}:{port}"
 
     def start(self) -> None:
         """Connect in the background; a broker that is not there yet is retried with backoff."""
@@ -247,6 +284,8 @@ class Link:
                              "while disconnected")
         with self._lock:
             self._pump()  # first, so a reconnect marks only what waited through it as hist
+            if retain:
+                self._retained[topic] = (dict(payload), qos, keep)
             message = self.envelope.stamp(topic, payload)
             self.outbox.put(Pending(topic, message, qos, retain), keep)
             self._pump()
@@ -390,8 +429,11 @@ class Link:
         handed = False
         generation = self._generation
         if generation != self._pumped_generation:
+            reconnected = self._pumped_generation > 0
             self._pumped_generation = generation
             self.outbox.mark_backlog()
+            if reconnected:  # before the first connect, all of them still wait in the outbox
+                self._reassert_retained()
         if not len(self.outbox):
             return False
         # paho re-sends what was in flight before the reconnect; newer messages wait for it.
@@ -422,15 +464,56 @@ class Link:
             handed = True
         return handed
 
+    def _reassert_retained(self) -> None:
+        """Queue the newest retained message of each topic again, freshly stamped, behind what
+        waited through the reconnect: the broker may have lost it, and the last one wins."""
+        for topic, (payload, qos, keep) in self._retained.items():
+            self.outbox.put(Pending(topic, self.envelope.stamp(topic, payload), qos, True), keep)
+
     # -- paho's thread: record and return; never let an exception escape -------------------
+
+    def _on_pre_connect(self, client, userdata) -> None:
+        """Every connect attempt after the first follows one that was refused, dropped or never
+        made: try the next broker of the list."""
+        try:
+            if self._attempted:
+                self._failures += 1
+                if len(self.settings.brokers) > 1:
+                    self._move(client)
+            self._attempted = True
+        except Exception:
+            self.log.exception("%s: choosing the next broker failed", self.client_id)
+
+    def _move(self, client: paho.Client) -> None:
+        brokers = self.settings.brokers
+        left, why = self.broker, self._loss or "could not be reached"
+        self._loss = ""
+        self._broker_index = (self._broker_index + 1) % len(brokers)
+        host, port = brokers[self._broker_index]
+        # connect_async only sets where the next connect goes (paho allows that while closed).
+        client.connect_async(host, port, self.settings.keepalive_s)
+        if self._failures < len(brokers):
+            self.log.warning("%s: broker %s %s; moving to %s (broker %d of %d)", self.client_id,
+                             left, why, self.broker, self._broker_index + 1, len(brokers))
+        elif self._failures == len(brokers):
+            self.log.error(
+                "%s: no broker answers: %s each tried since the last connection, the last (%s) "
+                "%s. Going on through the list, up to %d s between tries. Check that the site "
+                "broker runs (`systemctl status mosquitto` on its host) and that this host "
+                "reaches it (name, port, firewall).", self.client_id,
+                ", ".join(f"{h}:{p}" for h, p in brokers), left, why,
+                self.settings.reconnect_max_s)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             if reason_code.is_failure:
-                self.log.warning("%s: broker %s:%d refused the connection: %s", self.client_id,
-                                 self.settings.host, self.settings.port, reason_code)
+                self._refused(reason_code)
                 return
             self.connects += 1
+            self._failures, self._login_reported = 0, False
+            if len(self.settings.brokers) > 1:
+                self.log.info("%s: connected to broker %s (broker %d of %d)", self.client_id,
+                              self.broker, self._broker_index + 1, len(self.settings.brokers))
             self._connected_at_s = time.monotonic()
             self.io.connected(client)
             if self.status_topic:
@@ -452,6 +535,7 @@ class Link:
             was_connected, self._connected = self._connected, False
             if not (was_connected and self._started):
                 return
+            self._loss = f"dropped the connection ({reason_code})"
             held_s = time.monotonic() - self._connected_at_s
             if held_s >= TWIN_WINDOW_STEPS * self.settings.reconnect_min_s:
                 if self._quick_losses >= TWIN_LOSSES:
@@ -465,10 +549,37 @@ class Link:
                     self._twin_reported = True
                     self._report_twin(held_s)
                 return  # said once; the losses that follow are the twin's logins
-            self.log.warning("%s: lost the broker (%s); reconnecting with backoff",
-                             self.client_id, reason_code)
+            if len(self.settings.brokers) == 1:
+                self.log.warning("%s: lost broker %s (%s); reconnecting with backoff",
+                                 self.client_id, self.broker, reason_code)
         except Exception:
             self.log.exception("%s: on_disconnect failed", self.client_id)
+
+    def _refused(self, reason_code) -> None:
+        """A CONNACK that refused us: a login the broker will not take is said once (it needs
+        an operator), anything else is a warning; either way the next attempt moves on."""
+        self._loss = f"refused the connection ({reason_code})"
+        if reason_code.value not in LOGIN_REFUSED_CODES:
+            self.log.warning("%s: broker %s refused the connection: %s", self.client_id,
+                             self.broker, reason_code)
+            return
+        if self._login_reported:
+            return
+        self._login_reported = True
+        username = self.settings.username
+        if username:
+            check = (f"check [mqtt] username and the password in its password_file against "
+                     f"the broker's accounts (the credentials `hearth broker-config` wrote for "
+                     f"this role), and that the account may log in as client id "
+                     f"{self.client_id}")
+        else:
+            check = ("the broker takes no anonymous logins: set [mqtt] username and "
+                     "password_file to this role's account")
+        message = (f"{self.client_id}: broker {self.broker} refused the login of MQTT account "
+                   f"{username or '(anonymous)'} ({reason_code}): {check}. Retrying, up to "
+                   f"{self.settings.reconnect_max_s} s between tries.")
+        self.log.error("%s", message)
+        self._problems.put(LinkProblem(LOGIN_REFUSED, self.client_id, message))
 
     def _reconnect_delays(self, first_s: int) -> None:
         """Wait first_s before each reconnect (then doubling, up to reconnect_max_s)."""

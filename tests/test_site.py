@@ -281,3 +281,74 @@ def test_a_saved_control_state_out_of_range_is_refused_whole(tmp_path, caplog):
         role, _ = started_site(tmp_path, [0.0], [50.0], target_c=55.0)
     assert (role.target_c, role.mode) == (55.0, "auto")
     assert "integral_w is -3.0" in caplog.records[-1].getMessage()
+
+
+class WireWatch:
+    """A plain MQTT client, as Home Assistant is: reads site/state and sends plain commands."""
+
+    def __init__(self, broker):
+        import queue
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.states = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="home-assistant")
+        self.client.on_message = lambda _c, _u, message: self.states.put(
+            json.loads(message.payload))
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe("hearth/v1/s1/site/state", qos=1)
+        self.client.loop_start()
+
+    def next_state(self, timeout_s=20.0):
+        return self.states.get(timeout=timeout_s)
+
+    def state_where(self, check, timeout_s=20.0):
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.next_state(max(0.1, deadline - time.monotonic()))
+            if check(state):
+                return state
+
+    def send(self, topic, text):
+        self.client.publish(topic, text.encode(), qos=1).wait_for_publish(5)
+
+    def drain(self):
+        while not self.states.empty():
+            self.states.get_nowait()
+
+
+def test_site_target_set_over_mqtt_survives_a_restart_of_hearth_site(tmp_path, mosquitto):
+    """Issue 14: set to 60 C over MQTT, `hearth site` restarted: 60 C on the wire, not 55."""
+    import subprocess
+    import sys
+
+    broker = mosquitto()
+    config = tmp_path / "hearth.toml"
+    config.write_text('board_type = "oil-carrier"\n'
+                      '[[sensor]]\nname = "water_in"\nid = "28-0316a2795eff"\n'
+                      '[[sensor]]\nname = "water_out"\nid = "28-0316a27f1c2a"\n'
+                      '[identity]\nsite = "s1"\nmodule = "m1"\nboard = "b01"\n'
+                      f'[mqtt]\nbrokers = ["{broker.host}:{broker.port}"]\n'
+                      '[site]\nperiod_s = 1.0\ntarget_c = 55.0\n')
+    command = [sys.executable, "-m", "agent", "site", "--config", str(config), "--state-dir",
+               str(tmp_path / "state")]
+    watch = WireWatch(broker)
+    site = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert watch.next_state()["target_c"] == 55.0
+        watch.send("hearth/v1/s1/site/target/set", "60")
+        watch.send("hearth/v1/s1/site/mode/set", "comfort")
+        watch.state_where(lambda state: state["target_c"] == 60.0 and state["mode"] == "comfort")
+        site.terminate()
+        assert site.wait(timeout=20) == 0, site.stdout.read().decode()
+        watch.drain()
+        site = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        first = watch.next_state()
+        assert (first["target_c"], first["mode"]) == (60.0, "comfort")
+    finally:
+        site.terminate()
+        site.wait(timeout=20)
+        watch.client.loop_stop()

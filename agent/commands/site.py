@@ -16,7 +16,7 @@ from agent.journal_log import log_to_journal
 from agent.mqtt.board_link import link_settings
 from agent.mqtt.link import Link
 from agent.mqtt.outbox import Outbox
-from agent.persist import DEFAULT_STATE_DIR
+from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.seam import Hardware
 from agent.site.role import SiteRole, SiteSettings, site_topics
 
@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"config with [identity], [mqtt] and [site] (default "
                         f"{DEFAULT_CONFIG_PATH})")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
-                        help=f"where the outbox spills (default {DEFAULT_STATE_DIR})")
+                        help=f"where the outbox spills and the site keeps its target, mode, "
+                        f"controller state and energy totals (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--duration", type=float, metavar="S",
                         help="stop after this many seconds (default: run until stopped)")
     parser.set_defaults(run=run)
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     settings = SiteSettings(period_s=options.period_s, target_c=options.target_c,
                             kp_w_per_k=options.kp_w_per_k, ki_w_per_k_s=options.ki_w_per_k_s,
                             demand_timeout_s=options.demand_timeout_s)
-    role = SiteRole(site, link, time.monotonic, settings, read_loop_c)
+    role = SiteRole(site, link, time.monotonic, settings, read_loop_c,
+                    store=StateStore(args.state_dir))
     role.start()
     link.start()
     discovery = DiscoveryAnnouncer(link).start()
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         role.run(lambda: bool(stop_requested) or (
             args.duration is not None and time.monotonic() - started >= args.duration))
     finally:
+        role.close()
         link.close()
         for sensor in sensors:
             sensor.close()

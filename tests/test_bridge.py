@@ -1,5 +1,5 @@
 """The bridge `hearth broker-config --bridge` generates, between two real Mosquitto brokers on
-loopback: site messages reach the central broker, and across a central restart the QoS 1 events
+loopback: the site broker's messages reach the central broker, and across a central restart the QoS 1 events
 queued at the site survive up to the bridge queue's bound while QoS 0 telemetry and the overflow
 are lost, every loss showing as a sequence gap to the central receiver (docs/bridge.md)."""
 
@@ -35,7 +35,6 @@ def central_broker(directory: Path, port: int, out: Path, ingest_password: str) 
     """A central broker as docs/bridge.md describes it: the site's generated passwd and ACL
     lines merged in, an ingest account, and persistence so sessions survive a restart."""
     directory.mkdir(parents=True)
-    (directory / "db").mkdir()
     (directory / "passwd").write_text((out / "central/passwd").read_text()
                                       + f"ingest:{mosquitto_hash(ingest_password)}\n")
     (directory / "acl").write_text((out / "central/acl").read_text()
@@ -43,7 +42,7 @@ def central_broker(directory: Path, port: int, out: Path, ingest_password: str) 
     config = directory / "central.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\n"
                       f"password_file {directory / 'passwd'}\nacl_file {directory / 'acl'}\n"
-                      f"persistence true\npersistence_location {directory / 'db'}/\n")
+                      "persistence true\n")   # its location: the runner's, as Debian's
     return config
 
 
@@ -53,15 +52,14 @@ def bridged(tmp_path):
     inventory = tmp_path / "site.toml"
     inventory.write_text(INVENTORY.format(port=site_port))
     out = tmp_path / "out"
-    leader_dir = out / "leaders/m1"
     assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
-                   "--broker-etc", str(leader_dir), "--bridge", f"127.0.0.1:{central_port}",
+                   "--broker-etc", str(out / "broker"), "--bridge", f"127.0.0.1:{central_port}",
                    "--bridge-queue", str(BRIDGE_QUEUE)]) == 0
     ingest_login = {"username": "ingest", "password": "ingest-secret"}
     central = Mosquitto(central_broker(tmp_path / "central", central_port, out,
                                        ingest_login["password"]),
                         central_port, tmp_path / "central-run").start()
-    site = Mosquitto(leader_dir / "mosquitto.conf", site_port, tmp_path / "site-run").start()
+    site = Mosquitto(out / "broker/mosquitto.conf", site_port, tmp_path / "site-run").start()
     ingest = Client(central_port, ingest_login, client_id="ingest", clean_session=False)
     ingest.paho.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
     assert not ingest.connect().is_failure
@@ -149,7 +147,7 @@ def test_bridge_over_tls_names_the_central_ca_and_keeps_verification_on(tmp_path
     assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
                    "--bridge", "central.example.net:8883", "--bridge-cafile",
                    str(central_ca)]) == 0
-    config = (out / "leaders/m1/mosquitto.conf").read_text()
+    config = (out / "broker/mosquitto.conf").read_text()
     assert "bridge_cafile /etc/mosquitto/hearth/bridge/central-ca.crt\n" in config
     assert "bridge_insecure false\n" in config and "address central.example.net:8883\n" in config
-    assert (out / "leaders/m1/bridge/central-ca.crt").read_bytes() == central_ca.read_bytes()
+    assert (out / "broker/bridge/central-ca.crt").read_bytes() == central_ca.read_bytes()

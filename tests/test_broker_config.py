@@ -32,6 +32,7 @@ QUIET_S = 0.5
 
 INVENTORY = """
 site = "maple-school"
+broker = "localhost"
 port = {port}
 bind_address = "127.0.0.1"
 operators = ["homeassistant"]
@@ -50,7 +51,6 @@ name = "b02"
 [[leader]]
 module = "m1"
 board = "b01"
-host = "localhost"
 """
 
 
@@ -62,14 +62,18 @@ def free_port() -> int:
 
 class Mosquitto:
     """A mosquitto process running a generated config unchanged. It is included from a runner
-    file that only adds `user root` when the tests run as root: otherwise Mosquitto drops to
-    the mosquitto user, who cannot enter pytest's 0700 temp directories."""
+    file standing in for the distribution's mosquitto.conf: it names the persistence
+    directory, as Debian's does, and adds `user root` when the tests run as root (otherwise
+    Mosquitto drops to the mosquitto user, who cannot enter pytest's 0700 temp
+    directories)."""
 
     def __init__(self, config: Path, port: int, work: Path):
         self.port = port
         work.mkdir(parents=True, exist_ok=True)
+        (work / "db").mkdir(exist_ok=True)
         self.runner = work / "runner.conf"
         self.runner.write_text(("user root\n" if os.geteuid() == 0 else "")
+                               + f"persistence_location {work / 'db'}/\n"
                                + f"include_dir {config.parent}\n")
         self.log = work / "mosquitto.log"
         self.process: subprocess.Popen | None = None
@@ -101,8 +105,8 @@ class Client:
     a SUBACK or a message with a timeout instead of sleeping."""
 
     def __init__(self, port: int, login: dict | None = None, *, client_id: str = "",
-                 tls_ca: Path | None = None, clean_session: bool = True,
-                 will: tuple[str, str] | None = None):
+                 tls_ca: Path | None = None, tls_client: Path | None = None,
+                 clean_session: bool = True, will: tuple[str, str] | None = None):
         self.port = port
         self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                 clean_session=clean_session, protocol=mqtt.MQTTv311)
@@ -110,8 +114,10 @@ class Client:
             self.paho.will_set(*will, qos=1, retain=True)
         if login is not None:
             self.paho.username_pw_set(login["username"], login["password"])
-        if tls_ca is not None:
-            self.paho.tls_set(ca_certs=str(tls_ca))
+        if tls_ca is not None:   # tls_client: a directory with client.crt and client.key
+            self.paho.tls_set(ca_certs=str(tls_ca),
+                              certfile=str(tls_client / "client.crt") if tls_client else None,
+                              keyfile=str(tls_client / "client.key") if tls_client else None)
         self.connacks: queue.Queue = queue.Queue()
         self.subacks: queue.Queue = queue.Queue()
         self.messages: queue.Queue = queue.Queue()
@@ -175,10 +181,9 @@ def generated_site(tmp_path) -> tuple[Path, int, Mosquitto]:
     inventory = tmp_path / "site.toml"
     inventory.write_text(INVENTORY.format(port=port))
     out = tmp_path / "out"
-    leader_dir = out / "leaders/m1"
     assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
-                   "--broker-etc", str(leader_dir)]) == 0
-    return out, port, Mosquitto(leader_dir / "mosquitto.conf", port, tmp_path / "run").start()
+                   "--broker-etc", str(out / "broker")]) == 0
+    return out, port, Mosquitto(out / "broker/mosquitto.conf", port, tmp_path / "run").start()
 
 
 @pytest.fixture
@@ -330,34 +335,85 @@ def test_site_target_set_is_written_by_operator_and_site_and_read_by_the_site_ro
     assert board_snoop.drain(QUIET_S) == []
 
 
-def test_tls_listener_with_the_generated_ca(tmp_path):
+def foreign_client_certificate(directory: Path, username: str) -> Path:
+    """A client certificate for `username` from a CA the site does not know."""
+    directory.mkdir()
+    def run(*arguments):
+        subprocess.run(["openssl", *arguments], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.crt"), "-days", "1",
+        "-subj", "/CN=someone else")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+        str(directory / "client.key"), "-out", str(directory / "client.csr"), "-subj",
+        f"/CN={username}")
+    run("x509", "-req", "-in", str(directory / "client.csr"), "-CA", str(directory / "ca.crt"),
+        "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-out",
+        str(directory / "client.crt"), "-days", "1")
+    return directory
+
+
+def refused(client: Client) -> bool:
+    """A refused TLS handshake (no or an unknown client certificate) or CONNACK."""
+    try:
+        reason = client.connect("localhost", timeout=3)
+    except (ssl.SSLError, OSError, queue.Empty):
+        client.close()
+        return True
+    if not reason.is_failure:
+        client.close()
+    return reason.is_failure
+
+
+def test_tls_needs_a_client_certificate_of_the_site_ca_and_the_password(tmp_path):
+    """Both factors: the certificate (signed by the site CA, one per account, its key never
+    leaves the box) and the account's password. The server certificate names the broker's
+    host; a client checks it against the site CA."""
     port = free_port()
     inventory = tmp_path / "site.toml"
     inventory.write_text(INVENTORY.format(port=port))
     out = tmp_path / "out"
-    leader_dir = out / "leaders/m1"
     assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out), "--tls",
-                   "--broker-etc", str(leader_dir)]) == 0
-    assert "certfile" in (leader_dir / "mosquitto.conf").read_text()
-    broker = Mosquitto(leader_dir / "mosquitto.conf", port, tmp_path / "run").start()
+                   "--broker-etc", str(out / "broker")]) == 0
+    config = (out / "broker/mosquitto.conf").read_text()
+    assert "require_certificate true" in config and "certfile" in config
+    broker = Mosquitto(out / "broker/mosquitto.conf", port, tmp_path / "run").start()
+    ca, own, other = out / "ca/ca.crt", out / "clients/m1.b01", out / "clients/m1.b02"
+    account = login(out, "m1.b01")
     try:
-        secure = Client(port, login(out, "m1.b01"), tls_ca=out / "ca/ca.crt")
-        assert not secure.connect("localhost").is_failure   # certificate names host localhost
-        secure.close()
-        stranger = tmp_path / "other-ca"
-        stranger.mkdir()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                        str(stranger / "ca.key"), "-out", str(stranger / "ca.crt"), "-days", "1",
-                        "-subj", "/CN=someone else"], check=True, capture_output=True)
-        with pytest.raises(ssl.SSLCertVerificationError):
-            Client(port, login(out, "m1.b01"), tls_ca=stranger / "ca.crt").connect("localhost")
-        plain = Client(port, login(out, "m1.b01"))
+        right = Client(port, account, tls_ca=ca, tls_client=own)
+        assert not right.connect("localhost").is_failure   # the certificate names localhost
+        right.close()
+        assert refused(Client(port, account, tls_ca=ca))                  # no certificate
+        assert refused(Client(port, dict(account, password="guess"), tls_ca=ca,
+                              tls_client=own))                             # wrong password
+        assert refused(Client(port, account, tls_ca=ca, tls_client=foreign_client_certificate(
+            tmp_path / "foreign", "m1.b01")))                              # not the site's CA
+        # Another account's certificate with this account's password logs in as this account:
+        # Mosquitto 2.0 checks the password or takes the account from the certificate
+        # (use_identity_as_username, which then ignores the password), never both, so the
+        # password names the account and the certificate proves an enrolled box.
+        borrowed = Client(port, account, tls_ca=ca, tls_client=other)
+        assert not borrowed.connect("localhost").is_failure
+        borrowed.close()
+        with pytest.raises(ssl.SSLCertVerificationError):   # a broker the site CA did not sign
+            Client(port, account, tls_ca=foreign_client_certificate(tmp_path / "stranger",
+                                                                     "x") / "ca.crt",
+                   tls_client=own).connect("localhost")
+        plain = Client(port, account)
         with pytest.raises((queue.Empty, OSError)):
             plain.connect(timeout=2)
         plain.close()
     finally:
         broker.stop()
+    text = subprocess.run(["openssl", "x509", "-in", own / "client.crt", "-noout", "-subject"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "CN=m1.b01" in text.replace(" ", "")
+    section = tomllib.loads((own / "mqtt.toml").read_text())["mqtt"]
+    assert section == {"brokers": [f"localhost:{port}"], "username": "m1.b01",
+                       "password_file": "/etc/hearth/mqtt/m1.b01/credentials.toml",
+                       "ca_file": "/etc/hearth/mqtt/m1.b01/ca.crt",
+                       "cert_file": "/etc/hearth/mqtt/m1.b01/client.crt",
+                       "key_file": "/etc/hearth/mqtt/m1.b01/client.key"}
 
 
 def test_rerun_rewrites_identical_files_and_rotate_renews_only_whom_it_names(tmp_path):
@@ -371,13 +427,14 @@ def test_rerun_rewrites_identical_files_and_rotate_renews_only_whom_it_names(tmp
     before = {path: path.read_bytes() for path in files}
     assert hearth(command) == 0
     assert {path: path.read_bytes() for path in files} == before
-    assert (out / "leaders/m1/passwd").stat().st_mode & 0o777 == 0o600
-    assert (out / "leaders/m1/mosquitto.conf").stat().st_mode & 0o777 == 0o600   # bridge secret
+    assert (out / "broker/passwd").stat().st_mode & 0o777 == 0o600
+    assert (out / "broker/mosquitto.conf").stat().st_mode & 0o777 == 0o600   # bridge secret
     assert hearth(command + ["--rotate", "m1.b02"]) == 0
     changed = {path for path in files if path.read_bytes() != before[path]}
-    assert changed == {out / "credentials/m1.b02.toml", out / "leaders/m1/passwd"}
+    assert changed == {out / "credentials/m1.b02.toml", out / "clients/m1.b02/credentials.toml",
+                       out / "broker/passwd"}
     passwd = dict(line.split(":", 1) for line in
-                  (out / "leaders/m1/passwd").read_text().splitlines())
+                  (out / "broker/passwd").read_text().splitlines())
     assert check_mosquitto_hash(login(out, "m1.b02")["password"], passwd["m1.b02"])
     assert check_mosquitto_hash(login(out, "m1.b01")["password"], passwd["m1.b01"])
 
@@ -420,3 +477,201 @@ def test_option_errors_are_explained(tmp_path, capsys):
     assert hearth(base + ["--inventory", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml: expected a readable TOML file" in capsys.readouterr().err
 
+
+
+TWO_MODULES = """
+site = "maple-school"
+broker = "localhost:{port}"
+standby = "127.0.0.1:{standby_port}"
+bind_address = "127.0.0.1"
+operators = ["homeassistant"]
+
+[[module]]
+name = "m1"
+
+[[module]]
+name = "m-2"
+
+[[board]]
+module = "m1"
+name = "b01"
+
+[[board]]
+module = "m-2"
+name = "b01"
+
+[[leader]]
+module = "m1"
+board = "b01"
+
+[[leader]]
+module = "m-2"
+board = "b01"
+"""
+HA = "homeassistant/device"
+
+
+@pytest.fixture
+def whole_site(tmp_path):
+    """TWO_MODULES generated (the standby's files in their own etc) and both brokers started:
+    (out, connect) where connect(user, standby=False) logs an account in to one of them."""
+    port, standby_port = free_port(), free_port()
+    inventory = tmp_path / "site.toml"
+    inventory.write_text(TWO_MODULES.format(port=port, standby_port=standby_port))
+    out = tmp_path / "out"
+    assert hearth(["broker-config", "--inventory", str(inventory), "--out", str(out),
+                   "--broker-etc", str(out / "broker"), "--standby-etc",
+                   str(out / "standby")]) == 0
+    primary = Mosquitto(out / "broker/mosquitto.conf", port, tmp_path / "primary").start()
+    standby = Mosquitto(out / "standby/mosquitto.conf", standby_port, tmp_path / "standby").start()
+    clients: list[Client] = []
+
+    def connect(user: str, standby_broker: bool = False, **options) -> Client:
+        client = Client(standby_port if standby_broker else port, login(out, user), **options)
+        assert not client.connect().is_failure, f"{user} could not log in"
+        clients.append(client)
+        return client
+
+    yield out, connect, primary, standby
+    for client in clients:
+        client.close()
+    standby.stop()
+    primary.stop()
+
+
+def test_one_broker_carries_every_module_the_site_role_and_home_assistant(whole_site):
+    """Issue 14: one broker per module made a two-module site two islands."""
+    _, connect, _, _ = whole_site
+    home_assistant = connect("operator.homeassistant")
+    assert home_assistant.subscribe("hearth/#")
+    site_role = connect("site")
+    site_role.publish(f"{ROOT}/m1/leader/budget", "m1 budget")
+    site_role.publish(f"{ROOT}/m-2/leader/budget", "m-2 budget")
+    connect("leader.m-2").publish(f"{ROOT}/m-2/leader/setpoint/b01", "m-2 setpoint")
+    connect("leader.m1").publish(f"{ROOT}/m-2/leader/setpoint/b01", "forbidden")
+    connect("m-2.b01").publish(f"{ROOT}/m-2/b01/state", "m-2 state")
+    got = home_assistant.received(until="m-2 state")
+    assert set(got) == {(f"{ROOT}/m1/leader/budget", "m1 budget"),
+                        (f"{ROOT}/m-2/leader/budget", "m-2 budget"),
+                        (f"{ROOT}/m-2/leader/setpoint/b01", "m-2 setpoint"),
+                        (f"{ROOT}/m-2/b01/state", "m-2 state")}
+
+
+def test_every_role_lists_the_site_broker_then_the_standby(whole_site):
+    out, _, primary, standby = whole_site
+    for user in ("m1.b01", "m-2.b01", "leader.m1", "leader.m-2", "site", "operator",
+                 "operator.homeassistant"):
+        section = tomllib.loads((out / "clients" / user / "mqtt.toml").read_text())["mqtt"]
+        assert section["brokers"] == [f"localhost:{primary.port}",
+                                      f"127.0.0.1:{standby.port}"], user
+        assert section["username"] == user and "host" not in section
+        assert tomllib.loads((out / "clients" / user / "credentials.toml").read_text()) == \
+            {"mqtt": login(out, user)}
+    assert not (out / "clients/standby").exists()   # the bridge's account is no role's
+
+
+def test_home_assistant_discovery_status_and_site_commands(whole_site):
+    _, connect, _, _ = whole_site
+    watcher = connect("operator")
+    assert watcher.subscribe("homeassistant/#") and watcher.subscribe(f"{ROOT}/site/#")
+    site_role, leader, other_leader, board = (connect("site"), connect("leader.m1"),
+                                              connect("leader.m-2"), connect("m1.b01"))
+    for listener in (site_role, leader, board):
+        listener.subscribe("homeassistant/status")
+    home_assistant = connect("operator.homeassistant")
+    steps = [  # (client, topic, allowed)
+        (site_role, f"{HA}/hearth_maple_school/config", True),
+        (site_role, f"{HA}/hearth_maple_school_m1/config", False),
+        (leader, f"{HA}/hearth_maple_school_m1/config", True),
+        (leader, f"{HA}/hearth_maple_school_m1_b01/config", True),
+        (leader, f"{HA}/hearth_maple_school_m_2/config", False),     # another module's
+        (leader, f"{HA}/hearth_maple_school_m_2_b01/config", False),
+        (leader, f"{HA}/hearth_maple_school/config", False),
+        (other_leader, f"{HA}/hearth_maple_school_m_2_b01/config", True),
+        (board, f"{HA}/hearth_maple_school_m1_b01/config", False),
+        (leader, "homeassistant/status", False),
+        (board, "homeassistant/status", False),
+        (home_assistant, f"{HA}/hearth_maple_school/config", False),
+        (home_assistant, f"{ROOT}/site/target/set", True),
+        (home_assistant, f"{ROOT}/site/mode/set", True),
+        (leader, f"{ROOT}/site/mode/set", False),
+        (board, f"{ROOT}/site/mode/set", False),
+    ]
+    for number, (client, topic, _) in enumerate(steps):
+        client.publish(topic, f"step {number}", retain=True)
+    home_assistant.publish("homeassistant/status", "online")
+    got = watcher.received(until="online")
+    expected = {(topic, f"step {n}") for n, (_, topic, allowed) in enumerate(steps) if allowed}
+    assert set(got) == expected | {("homeassistant/status", "online")}
+    # Home Assistant's birth reaches the site and the leaders, who re-send discovery on it;
+    # a board has no business with it.
+    assert ("homeassistant/status", "online") in site_role.received(until="online")
+    assert ("homeassistant/status", "online") in leader.received(until="online")
+    assert ("homeassistant/status", "online") not in board.drain(QUIET_S)
+
+
+def test_the_standby_and_the_site_broker_form_one_site(whole_site):
+    """Clients that failed over at different moments: some on the standby, some still on the
+    site broker. Every message crosses once, both ways, retained ones included."""
+    _, connect, _, _ = whole_site
+    on_primary = connect("operator")
+    on_standby = connect("operator.homeassistant", standby_broker=True)
+    for watcher in (on_primary, on_standby):
+        assert watcher.subscribe("hearth/#") and watcher.subscribe("homeassistant/#")
+    deadline = time.monotonic() + 15   # the standby's bridge connects in its own time
+    while True:
+        connect("site").publish(f"{ROOT}/site/status", "probe")
+        with contextlib.suppress(AssertionError):
+            on_standby.received(until="probe", timeout=0.5)
+            break
+        assert time.monotonic() < deadline, "the standby's bridge never connected"
+    on_primary.drain(QUIET_S)
+    connect("leader.m1", standby_broker=True).publish(f"{ROOT}/m1/leader/interlock", "interlock",
+                                                      retain=True)
+    connect("m1.b01").publish(f"{ROOT}/m1/b01/state", "from the primary")
+    connect("site", standby_broker=True, client_id="x").publish(
+        f"{HA}/hearth_maple_school/config", "discovery", retain=True)
+    expected = {(f"{ROOT}/m1/leader/interlock", "interlock"),
+                (f"{ROOT}/m1/b01/state", "from the primary"),
+                (f"{HA}/hearth_maple_school/config", "discovery")}
+    for watcher in (on_primary, on_standby):
+        got = watcher.received(until="discovery") + watcher.drain(QUIET_S)
+        assert sorted(got) == sorted(expected), got    # each exactly once: no loop
+    late = connect("m1.b01")   # a board connecting to the site broker later hears the interlock
+    late.subscribe(f"{ROOT}/m1/leader/interlock")
+    assert late.received(until="interlock") == [(f"{ROOT}/m1/leader/interlock", "interlock")]
+
+
+def test_retained_messages_survive_a_restart_of_the_broker(whole_site):
+    """persistence true: a board starting while its leader is down still hears the interlock."""
+    _, connect, primary, standby = whole_site
+    standby.stop()
+    connect("leader.m1").publish(f"{ROOT}/m1/leader/interlock", "interlock", retain=True)
+    primary.stop()
+    primary.start()
+    board = connect("m1.b01")
+    board.subscribe(f"{ROOT}/m1/leader/interlock")
+    assert board.received(until="interlock") == [(f"{ROOT}/m1/leader/interlock", "interlock")]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('[[leader]]\nmodule = "m1"\nboard = "b01"', '[[leader]]\nmodule = "m1"\nboard = "b01"\n'
+      'host = "hearth-m1.local"'),
+     'leader[1].host = "hearth-m1.local": expected no host in a [[leader]]'),
+    (('standby = "127.0.0.1:{standby_port}"', 'standby = "localhost:{port}"'),
+     'standby = "localhost:1883": expected another broker than `broker`'),
+    (('broker = "localhost:{port}"', 'broker = "localhost:99999"'),
+     'broker = "localhost:99999": expected a host name or address'),
+    (('broker = "localhost:{port}"\n', ''), "broker is missing: expected a string like"),
+    (('operators = ["homeassistant"]', 'operators = ["homeassistant"]\n\n[[module]]\n'
+      'name = "m"\n\n[[board]]\nmodule = "m"\nname = "2_b01"\n\n[[leader]]\nmodule = "m"\n'
+      'board = "2_b01"'),
+     "hearth_maple_school_m_2_b01"),
+])
+def test_site_inventory_errors(tmp_path, capsys, edit, message):
+    inventory = tmp_path / "site.toml"
+    inventory.write_text(TWO_MODULES.replace(*edit, 1).format(port=1883, standby_port=1884))
+    status = hearth(["broker-config", "--inventory", str(inventory), "--out",
+                     str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert status == 2 and message in error and str(inventory) in error, error

@@ -272,9 +272,10 @@ def test_hardware_config_matches_the_board_definition():
 def test_a_leader_image_carries_mosquitto_its_config_and_the_identity_table(tmp_path,
                                                                             wheelhouse):
     inventory = tmp_path / "site.toml"
-    inventory.write_text('site = "maple-school"\n[[module]]\nname = "m1"\n'
+    inventory.write_text('site = "maple-school"\nbroker = "hearth-broker.local"\n'
+                         '[[module]]\nname = "m1"\n'
                          '[[board]]\nmodule = "m1"\nname = "b01"\nserial = "10000000a1b2c3d4"\n'
-                         '[[leader]]\nmodule = "m1"\nboard = "b01"\nhost = "hearth-m1.local"\n')
+                         '[[leader]]\nmodule = "m1"\nboard = "b01"\n')
     out = tmp_path / "provisioned"
     sh(REPO / "scripts/provision", inventory, out)
     package = tmp_path / "pkg"
@@ -289,7 +290,7 @@ def test_a_leader_image_carries_mosquitto_its_config_and_the_identity_table(tmp_
     leader = tmp_path / "leader.img"
     result = subprocess.run([REPO / "scripts/build-image", stock, leader, "--wheelhouse",
                              wheelhouse, "--leader", "--mosquitto-debs", debs, "--broker-dir",
-                             out / "leaders/m1", "--identity-table", out / "identity-table.toml"],
+                             out / "broker", "--identity-table", out / "identity-table.toml"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     _, root = partitions(leader)

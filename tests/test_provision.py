@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 INVENTORY = """
 site = "maple-school"
+broker = "hearth-broker.local"
+standby = "hearth-standby.local"
 
 [[module]]
 name = "m1"
@@ -44,12 +46,10 @@ serial = "10000000deadbeef"
 [[leader]]
 module = "m1"
 board = "b01"
-host = "hearth-m1.local"
 
 [[leader]]
 module = "m2"
 board = "b01"
-host = "hearth-m2.local"
 """
 
 
@@ -99,14 +99,16 @@ def test_identity_files_and_table_resolve_on_a_board(tmp_path, inventory):
 
 def test_a_real_broker_accepts_the_credentials_and_refuses_a_wrong_password(tmp_path, inventory):
     out = tmp_path / "out"
-    leader_dir = out / "leaders/m1"
-    assert provision(inventory, out, "--broker-etc", str(leader_dir)).returncode == 0
+    broker_dir = out / "broker"
+    assert provision(inventory, out, "--broker-etc", str(broker_dir)).returncode == 0
     port = free_port()
-    config = leader_dir / "mosquitto.conf"
-    # Only the port changes, and, when the tests run as root, mosquitto is told to stay root:
+    config = broker_dir / "mosquitto.conf"
+    # Only the port changes, the persistence directory is named (as the distribution's
+    # mosquitto.conf does) and, when the tests run as root, mosquitto is told to stay root:
     # otherwise it drops to the mosquitto user, who cannot enter pytest's 0700 temp directory.
     text = config.read_text().replace("listener 1883", f"listener {port} 127.0.0.1")
-    config.write_text(text + ("user root\n" if os.geteuid() == 0 else ""))
+    config.write_text(text + f"persistence_location {tmp_path}/\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
     broker = subprocess.Popen(["mosquitto", "-c", config], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
     try:
@@ -128,7 +130,8 @@ def test_a_real_broker_accepts_the_credentials_and_refuses_a_wrong_password(tmp_
         refused = publish(login["username"], login["password"] + "x")
         assert refused.returncode != 0 and "not authorised" in refused.stderr.lower()
         m2_login = tomllib.loads((out / "credentials/m2.b01.toml").read_text())["mqtt"]
-        assert publish(m2_login["username"], m2_login["password"]).returncode != 0
+        assert publish(m2_login["username"], m2_login["password"]).returncode == 0  # its own
+        # account, on the one broker of the site; the ACL drops what it writes to m1's topics
     finally:
         broker.terminate()
         broker.wait(timeout=10)
@@ -137,12 +140,16 @@ def test_a_real_broker_accepts_the_credentials_and_refuses_a_wrong_password(tmp_
 def test_acl_keeps_each_board_to_its_own_topics(tmp_path, inventory):
     out = tmp_path / "out"
     assert provision(inventory, out).returncode == 0
-    acl = (out / "leaders/m1/acl").read_text()
+    acl = (out / "broker/acl").read_text()
+    assert acl == (out / "standby/acl").read_text()
     assert ("user m1.b02\ntopic write hearth/v1/maple-school/m1/b02/status\n") in acl
     assert "topic read hearth/v1/maple-school/m1/leader/setpoint/b02\n" in acl
-    assert "m2.b01" not in acl and "user leader.m1\ntopic read hearth/v1/maple-school/m1/#" in acl
-    users = [line.split(":")[0] for line in (out / "leaders/m1/passwd").read_text().splitlines()]
-    assert users == ["m1.b01", "m1.b02", "leader.m1", "site", "operator"]
+    assert "user m2.b01\ntopic write hearth/v1/maple-school/m2/b01/status\n" in acl
+    assert "user leader.m1\ntopic read hearth/v1/maple-school/m1/#" in acl
+    users = [line.split(":")[0] for line in (out / "broker/passwd").read_text().splitlines()]
+    assert users == ["m1.b01", "m1.b02", "m2.b01", "leader.m1", "leader.m2", "site", "operator",
+                     "standby"]
+    assert (out / "standby/passwd").read_text() == (out / "broker/passwd").read_text()
     assert (out / "credentials/m1.b01.toml").stat().st_mode & 0o777 == 0o600
 
 
@@ -159,24 +166,34 @@ def test_tls_material_verifies_against_the_site_ca(tmp_path, inventory):
     out = tmp_path / "out"
     result = provision(inventory, out)
     assert result.returncode == 0, result.stderr
-    tls = out / "leaders/m1/tls"
-    check = subprocess.run(["openssl", "verify", "-CAfile", tls / "ca.crt", tls / "server.crt"],
-                           capture_output=True, text=True)
+    for role, host in (("broker", "hearth-broker.local"), ("standby", "hearth-standby.local")):
+        tls = out / role / "tls"
+        check = subprocess.run(["openssl", "verify", "-CAfile", tls / "ca.crt",
+                                tls / "server.crt"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        text = subprocess.run(["openssl", "x509", "-in", tls / "server.crt", "-noout", "-text"],
+                              capture_output=True, text=True, check=True).stdout
+        assert f"DNS:{host}" in text
+        config = (out / role / "mosquitto.conf").read_text()
+        assert "listener 8883" in config and "require_certificate true" in config
+        assert "certfile /etc/mosquitto/hearth/tls/server.crt" in config
+    client = out / "clients/m2.b01"
+    check = subprocess.run(["openssl", "verify", "-CAfile", client / "ca.crt",
+                            client / "client.crt"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    text = subprocess.run(["openssl", "x509", "-in", tls / "server.crt", "-noout", "-text"],
-                          capture_output=True, text=True, check=True).stdout
-    assert "DNS:hearth-m1.local" in text
-    config = (out / "leaders/m1/mosquitto.conf").read_text()
-    assert "listener 8883" in config and "certfile /etc/mosquitto/hearth/tls/server.crt" in config
-    assert not (out / "leaders/m1/ca.key").exists() and (out / "ca/ca.key").exists()
+    assert "bridge_certfile /etc/mosquitto/hearth/tls/bridge.crt" in (
+        out / "standby/mosquitto.conf").read_text()
+    assert (out / "standby/tls/bridge.crt").read_bytes() == \
+        (out / "clients/standby/client.crt").read_bytes()
+    assert not (out / "broker/ca.key").exists() and (out / "ca/ca.key").exists()
 
 
 @pytest.mark.parametrize("edit, message", [
     (('name = "b02"', 'name = "B 02"'), 'board[2].name = "B 02": expected a string like'),
     (('slot = 2', 'slot = 1'),
      "board[2].slot = 1: expected a slot no other board of module m1 has (maple-school/m1/b01"),
-    (('host = "hearth-m2.local"', 'host = ""'),
-     'leader[2].host = "": expected a string like \'hearth-m1.local\''),
+    (('standby = "hearth-standby.local"', 'standby = "no such host"'),
+     'standby = "no such host": expected a string like \'hearth-standby.local\''),
     (('module = "m2"\nboard = "b01"', 'module = "m3"\nboard = "b01"'),
      'leader[2].module = "m3": expected one of the [[module]] names'),
 ])

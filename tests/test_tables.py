@@ -115,10 +115,11 @@ def test_the_inventory_reports_several_problems_at_once(tmp_path):
     from agent.deploy.broker_config import InventoryError, load_inventory
 
     inventory = tmp_path / "site.toml"
-    inventory.write_text('site = "maple-school"\nport = 70000\n[[module]]\nname = "m1"\n'
+    inventory.write_text('site = "maple-school"\nbroker = "h"\nport = 70000\n[[module]]\n'
+                         'name = "m1"\n'
                          '[[board]]\nmodule = "m1"\nname = "leader"\n'
                          '[[board]]\nmodule = "m2"\nname = "b02"\nslot = 99\n'
-                         '[[leader]]\nmodule = "m1"\nboard = "b01"\nhost = "h"\n')
+                         '[[leader]]\nmodule = "m1"\nboard = "b01"\n')
     with pytest.raises(InventoryError) as raised:
         load_inventory(inventory)
     lines = problem_lines(raised.value)

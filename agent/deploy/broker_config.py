@@ -1,14 +1,17 @@
-"""Mosquitto configuration for a Hearth site from its inventory: accounts, ACLs, TLS, bridge.
+"""Mosquitto configuration for a Hearth site from its inventory: accounts, ACLs, TLS, bridges.
 
 The broker is the only thing that can stop a board from writing another board's topics or a
 leader's setpoints, so the ACLs here are the security boundary of the MQTT contract
 (docs/mqtt.md): a board writes only its own status/state/event/reply and reads only its own
 `cmd/#`, its own setpoint and its module's interlock; nobody connects anonymously, and no
-account can take over another's connection (its client id is its username). One leader
-board per module runs the module's Mosquitto; this module writes, for each of them, the
-password file (mosquitto_passwd's `$7$` PBKDF2-SHA512 format), the ACL file, the broker
-config and, on request, TLS material (via the openssl tool) and a bridge to a central broker.
-Used by `hearth broker-config` and by scripts/provision, so there is one definition.
+account can take over another's connection (its client id is its username). One Mosquitto
+serves the whole site (every module's boards and leaders, the site role, Home Assistant and the
+operators), optionally with a standby on another box bridged to it; this module writes, for
+each, the password file (mosquitto_passwd's `$7$` PBKDF2-SHA512 format), the ACL file and the
+broker config; for every account the `[mqtt]` section of its role's config (the brokers in
+order); on request TLS material (via the openssl tool: a site CA, server and client
+certificates) and a bridge to a central broker. Used by `hearth broker-config` and by
+scripts/provision, so there is one definition.
 """
 
 import base64
@@ -34,9 +37,17 @@ PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 TOPIC_ROOT = "hearth/v1"
 DEFAULT_BROKER_ETC = "/etc/mosquitto/hearth"
+CLIENT_ETC = "/etc/hearth/mqtt"
+"""Where a role's credentials and TLS files live on its box, one directory per account, so a
+leader board holds its board's and its leader's side by side."""
 SITE_USER = "site"
 OPERATOR_USER = "operator"
+STANDBY_USER = "standby"
+"""The standby broker's bridge logs in to the primary with this account."""
 DEFAULT_BRIDGE_QUEUE = 10000
+HA_PREFIX = "homeassistant"
+HA_STATUS = f"{HA_PREFIX}/status"
+MODE_SET = "site/mode/set"
 LEADER_COMMANDS = ("setpoint", "identify")
 """docs/mqtt.md's commands a leader may send; the rest are the operator's. Enforced here, by
 topic, because the payload's `by` field is only what the sender claims."""
@@ -44,12 +55,19 @@ RESERVED_BOARD_NAMES = frozenset({"leader"})
 """`<module>/leader/...` is the leader's subtree: a board called `leader` would own it."""
 RESERVED_MODULE_NAMES = frozenset({"site"})
 """`hearth/v1/<site>/site/...` holds the site topics: a module called `site` would own them."""
+BROKER_RULE = "a host name or address, optionally with :port"
+BROKER_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?"
 TOP_FIELDS = {
     "site": IDENTITY_FIELDS["site"],
-    "tls": Field(bool, "serve MQTT over TLS (a site CA is generated unless one is given)",
-                 default=False),
-    "port": Field(int, "the brokers' listener port (default 8883 with TLS, else 1883)",
-                  default=None, min=1, max=65535),
+    "broker": Field(str, "the site broker every role connects to: " + BROKER_RULE,
+                    pattern=BROKER_PATTERN, example="hearth-broker.local"),
+    "standby": Field(str, "a standby broker on another box, bridged to the site broker, that "
+                     "clients move to when it is gone: " + BROKER_RULE + "; empty for none",
+                     default="", pattern=f"({BROKER_PATTERN})?", example="hearth-standby.local"),
+    "tls": Field(bool, "serve MQTT over TLS with client certificates (a site CA is generated "
+                 "unless one is given)", default=False),
+    "port": Field(int, "the brokers' listener port where `broker`/`standby` name none (default "
+                  "8883 with TLS, else 1883)", default=None, min=1, max=65535),
     "bind_address": Field(str, "the address the brokers listen on (default all)", default=None,
                           pattern=r"\S+", example="192.168.1.10"),
     "operators": Field(list, "operator accounts besides `operator`, one per tool or person",
@@ -66,8 +84,6 @@ BOARD_FIELDS = {
 LEADER_FIELDS = {
     "module": IDENTITY_FIELDS["module"],
     "board": IDENTITY_FIELDS["board"],
-    "host": Field(str, "the name boards connect to for this module's broker",
-                  pattern=r"[^\s]+", example="hearth-m1.local"),
 }
 
 
@@ -109,11 +125,26 @@ class Board:
 class Leader:
     module: str
     board: str
-    host: str
 
     @property
     def username(self) -> str:
         return f"leader.{self.module}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteBroker:
+    """One of the site's brokers as its clients reach it; `role` names it (`broker` or
+    `standby`) in file names and comments."""
+
+    role: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """What a client's `[mqtt] brokers` lists: always with the port, so a client's own
+        default (which follows its ca_file) cannot send it to another listener."""
+        return f"{self.host}:{self.port}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +153,9 @@ class Inventory:
     modules: tuple[str, ...]
     boards: tuple[Board, ...]
     leaders: tuple[Leader, ...]
+    broker: SiteBroker
+    standby: SiteBroker | None
     tls: bool
-    port: int | None
     bind_address: str | None
     operators: tuple[str, ...] = ()
     """Names of operator accounts besides `operator`: one account holds one connection."""
@@ -133,24 +165,31 @@ class Inventory:
         return [OPERATOR_USER, *(f"{OPERATOR_USER}.{name}" for name in self.operators)]
 
     @property
-    def listener_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 8883 if self.tls else 1883
+    def brokers(self) -> list[SiteBroker]:
+        """In the order clients try them: the site broker first."""
+        return [self.broker] + ([self.standby] if self.standby is not None else [])
 
-    def bridge_username(self, module: str) -> str:
-        """Unique across a fleet on the central broker: names cannot contain '.'."""
-        return f"bridge.{self.site}.{module}"
+    @property
+    def bridge_username(self) -> str:
+        """The site's account at a central broker: unique across a fleet, as names cannot
+        contain '.'."""
+        return f"bridge.{self.site}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Bridge:
-    """Where a site's brokers forward their topics: the central broker, optionally over TLS."""
+    """Where a site's broker forwards its topics: the central broker, optionally over TLS."""
 
     host: str
     port: int
     cafile: Path | None = None
     queue: int = DEFAULT_BRIDGE_QUEUE
+
+
+def ha_device_topic(*names: str) -> str:
+    """Home Assistant's discovery topic of the device `hearth_<site>[_<module>[_<board>]]`
+    (docs/mqtt.md): '-' is not allowed in a discovery node id."""
+    return f"{HA_PREFIX}/device/" + "_".join(("hearth", *names)).replace("-", "_") + "/config"
 
 
 def parse_bridge_address(text: str) -> tuple[str, int]:
@@ -179,9 +218,42 @@ def load_inventory(path: Path) -> Inventory:
         if name in operators[:position - 1]:
             check.report(file, f"operators[{position}]", "a name no other operator account has",
                          value=name, hint="the broker gives an account one connection at a time")
+    default_port = top["port"] or (8883 if top["tls"] else 1883)
+    broker = _site_broker(check, file, "broker", top["broker"], default_port)
+    standby = _site_broker(check, file, "standby", top["standby"] or None, default_port)
+    if broker is not None and standby is not None and broker.address == standby.address:
+        check.report(file, "standby", f"another broker than `broker` ({broker.address})",
+                     value=top["standby"], hint="the standby runs on a second box; leave it "
+                     "out for a site without one")
+    _device_ids_unique(check, file, boards)
     check.raise_problems("the inventory", InventoryError)
-    return Inventory(top["site"], tuple(modules), tuple(boards), tuple(leaders), top["tls"],
-                     top["port"], top["bind_address"], operators)
+    return Inventory(top["site"], tuple(modules), tuple(boards), tuple(leaders), broker, standby,
+                     top["tls"], top["bind_address"], operators)
+
+
+def _site_broker(check: TableCheck, file: str, key: str, text: str | None,
+                 default_port: int) -> SiteBroker | None:
+    if text is None:
+        return None
+    host, colon, port = text.partition(":")
+    if colon and not 1 <= int(port) <= 65535:
+        check.report(file, key, f"{BROKER_RULE}, the port from 1 to 65535", value=text)
+        return None
+    return SiteBroker(key, host, int(port) if colon else default_port)
+
+
+def _device_ids_unique(check: TableCheck, file: str, boards: list[Board]) -> None:
+    """Home Assistant's device ids join the names with '_' and turn '-' into '_', so module
+    `m-1`'s board `x` and module `m`'s board `1-x` would be one device (and one ACL line)."""
+    seen: dict[str, Identity] = {}
+    for board in boards:
+        identity = board.identity
+        topic = ha_device_topic(identity.site, identity.module, identity.board)
+        if topic in seen:
+            check.report(file, "board", f"boards whose Home Assistant device ids differ: "
+                         f"{seen[topic]} and {identity} are both {topic.split('/')[2]}",
+                         hint="rename one of them ('-' and '_' count as the same there)")
+        seen.setdefault(topic, identity)
 
 
 def _modules(check: TableCheck, file: str, document: dict) -> list[str]:
@@ -254,17 +326,21 @@ def _leaders(check: TableCheck, file: str, document: dict, site: str | None,
     leaders: dict[str, str] = {}  # module -> its [[leader]]'s key path
     found = []
     for at, entry in check.tables(document.get("leader", ABSENT), file, "leader"):
+        if "host" in entry:   # before the site broker, each leader board ran its module's
+            check.report(file, f"{at}.host", "no host in a [[leader]]", value=entry.pop("host"),
+                         hint="one broker serves the whole site now: name it once with the "
+                         "top-level `broker` key (and `standby`), docs/deployment.md")
         values = check.fields(entry, LEADER_FIELDS, file, f"{at}.", "a [[leader]]")
-        module, board, host = values["module"], values["board"], values["host"]
+        module, board = values["module"], values["board"]
         if module is not None and module not in modules:
             check.report(file, f"{at}.module", _one_of_modules(modules), value=module)
             continue
         if module in leaders:
             check.report(file, f"{at}.module", f"a module without a [[leader]] ({leaders[module]} "
                          "leads it)", value=module, hint="one leader board runs each module's "
-                         "broker")
+                         "`hearth leader`")
             continue
-        if site is None or None in (module, board, host):
+        if site is None or None in (module, board):
             continue
         leaders[module] = at
         known = [b.identity.board for b in boards if b.identity.module == module]
@@ -273,13 +349,13 @@ def _leaders(check: TableCheck, file: str, document: dict, site: str | None,
                          + (", ".join(map(repr, known)) or "it has none"), value=board,
                          hint=suggest(board, known))
             continue
-        found.append(Leader(module, board, host))
+        found.append(Leader(module, board))
     if site is not None and modules and not check.problems:
         for module in modules:
             if module not in leaders:
                 check.report(file, "leader", f"a [[leader]] for module {module}",
                              hint="every module needs exactly one: the board that runs its "
-                             "broker")
+                             "`hearth leader`")
     return found
 
 
@@ -287,16 +363,16 @@ def _one_of_modules(modules: list[str]) -> str:
     return "one of the [[module]] names: " + (", ".join(map(repr, modules)) or "none")
 
 
-def acl_text(inventory: Inventory, module: str) -> str:
+def acl_text(inventory: Inventory) -> str:
     """Per-user blocks, because the username `m1.b07` cannot be turned into the topic levels
-    `m1/b07` by a `%u` pattern. Mosquitto denies whatever no line grants."""
-    site_root = f"{TOPIC_ROOT}/{inventory.site}"
-    module_root = f"{site_root}/{module}"
-    blocks = [f"# Mosquitto ACL of module {module}, site {inventory.site}. Generated by hearth "
-              "broker-config;\n# re-run it instead of editing. Anything not granted is denied."]
+    `m1/b07` by a `%u` pattern. Mosquitto denies whatever no line grants. One file for the
+    whole site: the same on the site broker and the standby."""
+    site = inventory.site
+    site_root = f"{TOPIC_ROOT}/{site}"
+    blocks = [f"# Mosquitto ACL of site {site}. Generated by hearth broker-config; re-run it "
+              "instead of editing.\n# Anything not granted is denied."]
     for board in inventory.boards:
-        if board.identity.module != module:
-            continue
+        module_root = f"{site_root}/{board.identity.module}"
         own = f"{module_root}/{board.identity.board}"
         blocks.append("\n".join([
             f"user {board.username}",
@@ -305,72 +381,124 @@ def acl_text(inventory: Inventory, module: str) -> str:
             f"topic read {module_root}/leader/setpoint/{board.identity.board}",
             f"topic read {module_root}/leader/interlock",
             f"topic read {module_root}/leader/status"]))
-    leader = next(leader for leader in inventory.leaders if leader.module == module)
-    blocks.append("\n".join([
-        f"user {leader.username}",
-        f"topic read {module_root}/#",
-        f"topic write {module_root}/leader/setpoint/+",
-        *(f"topic write {module_root}/leader/{kind}" for kind in ("interlock", "status",
-                                                                   "state", "event")),
-        *(f"topic write {module_root}/+/cmd/{name}" for name in LEADER_COMMANDS),
-        f"topic read {site_root}/site/#",
-        "topic readwrite homeassistant/#"]))
+    for leader in inventory.leaders:
+        module_root = f"{site_root}/{leader.module}"
+        blocks.append("\n".join([
+            f"user {leader.username}",
+            f"topic read {module_root}/#",
+            f"topic write {module_root}/leader/setpoint/+",
+            *(f"topic write {module_root}/leader/{kind}" for kind in ("interlock", "status",
+                                                                       "state", "event")),
+            *(f"topic write {module_root}/+/cmd/{name}" for name in LEADER_COMMANDS),
+            f"topic read {site_root}/site/#",
+            f"topic read {HA_STATUS}",
+            f"topic write {ha_device_topic(site, leader.module)}",
+            *(f"topic write {ha_device_topic(site, leader.module, board.identity.board)}"
+              for board in inventory.boards if board.identity.module == leader.module)]))
     blocks.append("\n".join([
         f"user {SITE_USER}",
         f"topic read {site_root}/#",
         f"topic write {site_root}/+/leader/budget",
         f"topic readwrite {site_root}/site/#",
-        "topic readwrite homeassistant/#"]))
+        f"topic read {HA_STATUS}",
+        f"topic write {ha_device_topic(site)}"]))
+    # Home Assistant logs in as an operator: it reads everything, announces itself on
+    # homeassistant/status (birth and last will) and sets the site's target and mode.
     blocks += ["\n".join([
         f"user {operator}",
         f"topic read {site_root}/#",
-        "topic read homeassistant/#",
+        f"topic read {HA_PREFIX}/#",
+        f"topic write {HA_STATUS}",
         f"topic write {site_root}/+/+/cmd/#",
         f"topic write {site_root}/site/demand",
-        f"topic write {site_root}/{TARGET_SET}"]) for operator in inventory.operator_usernames]
+        f"topic write {site_root}/{TARGET_SET}",
+        f"topic write {site_root}/{MODE_SET}"]) for operator in inventory.operator_usernames]
+    if inventory.standby is not None:
+        blocks.append("\n".join([
+            f"# The standby's bridge carries every message of the site both ways.",
+            f"user {STANDBY_USER}",
+            f"topic readwrite {site_root}/#",
+            f"topic readwrite {HA_PREFIX}/#"]))
     return "\n\n".join(blocks) + "\n"
 
 
-def mosquitto_conf(inventory: Inventory, leader: Leader, etc: str) -> str:
+def mosquitto_conf(inventory: Inventory, broker: SiteBroker, etc: str) -> str:
     """`use_username_as_clientid`: Mosquitto closes a connection (and fires its Last Will) when
     another logs in with the same client id, so without it any account could knock the leader
     off by borrowing its client id. With it, an account's client id is its username: only the
-    holder of an account's password can take that account's connection over."""
-    listener = f"listener {inventory.listener_port}"
+    holder of an account's password can take that account's connection over.
+
+    `persistence true` keeps retained messages and the queues of absent QoS 1 subscribers
+    across a broker restart; `persistence_location` is left to the distribution's own
+    mosquitto.conf (Debian's sets /var/lib/mosquitto/), which refuses a second one."""
+    listener = f"listener {broker.port}"
     if inventory.bind_address is not None:
         listener += f" {inventory.bind_address}"
-    lines = [f"# Mosquitto for module {leader.module} of site {inventory.site}, on board "
-             f"{leader.board}. Generated by hearth broker-config; re-run it instead of editing.",
+    lines = [f"# Mosquitto {broker.role} of site {inventory.site} ({broker.host}). Generated by "
+             "hearth broker-config; re-run it instead of editing.",
              "per_listener_settings false", "allow_anonymous false",
-             f"password_file {etc}/passwd", f"acl_file {etc}/acl", listener,
+             f"password_file {etc}/passwd", f"acl_file {etc}/acl",
+             "persistence true", listener,
              "# One connection per account: its client id is its username (docs/deployment.md).",
              "use_username_as_clientid true"]
     if inventory.tls:
-        lines += [f"cafile {etc}/tls/ca.crt", f"certfile {etc}/tls/server.crt",
-                  f"keyfile {etc}/tls/server.key", "tls_version tlsv1.2"]
+        lines += ["# Both a client certificate of the site CA and the account's password: "
+                  "docs/deployment.md.",
+                  f"cafile {etc}/tls/ca.crt", f"certfile {etc}/tls/server.crt",
+                  f"keyfile {etc}/tls/server.key", "require_certificate true",
+                  "tls_version tlsv1.2"]
     return "\n".join(lines) + "\n"
 
 
-def bridge_conf(inventory: Inventory, leader: Leader, bridge: Bridge, password: str,
-                etc: str) -> str:
+def standby_bridge_conf(inventory: Inventory, password: str, etc: str) -> str:
+    """The standby's link to the site broker: everything of the site, both ways, so clients
+    that failed over at different moments (some on the standby, some still on the primary)
+    still form one site. Mosquitto to Mosquitto with try_private, so neither broker sends a
+    message back where it came from."""
+    site_root = f"{TOPIC_ROOT}/{inventory.site}"
+    name = f"hearth-{inventory.site}-standby"
+    lines = [
+        f"# Bridge of the standby to the site broker of {inventory.site}. Generated by hearth "
+        "broker-config.",
+        f"connection {name}",
+        f"address {inventory.broker.address}",
+        f"topic {site_root}/# both 1",
+        f"topic {HA_PREFIX}/# both 1",
+        f"remote_clientid {STANDBY_USER}",
+        f"local_clientid {name}-local",
+        f"remote_username {STANDBY_USER}",
+        f"remote_password {password}",
+        "cleansession false",
+        "try_private true",
+        "restart_timeout 1 30",
+        "keepalive_interval 15",
+        "notifications false",
+    ]
+    if inventory.tls:
+        lines += [f"bridge_cafile {etc}/tls/ca.crt", f"bridge_certfile {etc}/tls/bridge.crt",
+                  f"bridge_keyfile {etc}/tls/bridge.key", "bridge_insecure false",
+                  "bridge_tls_version tlsv1.2"]
+    return "\n".join(lines) + "\n"
+
+
+def bridge_conf(inventory: Inventory, bridge: Bridge, password: str, etc: str) -> str:
     """Appended to mosquitto.conf rather than kept in a file of its own: Mosquitto reads
     `include_dir` only in its main config file, and ours is already an included conf.d file, so
     a nested include_dir would be ignored without a word. See docs/bridge.md for each setting."""
-    module_root = f"{TOPIC_ROOT}/{inventory.site}/{leader.module}"
-    name = f"hearth-{inventory.site}-{leader.module}"
+    site_root = f"{TOPIC_ROOT}/{inventory.site}"
+    name = f"hearth-{inventory.site}"
     lines = [
-        f"# Bridge of module {leader.module}, site {inventory.site} to the central broker. "
-        "Generated by hearth broker-config.",
+        f"# Bridge of site {inventory.site} to the central broker. Generated by hearth "
+        "broker-config.",
         f"# Every client's queue on this broker is bounded by this (the bridge's too): beyond "
         "it, QoS 1 messages are dropped.",
         f"max_queued_messages {bridge.queue}",
         f"connection {name}",
         f"address {bridge.host}:{bridge.port}",
-        f"topic {module_root}/# out 1",
-        f"topic {TOPIC_ROOT}/{inventory.site}/site/# out 1",
+        f"topic {site_root}/# out 1",
         f"remote_clientid {name}",
         f"local_clientid {name}-local",
-        f"remote_username {inventory.bridge_username(leader.module)}",
+        f"remote_username {inventory.bridge_username}",
         f"remote_password {password}",
         "cleansession false",
         "local_cleansession false",
@@ -380,7 +508,7 @@ def bridge_conf(inventory: Inventory, leader: Leader, bridge: Bridge, password: 
         "restart_timeout 1 60",
         "keepalive_interval 30",
         "notifications true",
-        f"notification_topic {module_root}/leader/bridge",
+        f"notification_topic {site_root}/site/bridge",
     ]
     if bridge.cafile is not None:
         lines += [f"bridge_cafile {etc}/bridge/central-ca.crt", "bridge_insecure false",
@@ -389,16 +517,28 @@ def bridge_conf(inventory: Inventory, leader: Leader, bridge: Bridge, password: 
 
 
 def central_acl_text(inventory: Inventory) -> str:
-    """Each bridge may write only its own module's subtree and the site topics at the central
-    broker, so one compromised leader cannot speak for other modules or sites."""
-    blocks = [f"# Central broker ACL lines for site {inventory.site}'s bridges; merge into the "
-              "central broker's acl_file. Generated by hearth broker-config."]
-    for module in inventory.modules:
-        root = f"{TOPIC_ROOT}/{inventory.site}"
-        blocks.append(f"user {inventory.bridge_username(module)}\n"
-                      f"topic write {root}/{module}/#\n"
-                      f"topic write {root}/site/#")
-    return "\n\n".join(blocks) + "\n"
+    """The site's bridge may write only its own site's subtree at the central broker, so one
+    compromised site broker cannot speak for other sites."""
+    return (f"# Central broker ACL lines for site {inventory.site}'s bridge; merge into the "
+            "central broker's acl_file. Generated by hearth broker-config.\n\n"
+            f"user {inventory.bridge_username}\n"
+            f"topic write {TOPIC_ROOT}/{inventory.site}/#\n")
+
+
+def mqtt_section(inventory: Inventory, username: str) -> str:
+    """The `[mqtt]` section of this account's role config: every role lists the site's brokers
+    in the order to try them, and finds its own files under CLIENT_ETC/<username>/."""
+    home = f"{CLIENT_ETC}/{username}"
+    brokers = ", ".join(f'"{broker.address}"' for broker in inventory.brokers)
+    lines = [f"# The [mqtt] section for account {username} of site {inventory.site}: put it in "
+             "that role's config",
+             f"# and install this directory as {home}/. Generated by hearth broker-config.",
+             "[mqtt]", f"brokers = [{brokers}]", f'username = "{username}"',
+             f'password_file = "{home}/credentials.toml"']
+    if inventory.tls:
+        lines += [f'ca_file = "{home}/ca.crt"', f'cert_file = "{home}/client.crt"',
+                  f'key_file = "{home}/client.key"']
+    return "\n".join(lines) + "\n"
 
 
 def write_atomic(path: Path, text: str | bytes, mode: int = 0o644) -> None:
@@ -446,10 +586,37 @@ def openssl(*arguments: str) -> None:
     subprocess.run(["openssl", *arguments], check=True, capture_output=True)
 
 
-def make_tls(out: Path, inventory: Inventory, ca_cert: Path | None = None,
+def _signed(directory: Path, stem: str, subject: str, extensions: str, ca: Path) -> None:
+    """A new EC key and a certificate for it signed by the site CA, unless one signed by this
+    CA is there already (kept: a re-run must not change what boards hold)."""
+    certificate = directory / f"{stem}.crt"
+    directory.mkdir(parents=True, exist_ok=True)
+    if certificate.exists() and (directory / "ca.crt").exists() and \
+            (directory / "ca.crt").read_bytes() == (ca / "ca.crt").read_bytes():
+        return
+    key, request, extfile = (directory / f"{stem}.{suffix}" for suffix in ("key", "csr", "ext"))
+    extfile.write_text(extensions)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(request), "-subj", subject)
+    openssl("x509", "-req", "-in", str(request), "-CA", str(ca / "ca.crt"), "-CAkey",
+            str(ca / "ca.key"), "-CAcreateserial", "-out", str(certificate), "-days", "1825",
+            "-extfile", str(extfile))
+    key.chmod(0o600)
+    request.unlink()
+    extfile.unlink()
+    write_atomic(directory / "ca.crt", (ca / "ca.crt").read_bytes())
+
+
+def _subject_alt_name(host: str) -> str:
+    kind = "IP" if host.replace(".", "").isdigit() or ":" in host else "DNS"
+    return f"{kind}:{host}"
+
+
+def make_tls(out: Path, inventory: Inventory, accounts: list[str], ca_cert: Path | None = None,
              ca_key: Path | None = None) -> None:
-    """A site CA (made here, or the operator's own given as ca_cert/ca_key) signs one server
-    certificate per leader, named for the host boards connect to. Existing keys are kept."""
+    """A site CA (made here, or the operator's own given as ca_cert/ca_key) signs a server
+    certificate per broker, named for the host clients connect to, and a client certificate
+    per account (CN the username). Existing keys are kept."""
     ca = out / "ca"
     ca.mkdir(parents=True, exist_ok=True)
     if ca_cert is not None and ca_key is not None:
@@ -460,44 +627,41 @@ def make_tls(out: Path, inventory: Inventory, ca_cert: Path | None = None,
                 "-nodes", "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.crt"),
                 "-days", "3650", "-subj", f"/CN=Hearth {inventory.site} CA")
         (ca / "ca.key").chmod(0o600)
-    for leader in inventory.leaders:
-        tls = out / "leaders" / leader.module / "tls"
-        tls.mkdir(parents=True, exist_ok=True)
-        if (tls / "server.crt").exists() and (tls / "ca.crt").read_bytes() == \
-                (ca / "ca.crt").read_bytes():
-            continue
-        extensions = tls / "server.ext"
-        extensions.write_text(f"subjectAltName=DNS:{leader.host}\n"
-                              "extendedKeyUsage=serverAuth\n")
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", str(tls / "server.key"), "-out", str(tls / "server.csr"),
-                "-subj", f"/CN={leader.host}")
-        openssl("x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(ca / "ca.crt"),
-                "-CAkey", str(ca / "ca.key"), "-CAcreateserial", "-out", str(tls / "server.crt"),
-                "-days", "1825", "-extfile", str(extensions))
-        (tls / "server.key").chmod(0o600)
-        (tls / "server.csr").unlink()
-        extensions.unlink()
-        (tls / "ca.crt").write_bytes((ca / "ca.crt").read_bytes())
+    for broker in inventory.brokers:
+        _signed(out / broker.role / "tls", "server", f"/CN={broker.host}",
+                f"subjectAltName={_subject_alt_name(broker.host)}\n"
+                "extendedKeyUsage=serverAuth\n", ca)
+    for username in accounts:
+        _signed(out / "clients" / username, "client", f"/CN={username}",
+                "extendedKeyUsage=clientAuth\n", ca)
+    if inventory.standby is not None:
+        for suffix in ("crt", "key"):
+            write_atomic(out / "standby" / "tls" / f"bridge.{suffix}",
+                         (out / "clients" / STANDBY_USER / f"client.{suffix}").read_bytes(),
+                         0o600 if suffix == "key" else 0o644)
 
 
-def usernames(inventory: Inventory, bridge: Bridge | None) -> list[str]:
+def site_usernames(inventory: Inventory) -> list[str]:
+    """Every account of the site's brokers, in password-file order."""
     names = [board.username for board in inventory.boards]
     names += [leader.username for leader in inventory.leaders]
     names += [SITE_USER, *inventory.operator_usernames]
-    if bridge is not None:
-        names += [inventory.bridge_username(module) for module in inventory.modules]
+    if inventory.standby is not None:
+        names.append(STANDBY_USER)
     return names
 
 
 def write_broker_configs(inventory: Inventory, out: Path, etc: str = DEFAULT_BROKER_ETC, *,
-                         rotate: Collection[str] | None = None, bridge: Bridge | None = None,
-                         ca_cert: Path | None = None, ca_key: Path | None = None) -> list[Path]:
-    """Write credentials/, leaders/<module>/ (and central/ with a bridge) under `out`; returns
-    the files written. `etc` is where a leader's passwd, acl, tls/ and bridge/ live on the board.
-    `rotate`: None keeps every existing password, an empty collection renews all, else the
-    named users'. Re-running with the same inputs rewrites identical files."""
-    names = usernames(inventory, bridge)
+                         standby_etc: str | None = None, rotate: Collection[str] | None = None,
+                         bridge: Bridge | None = None, ca_cert: Path | None = None,
+                         ca_key: Path | None = None) -> list[Path]:
+    """Write credentials/, clients/<user>/, broker/ (and standby/, central/ with a bridge) under
+    `out`; returns the files written. `etc` (`standby_etc`) is where the site broker's (the
+    standby's) passwd, acl, tls/ and bridge/ live on its box. `rotate`: None keeps every
+    existing password, an empty collection renews all, else the named users'. Re-running with
+    the same inputs rewrites identical files."""
+    accounts = site_usernames(inventory)
+    names = accounts + ([inventory.bridge_username] if bridge is not None else [])
     if rotate:
         unknown = set(rotate) - set(names)
         if unknown:
@@ -509,41 +673,49 @@ def write_broker_configs(inventory: Inventory, out: Path, etc: str = DEFAULT_BRO
         path = out / "credentials" / f"{username}.toml"
         renew = rotate is not None and (not rotate or username in rotate)
         passwords[username] = _password(path, renew)
-        write_atomic(path, f"# MQTT login of {username}; keep secret, install in /etc/hearth/ "
-                           "of that board (mode 0640, group hearth).\n"
-                           f'[mqtt]\nusername = "{username}"\n'
-                           f'password = "{passwords[username]}"\n', 0o600)
+        credentials = (f"# MQTT login of {username}; keep secret (mode 0600, or 0640 group "
+                       f"hearth).\n[mqtt]\nusername = \"{username}\"\n"
+                       f"password = \"{passwords[username]}\"\n")
+        write_atomic(path, credentials, 0o600)
         written.append(path)
+        if username in accounts and username != STANDBY_USER:
+            client = out / "clients" / username
+            write_atomic(client / "credentials.toml", credentials, 0o600)
+            write_atomic(client / "mqtt.toml", mqtt_section(inventory, username))
+            written += [client / "credentials.toml", client / "mqtt.toml"]
     if inventory.tls:
-        make_tls(out, inventory, ca_cert, ca_key)
-    for leader in inventory.leaders:
-        directory = out / "leaders" / leader.module
-        module_users = [board.username for board in inventory.boards
-                        if board.identity.module == leader.module]
-        module_users += [leader.username, SITE_USER, *inventory.operator_usernames]
-        write_atomic(directory / "passwd",
-                     passwd_text({user: passwords[user] for user in module_users},
-                                 _existing_hashes(directory / "passwd")), 0o600)
-        write_atomic(directory / "acl", acl_text(inventory, leader.module))
-        config = mosquitto_conf(inventory, leader, etc)
-        if bridge is not None:
-            # The bridge's password makes the config a secret: 0600 here, and the leader image
-            # should install it readable by root and the mosquitto group only.
-            config += bridge_conf(inventory, leader, bridge,
-                                  passwords[inventory.bridge_username(leader.module)], etc)
+        make_tls(out, inventory, accounts, ca_cert, ca_key)
+        written += [out / "clients" / name / f"{stem}"
+                    for name in accounts for stem in ("ca.crt", "client.crt", "client.key")]
+    passwd = passwd_text({user: passwords[user] for user in accounts},
+                         _existing_hashes(out / "broker" / "passwd"))
+    acl = acl_text(inventory)
+    for broker in inventory.brokers:
+        directory = out / broker.role
+        broker_etc = etc if broker.role == "broker" else (standby_etc or etc)
+        write_atomic(directory / "passwd", passwd, 0o600)
+        write_atomic(directory / "acl", acl)
+        config = mosquitto_conf(inventory, broker, broker_etc)
+        secret = broker.role == "standby" or bridge is not None
+        if broker.role == "standby":
+            config += standby_bridge_conf(inventory, passwords[STANDBY_USER], broker_etc)
+        elif bridge is not None:
+            # Only the site broker bridges to the centre: the standby's messages reach it
+            # through the standby's own bridge, and a second uplink would send them twice.
+            config += bridge_conf(inventory, bridge, passwords[inventory.bridge_username],
+                                  broker_etc)
             if bridge.cafile is not None:
-                write_atomic(directory / "bridge" / "central-ca.crt",
-                             bridge.cafile.read_bytes())
+                write_atomic(directory / "bridge" / "central-ca.crt", bridge.cafile.read_bytes())
                 written.append(directory / "bridge" / "central-ca.crt")
-        write_atomic(directory / "mosquitto.conf", config, 0o600 if bridge else 0o644)
+        # A bridge's password makes the config a secret: 0600 here, and the image installs
+        # it readable by root and the mosquitto group only.
+        write_atomic(directory / "mosquitto.conf", config, 0o600 if secret else 0o644)
         written += [directory / "passwd", directory / "acl", directory / "mosquitto.conf"]
     if bridge is not None:
         central = out / "central"
-        bridge_users = {inventory.bridge_username(m): passwords[inventory.bridge_username(m)]
-                        for m in inventory.modules}
+        bridge_users = {inventory.bridge_username: passwords[inventory.bridge_username]}
         write_atomic(central / "passwd",
                      passwd_text(bridge_users, _existing_hashes(central / "passwd")), 0o600)
         write_atomic(central / "acl", central_acl_text(inventory))
         written += [central / "passwd", central / "acl"]
     return written
-

@@ -621,7 +621,7 @@ def build(options: Options, log=print) -> list[str]:
         raise BuildError(f"--mosquitto-debs {options.mosquitto_debs} holds no .deb files")
     if options.broker_dir is not None and not (options.broker_dir / "mosquitto.conf").exists():
         raise BuildError(f"--broker-dir {options.broker_dir} has no mosquitto.conf; give the "
-                         "leader's directory from scripts/provision (out/leaders/<module>)")
+                         "site broker's directory from scripts/provision (out/broker or out/standby)")
     started = time.monotonic()
     copy_source(options.source, options.output)
     boot_part, root_part = raspberry_pi_layout(options.output)

@@ -377,7 +377,8 @@ ORDERED_CHAINS: tuple[tuple[tuple[str, ...], bool], ...] = (
 # What an operator does when a required sensor key is missing and the key's doc is not enough.
 MISSING_KEY_HINTS: dict[tuple[str, str], str] = {
     ("ds18b20", "id"): "the board definition leaves DS18B20 ids to each board: set it in the site "
-                       "config; `hearth w1 list` shows the ids on this bus",
+                       "config; the serial console's `w1 list` shows the ids on this bus, with the "
+                       "agent stopped too",
 }
 
 

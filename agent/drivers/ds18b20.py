@@ -169,7 +169,7 @@ class DS18B20(Sensor):
         except FileNotFoundError:
             return missing(self.name, UNIT, converted_at,
                            f"1-wire device {self.device_id} is not on the bus; check its "
-                           "wiring and pull-up (`hearth w1 list` shows the devices present)")
+                           "wiring and pull-up (`hearth ctl w1 list` shows the devices present)")
         except (OSError, ValueError) as error:
             return invalid(self.name, UNIT, converted_at, f"read failed: {error}")
 

@@ -21,7 +21,8 @@ through its API):
   8N1 passes lines to the agent over its socket and keeps answering when the agent is down
   (prompt `NO-AGENT`; `help`, `config`, `w1 list` still work). `hearth agent --console-serial
   DEV` serves a port from inside the agent instead (no separate service, used by the tests).
-  From a laptop: `hearth term /dev/ttyUSB0` (history, tab completion), or picocom/screen.
+  From a laptop: `hearth term /dev/ttyUSB0` (history, tab completion; Ctrl-C goes to the
+  board's console, which cancels the line, and Ctrl-D on an empty line quits), or picocom/screen.
 * **local socket**: `hearth ctl <command>` talks to `{DEFAULT_SOCKET}` (mode 0660 in the
   agent's 0750 runtime directory: group `hearth` only); it exits 0 when done, 1 when refused,
   2 for a command line it cannot read (argparse's usage error) and 3 with one line when the

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.schema import Field, Schema
+from agent.site.schedule import PERIOD_PATTERN, WEEKLY_TIME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/hearth/hearth.toml")
 
@@ -245,6 +246,55 @@ class Leader:
     metrics_port: int
 
 
+# The site's target plan (agent/site/target_plan.py): schedule, guard, legionella cycle and
+# heating curve, each off until configured (docs/site.md, Targets).
+SITE_PLAN_SCHEMA: Schema = {
+    "timezone": Field(str, "time zone of the schedule and the legionella cycle, as the tz "
+                      "database names it; empty for the system's", default="",
+                      pattern=r"([A-Za-z_]+(/[A-Za-z0-9_+-]+)*)?", example="Europe/Berlin"),
+    "comfort_c": Field(float, "target in comfort periods and in mode comfort; without it the "
+                       "target Home Assistant sets (target_c) is the comfort target",
+                       default=None, min=20.0, max=75.0),
+    "eco_c": Field(float, "target outside comfort periods and in mode eco", default=45.0,
+                   min=20.0, max=75.0),
+    "comfort_periods": Field(list, "weekly comfort periods; mode auto follows them, eco outside "
+                             "them; without any, auto uses target_c (or the heating curve)",
+                             default=None, example='["mon-fri 06:00-22:00", "sat,sun 08:00-23:00"]',
+                             items=Field(str, "days (daily, mon, mon-fri, sat,sun), a space, "
+                                         "then HH:MM-HH:MM; an end before the start runs past "
+                                         "midnight, 24:00 ends the day",
+                                         pattern=PERIOD_PATTERN, example="mon-fri 06:00-22:00")),
+    "guard_c": Field(float, "lowest tank temperature: the target is never below it, in every "
+                     "mode, off included; without it, no guard", default=None, min=20.0,
+                     max=75.0),
+    "legionella_start": Field(str, "when the weekly anti-legionella cycle starts, a day and a "
+                              "time; empty for none", default="",
+                              pattern=f"({WEEKLY_TIME_PATTERN})?", example="sun 02:00"),
+    "legionella_c": Field(float, "the cycle is done once the tank has held at least this for "
+                          "legionella_hold_h without a break", default=60.0, min=60.0, max=70.0),
+    "legionella_target_c": Field(float, "the target while the cycle runs (a little above "
+                                 "legionella_c, so the tank holds it)", default=62.0, min=60.0,
+                                 max=75.0),
+    "legionella_hold_h": Field(float, "hours the tank must hold legionella_c", default=1.0,
+                               min=1.0, max=12.0),
+    "legionella_deadline_h": Field(float, "hours after its start a cycle not done counts as "
+                                   "missed (reported, target back to normal)", default=6.0,
+                                   min=1.0, max=48.0),
+    "curve_slope": Field(float, "heating curve: kelvin of target per kelvin the outdoor "
+                         "temperature is below curve_room_c; without it, no curve", default=None,
+                         min=0.1, max=4.0),
+    "curve_shift_k": Field(float, "heating curve: parallel shift of the whole curve",
+                           default=0.0, min=-20.0, max=20.0),
+    "curve_room_c": Field(float, "heating curve: the outdoor temperature at which the target is "
+                          "curve_room_c + curve_shift_k", default=20.0, min=10.0, max=30.0),
+    "outdoor_reading": Field(str, "outdoor temperature for the heating curve: " + _READING_RULE
+                             + "; without it, `site/outdoor` (outdoor_c) over MQTT",
+                             default="", pattern=_READING_NAME, example="outdoor"),
+    "outdoor_timeout_s": Field(float, "an outdoor temperature older than this is not used (the "
+                               "curve gives way to comfort_c)", default=1800.0, min=10.0,
+                               max=86400.0),
+}
+
 SITE_SCHEMA: Schema = {
     "period_s": Field(float, "how often module budgets are sent", default=10.0, min=1.0,
                       max=600.0),
@@ -259,6 +309,7 @@ SITE_SCHEMA: Schema = {
                           default=0.05, min=0.0, max=1000.0),
     "demand_timeout_s": Field(float, "an external `site/demand` older than this is forgotten",
                               default=120.0, min=1.0, max=86400.0),
+    **SITE_PLAN_SCHEMA,
 }
 
 
@@ -272,6 +323,21 @@ class Site:
     kp_w_per_k: float
     ki_w_per_k_s: float
     demand_timeout_s: float
+    timezone: str
+    comfort_c: float | None
+    eco_c: float
+    comfort_periods: tuple[str, ...] | None
+    guard_c: float | None
+    legionella_start: str
+    legionella_c: float
+    legionella_target_c: float
+    legionella_hold_h: float
+    legionella_deadline_h: float
+    curve_slope: float | None
+    curve_shift_k: float
+    curve_room_c: float
+    outdoor_reading: str
+    outdoor_timeout_s: float
 
 
 _GPIO = Field(int, "BCM GPIO number", min=0, max=27)
@@ -372,6 +438,9 @@ ORDERED_CHAINS: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("limits.power_min_w", "limits.power_max_w"), True),
     (("limits.power_min_w", "control.fallback_setpoint_w", "limits.power_max_w"), False),
     (("control.period_s", "control.report_period_s"), False),
+    (("site.eco_c", "site.comfort_c"), False),
+    (("site.legionella_c", "site.legionella_target_c"), False),
+    (("site.legionella_hold_h", "site.legionella_deadline_h"), True),
 )
 
 # What an operator does when a required sensor key is missing and the key's doc is not enough.

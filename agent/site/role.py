@@ -14,6 +14,7 @@ ones last saved, so a restart (or a crash) can never report less than was sent b
 """
 
 import dataclasses
+import datetime
 import logging
 import math
 import time
@@ -28,6 +29,8 @@ from agent.site.energy import KEYS as ENERGY_KEYS
 from agent.site.energy import SiteEnergy
 from agent.site.law import DemandLaw, HearthDemand
 from agent.site.memory import SiteMemory
+from agent.site.outdoor import OutdoorTemperature
+from agent.site.target_plan import PlanSettings, Target, TargetPlan
 
 TARGET_SET = "site/target/set"
 """Home Assistant's `number` writes the site target here: a plain number in C, no envelope."""
@@ -52,24 +55,30 @@ class SiteSettings:
     leader_timeout_s: float = 30.0
     eco_target_c: float = 45.0
     save_every_s: float = 60.0
+    outdoor_timeout_s: float = 1800.0
 
 
 def site_topics(site: str) -> dict[str, str]:
     base = f"{ROOT}/{site}"
     return {"base": base, "state": f"{base}/site/state", "status": f"{base}/site/status",
             "demand": f"{base}/site/demand", "target_set": f"{base}/{TARGET_SET}",
-            "mode_set": f"{base}/{MODE_SET}"}
+            "mode_set": f"{base}/{MODE_SET}", "outdoor": f"{base}/site/outdoor"}
 
 
 class SiteRole:
     def __init__(self, site: str, link, clock: Callable[[], float], settings: SiteSettings,
                  read_loop_c: Callable[[], float | None] | None = None,
                  log: logging.Logger | None = None, law: DemandLaw | None = None,
-                 store: StateStore | None = None, wall_clock: Callable[[], float] = time.time):
+                 store: StateStore | None = None, wall_clock: Callable[[], float] = time.time,
+                 plan: TargetPlan | None = None,
+                 read_outdoor_c: Callable[[], float | None] | None = None):
         """`read_loop_c` reads the tank/loop temperature; None means demand comes only from
         `site/demand`. `law` turns temperature into demand (agent/site/law.py); Hearth's
         bumpless PI from `settings` when None. `store` keeps what must outlive a restart
-        (None: nothing is kept); `wall_clock` names a damaged file kept aside."""
+        (None: nothing is kept); `wall_clock` names a damaged file kept aside and is the time
+        of the target `plan` (schedule, guard, legionella, curve: agent/site/target_plan.py;
+        None: the target and the mode alone). `read_outdoor_c` reads the outdoor temperature
+        for the curve; without it `site/outdoor` gives it."""
         self.site = site
         self.link = link
         self.clock = clock
@@ -79,6 +88,13 @@ class SiteRole:
         self.topics = site_topics(site)
         self.target_c = settings.target_c
         self.mode = "auto"
+        self.wall_clock = wall_clock
+        self.plan = plan if plan is not None else TargetPlan(PlanSettings(
+            settings.target_min_c, settings.target_max_c, eco_c=settings.eco_target_c),
+            datetime.timezone.utc, max_gap_s=3 * settings.period_s)
+        self.target = Target(settings.target_c, "manual")
+        """The plan's last decision: the target in force and why."""
+        self.outdoor = OutdoorTemperature(settings.outdoor_timeout_s, read_outdoor_c)
         self.law = law if law is not None else HearthDemand(
             settings.kp_w_per_k, settings.ki_w_per_k_s, max_step_s=3 * settings.period_s)
         self.demand_w = 0.0
@@ -103,7 +119,7 @@ class SiteRole:
 
     def control_payload(self) -> dict[str, Any]:
         return {"target_c": self.target_c, "mode": self.mode, "law": self.law.state(),
-                "capacity_full_w": dict(self.capacity_full_w)}
+                "capacity_full_w": dict(self.capacity_full_w), "plan": self.plan.state()}
 
     def _restore(self) -> None:
         self.memory.read(CONTROL_FILE, self._take_control, (
@@ -134,7 +150,12 @@ class SiteRole:
         law = payload.get("law")
         if not isinstance(law, dict):
             raise ValueError(f"law is {law!r}, expected an object")
+        plan = payload.get("plan")  # absent in a file written before the plan was kept
+        if plan is not None:
+            TargetPlan(self.plan.settings, self.plan.zone).restore(plan)  # raises, or fits
         self.law.restore(law)
+        if plan is not None:
+            self.plan.restore(plan)
         self.target_c, self.mode = target_c, payload["mode"]
         self.capacity_full_w = {str(m): float(w) for m, w in capacities.items()}
 
@@ -167,6 +188,7 @@ class SiteRole:
         self.link.subscribe(self.topics["demand"], self._on_demand)
         self.link.subscribe(self.topics["target_set"], self._on_target)
         self.link.subscribe(self.topics["mode_set"], self._on_mode)
+        self.link.subscribe(self.topics["outdoor"], self._on_outdoor)
 
     def _on_leader_state(self, message) -> None:
         module = message.topic.split("/")[-3]
@@ -215,6 +237,14 @@ class SiteRole:
         self.mode = mode
         self._save_control()
 
+    def _on_outdoor(self, message) -> None:
+        try:
+            value = message.data().get("outdoor_c")
+        except MessageError:
+            value = None
+        if not self.outdoor.offer(self.clock(), value):
+            self.rejected_messages += 1
+
     def _save_control(self) -> None:
         """Write the control state if it changed: at once for an operator's command, when
         due for the law's state."""
@@ -223,11 +253,17 @@ class SiteRole:
             if self.memory.write(CONTROL_FILE, payload):
                 self._control_saved = payload
 
-    def target_in_force_c(self) -> float | None:
-        """The target the demand law works to now; None when the site wants no heat."""
-        if self.mode == "off":
-            return None
-        return self.settings.eco_target_c if self.mode == "eco" else self.target_c
+    def decide_target(self, now: float, loop_c: float | None) -> Target:
+        """Ask the plan for the target in force (once a period: it counts the legionella
+        hold); a legionella cycle that ended is logged and saved at once."""
+        self.target = self.plan.decide(self.wall_clock(), self.mode, self.target_c, loop_c,
+                                       self.outdoor.current_c(now))
+        end = self.target.cycle_end
+        if end is not None:
+            self.log.log(logging.INFO if end.done else logging.WARNING,
+                         end.message(self.plan.zone))
+            self._save_control()
+        return self.target
 
     # -- the period ---------------------------------------------------------------------------
 
@@ -248,7 +284,7 @@ class SiteRole:
         site_capacity_w = sum(capacities.values())
         loop_c = self.read_loop_c() if self.read_loop_c is not None else None
         external_w = self.external.current_w(now)
-        target_c = self.target_in_force_c()
+        target_c = self.decide_target(now, loop_c).target_c
         if target_c is None:
             demand_w, source = 0.0, "none"
         elif external_w is not None:
@@ -275,9 +311,11 @@ class SiteRole:
             values = [v for v in values if v is not None]
             return sum(values) if values else None
 
-        target_c = self.target_in_force_c()
+        target_c = self.target.target_c
         return {"demand_w": demand_w, "demand_source": source, "mode": self.mode,
                 "target_c": target_c if target_c is not None else self.target_c,
+                "target_reason": self.target.reason,
+                "legionella": self.plan.report(self.wall_clock()),
                 "loop_c": loop_c, "capacity_w": sum(capacities.values()),
                 "unmet_w": max(0.0, split.unallocated_w),
                 "budgets_w": dict(split.setpoints_w),

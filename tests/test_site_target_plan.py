@@ -477,3 +477,20 @@ def test_a_tank_that_cannot_reach_60_misses_the_cycle_and_the_site_says_so(
     assert report["last_done"] is None
     missed = [r for r in caplog.records if "legionella cycle missed" in r.getMessage()]
     assert len(missed) == 1 and missed[0].levelname == "WARNING"
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('timezone = "Europe/Atlantis"', "site.timezone = 'Europe/Atlantis': expected a time zone"),
+    ('outdoor_reading = "roof"', "site.outdoor_reading = 'roof' names no [[sensor]]")])
+def test_hearth_site_refuses_to_start_on_a_plan_it_cannot_follow(tmp_path, line, expected):
+    import subprocess
+    import sys
+
+    config = tmp_path / "hearth.toml"
+    config.write_text('board_type = "oil-carrier"\n' + IDS +
+                      '[identity]\nsite = "s1"\nmodule = "m1"\nboard = "b01"\n'
+                      '[mqtt]\nbrokers = ["127.0.0.1:1"]\n[site]\n' + line + "\n")
+    result = subprocess.run([sys.executable, "-m", "agent", "site", "--config", str(config),
+                             "--state-dir", str(tmp_path / "state"), "--duration", "1"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and expected in result.stderr

@@ -5,6 +5,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from agent.config import DEFAULT_CONFIG_PATH, load_config
 from agent.drivers.base import DriverContext
@@ -19,6 +20,7 @@ from agent.mqtt.outbox import Outbox
 from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.seam import Hardware
 from agent.site.role import SiteRole, SiteSettings, site_topics
+from agent.site.target_plan import TargetPlan, plan_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,28 +48,42 @@ def run(args: argparse.Namespace) -> int:
     options = config.site
     site = config.identity.site
     context = DriverContext(Hardware())
-    sensors = []
-    read_loop_c = None
-    if options.loop_reading:
-        name = options.loop_reading.split(".")[0]
-        sensors = build_sensors([s for s in config.sensors if s.name == name], context)
-        if not sensors:
-            raise ConfigValueError(f"{args.config}: site.loop_reading = {options.loop_reading!r}"
-                                   " names no [[sensor]] in this file; add it or fix the name")
+    sensors: list = []
 
-        def read_loop_c() -> float | None:
-            readings = {r.sensor: r for sensor in sensors for r in sensor.read()}
-            reading = readings.get(options.loop_reading)
+    def reader(key: str, reading_name: str) -> Callable[[], float | None] | None:
+        """A function reading one [[sensor]] reading named by site.<key> (None when not ok)."""
+        if not reading_name:
+            return None
+        name = reading_name.split(".")[0]
+        built = build_sensors([s for s in config.sensors if s.name == name], context)
+        if not built:
+            raise ConfigValueError(f"{args.config}: site.{key} = {reading_name!r}"
+                                   " names no [[sensor]] in this file; add it or fix the name")
+        sensors.extend(built)
+
+        def read() -> float | None:
+            readings = {r.sensor: r for sensor in built for r in sensor.read()}
+            reading = readings.get(reading_name)
             return reading.value if reading is not None and reading.ok else None
+        return read
+
+    read_loop_c = reader("loop_reading", options.loop_reading)
+    read_outdoor_c = reader("outdoor_reading", options.outdoor_reading)
 
     link = Link(link_settings(config.mqtt), client_id=f"hearth-{site}-site",
                 outbox=Outbox(args.state_dir / "site-outbox"), boot=str(uuid.uuid4()),
                 status_topic=site_topics(site)["status"])
     settings = SiteSettings(period_s=options.period_s, target_c=options.target_c,
                             kp_w_per_k=options.kp_w_per_k, ki_w_per_k_s=options.ki_w_per_k_s,
-                            demand_timeout_s=options.demand_timeout_s)
+                            demand_timeout_s=options.demand_timeout_s,
+                            eco_target_c=options.eco_c,
+                            outdoor_timeout_s=options.outdoor_timeout_s)
+    plan, zone = plan_settings(options, args.config, settings.target_min_c,
+                               settings.target_max_c)
     role = SiteRole(site, link, time.monotonic, settings, read_loop_c,
-                    store=StateStore(args.state_dir))
+                    store=StateStore(args.state_dir),
+                    plan=TargetPlan(plan, zone, max_gap_s=3 * settings.period_s),
+                    read_outdoor_c=read_outdoor_c)
     role.start()
     link.start()
     discovery = DiscoveryAnnouncer(link).start()

@@ -19,7 +19,8 @@ from agent.config_schema import (BOARD_SCHEMA, DEFAULT_CONFIG_PATH, LEADER_ROLE_
                                  MISSING_KEY_HINTS, ORDERED_CHAINS, SECTIONS, SENSOR_NAME_FIELD,
                                  SENSOR_ROLE_FIELD, SENSOR_ROLES, TOP_SCHEMA, Actuators,
                                  BoardConfig, Control, Identity, Leader, Limits, Mqtt, Pins,
-                                 MQTT_PORT, MQTT_TLS_PORT, SensorConfig, Site)
+                                 IDENTITY_SCHEMA, MQTT_PORT, MQTT_SCHEMA, MQTT_TLS_PORT,
+                                 SensorConfig, Site)
 from agent.schema import Schema
 from agent.tables import ABSENT, TableCheck, suggest, toml_value
 
@@ -50,6 +51,24 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH, *,
     if sensor_classes is None:
         from agent.drivers.registry import SENSOR_CLASSES as sensor_classes
     return _Check(Path(path), sensor_classes, packaged_boards).run()
+
+
+def load_connection(path: Path | str) -> tuple[Mqtt, Identity | None]:
+    """Only [mqtt] (required) and [identity] of a file, checked as load_config checks them: how
+    a simulated board logs in to a site's broker as a board of that site. The file may be a
+    whole role config or the [mqtt] section `hearth broker-config` writes for an account;
+    whatever else it holds is not read."""
+    check = _Check(Path(path), {}, None)
+    document = check.read_toml(check.path, "pass the right path")
+    if document is None:
+        check.raise_problems("the connection settings")
+    layers = [(document, check.file)]
+    mqtt = check.section("mqtt", MQTT_SCHEMA, layers, required=True, report_missing=True)
+    identity = check.section("identity", IDENTITY_SCHEMA, layers, required=False,
+                             report_missing=True)
+    check.mqtt_checks(mqtt or {})
+    check.raise_problems("the connection settings")
+    return _mqtt(mqtt), Identity(**identity) if identity else None
 
 
 @dataclasses.dataclass
@@ -392,7 +411,29 @@ class _Check(TableCheck):
             self.report(self.file, "actuators.heatfill_cgroup",
                         "a different cgroup from actuators.workload_cgroup", value=heatfill,
                         hint="the heat-fill load is throttled separately from the paid workload")
-        mqtt = sections.get("mqtt") or {}
+        self.mqtt_checks(sections.get("mqtt") or {})
+        pins = sections.get("pins") or {}
+        used: dict[int, str] = {}
+        for key, value in pins.items():
+            for gpio in value if isinstance(value, tuple) else (value,):
+                if gpio is None:
+                    continue
+                if gpio not in used:
+                    used[gpio] = key
+                    continue
+                # Blame the site config's override, if it is one of the two, over the board's.
+                other = used[gpio]
+                if self.written[f"pins.{other}"].file == self.file != self.written[
+                        f"pins.{key}"].file:
+                    key, other = other, key
+                entry = self.written[f"pins.{key}"]
+                self.report(entry.file, f"pins.{key}",
+                            f"a GPIO no other pin uses (pins.{other} is GPIO {gpio})",
+                            value=entry.value)
+
+    def mqtt_checks(self, mqtt: dict[str, Any]) -> None:
+        """[mqtt]'s relations: a client certificate with its key and CA, a password with its
+        account, at least one broker and ports in range."""
         if bool(mqtt.get("cert_file")) != bool(mqtt.get("key_file")):
             present, absent = (("cert_file", "key_file") if mqtt.get("cert_file")
                                else ("key_file", "cert_file"))
@@ -413,24 +454,6 @@ class _Check(TableCheck):
             if colon and not 1 <= int(port) <= 65535:
                 self.report(self.file, f"mqtt.brokers[{position}]", "a port from 1 to 65535",
                             value=broker)
-        pins = sections.get("pins") or {}
-        used: dict[int, str] = {}
-        for key, value in pins.items():
-            for gpio in value if isinstance(value, tuple) else (value,):
-                if gpio is None:
-                    continue
-                if gpio not in used:
-                    used[gpio] = key
-                    continue
-                # Blame the site config's override, if it is one of the two, over the board's.
-                other = used[gpio]
-                if self.written[f"pins.{other}"].file == self.file != self.written[
-                        f"pins.{key}"].file:
-                    key, other = other, key
-                entry = self.written[f"pins.{key}"]
-                self.report(entry.file, f"pins.{key}",
-                            f"a GPIO no other pin uses (pins.{other} is GPIO {gpio})",
-                            value=entry.value)
 
     @staticmethod
     def lookup(sections: dict[str, dict | None], key_path: str) -> Any:

@@ -425,3 +425,20 @@ def test_each_section_dataclass_has_exactly_its_schema_keys_with_their_types():
             allowed = (expected, expected | None) if field.default is None else (expected,)
             assert hints[key] in allowed, f"{name}.{key}"
         assert section_class.__dataclass_params__.frozen, name
+
+
+def test_connection_settings_load_from_a_file_with_only_mqtt(tmp_path):
+    """What `hearth agent --sim --config` reads: the [mqtt] file broker-config writes for an
+    account loads alone, checked as in a whole config."""
+    mqtt, identity = hearth_config.load_connection(write(
+        tmp_path, '[mqtt]\nbrokers = ["a.local", "b.local:8884"]\nusername = "m1.b01"\n'
+        'password_file = "/etc/hearth/m1.b01/credentials.toml"\n'))
+    assert (mqtt.brokers, mqtt.username, identity) == (("a.local:1883", "b.local:8884"),
+                                                       "m1.b01", None)
+    with pytest.raises(ConfigValueError) as raised:
+        hearth_config.load_connection(write(tmp_path, '[mqtt]\nbrokers = ["a.local"]\n'
+                                            'cert_file = "/etc/hearth/c.crt"\n', "bad.toml"))
+    assert {problem.key for problem in raised.value.problems} == {"mqtt.key_file",
+                                                                 "mqtt.ca_file"}
+    with pytest.raises(ConfigValueError, match="mqtt.brokers is missing"):
+        hearth_config.load_connection(write(tmp_path, '[identity]\nsite = "s"\n', "none.toml"))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -14,11 +15,14 @@ from agent.config import load_config
 from agent.console.commands import CommandProcessor
 from agent.console.loop import LoopMailbox
 from agent.mqtt.board_link import BoardConnection, connect_board
-from agent.mqtt.link import LinkSettings
+from agent.deploy.broker_config import mosquitto_hash
+from agent.mqtt.link import LOGIN_REFUSED, Link, LinkSettings
+from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.safety.events import Event
 from agent.sim.clock import SimClock
 from agent.sim.harness import SimulatedAgent
+from agent.sim.mosquitto import Mosquitto, free_port
 from test_mqtt_link import Listener, _link
 
 EPOCH = 1_790_000_000.0
@@ -102,6 +106,104 @@ def test_leader_setpoint_and_interlock_reach_the_agent(mosquitto, tmp_path):
     listener.wait(lambda: not board.agent.supervisor.interlock_reason, step=board.step)
     for link in (leader, board.link, listener):
         link.close()
+
+
+def _openssl(*arguments) -> None:
+    subprocess.run(["openssl", *map(str, arguments)], check=True, capture_output=True)
+
+
+def _tls_material(directory: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as a site has."""
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", directory / "ca.key", "-out", directory / "ca.crt",
+             "-days", "2", "-subj", "/CN=test site CA")
+    for name, extensions in (("server", "subjectAltName=IP:127.0.0.1"),
+                             ("client", "extendedKeyUsage=clientAuth")):
+        (directory / f"{name}.ext").write_text(extensions + "\n")
+        _openssl("req", *ec, "-keyout", directory / f"{name}.key", "-out",
+                 directory / f"{name}.csr", "-subj", f"/CN={name}")
+        _openssl("x509", "-req", "-in", directory / f"{name}.csr", "-CA", directory / "ca.crt",
+                 "-CAkey", directory / "ca.key", "-CAcreateserial", "-days", "2", "-out",
+                 directory / f"{name}.crt", "-extfile", directory / f"{name}.ext")
+
+
+def _authenticated_broker(directory: Path, passwords: dict[str, str]) -> Mosquitto:
+    """Mosquitto as a site runs it: TLS with client certificates, accounts, an ACL keeping the
+    board to its own topics."""
+    _tls_material(directory)
+    (directory / "passwd").write_text("".join(f"{user}:{mosquitto_hash(password)}\n"
+                                              for user, password in passwords.items()))
+    (directory / "acl").write_text("user m1.b01\ntopic readwrite hearth/v1/s1/m1/b01/#\n"
+                                   "user operator\ntopic read hearth/#\n")
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    config.write_text("\n".join([
+        f"listener {port} 127.0.0.1", "allow_anonymous false", "persistence false",
+        f"password_file {directory}/passwd", f"acl_file {directory}/acl",
+        f"cafile {directory}/ca.crt", f"certfile {directory}/server.crt",
+        f"keyfile {directory}/server.key", "require_certificate true",
+        f"log_dest file {directory}/mosquitto.log", *(["user root"] if os.geteuid() == 0 else [])
+    ]) + "\n")
+    return Mosquitto(config, port, directory / "mosquitto.log").start()
+
+
+def _board_config(directory: Path, broker: Mosquitto, password: str) -> Path:
+    """The [mqtt] and [identity] a deployed board has, its password in a credentials file."""
+    credentials = directory / f"credentials-{password}.toml"
+    credentials.write_text(f'[mqtt]\nusername = "m1.b01"\npassword = "{password}"\n')
+    config = directory / f"hearth-{password}.toml"
+    config.write_text(f'[identity]\nsite = "s1"\nmodule = "m1"\nboard = "b01"\n[mqtt]\n'
+                      f'brokers = ["127.0.0.1:{broker.port}"]\nusername = "m1.b01"\n'
+                      f'password_file = "{credentials}"\nca_file = "{directory}/ca.crt"\n'
+                      f'cert_file = "{directory}/client.crt"\n'
+                      f'key_file = "{directory}/client.key"\n')
+    return config
+
+
+def test_a_simulated_board_logs_in_to_an_authenticated_tls_broker_with_its_config(tmp_path):
+    """`hearth agent --sim --config` takes the config's [mqtt] account, password file and
+    certificates, as a deployed board does; with a wrong password it says that the broker
+    refused the login, once, instead of retrying in silence."""
+    broker = _authenticated_broker(tmp_path, {"m1.b01": "right", "operator": "op"})
+    try:
+        operator = Link(LinkSettings("127.0.0.1", broker.port, ca_file=str(tmp_path / "ca.crt"),
+                                     cert_file=str(tmp_path / "client.crt"),
+                                     key_file=str(tmp_path / "client.key"),
+                                     username="operator", password="op", reconnect_max_s=1),
+                        client_id="operator", outbox=Outbox(tmp_path / "operator"), boot="op")
+        heard: list[tuple[str, bytes]] = []
+        operator.subscribe("hearth/v1/s1/m1/b01/#",
+                           lambda message: heard.append((message.topic, message.payload)))
+        operator.start()
+        topics = BoardTopics("s1", "m1", "b01")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "agent", "--sim", "--quiet", "--config",
+             str(_board_config(tmp_path, broker, "right")), "--sim-dir", str(tmp_path / "sim")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not any(topic == topics.state for topic, _ in heard):
+                assert time.monotonic() < deadline, f"no state from the board; heard {heard}"
+                operator.poll(0.1)
+            assert (topics.status, b"online") in heard
+        finally:
+            agent.terminate()
+            agent.wait(timeout=10)
+        refused = subprocess.run(
+            [sys.executable, "-m", "agent", "agent", "--sim", "--quiet", "--duration", "6",
+             "--config", str(_board_config(tmp_path, broker, "wrong")), "--sim-dir",
+             str(tmp_path / "sim2")], capture_output=True, text=True, timeout=60)
+        said = refused.stdout + refused.stderr
+        lines = [line for line in said.splitlines()
+                 if "refused the login of MQTT account m1.b01" in line]
+        # Said once as the board's event and once in the log, for all of its retries.
+        assert len(lines) == 2 and sum(LOGIN_REFUSED in line for line in lines) == 1, said
+        assert "password_file" in lines[0] and "hearth-s1-m1-b01" in lines[0]
+        attempts = (tmp_path / "mosquitto.log").read_text().count("not authorised")
+        assert attempts >= 2, "the board did not retry, so once proves nothing"
+        operator.close()
+    finally:
+        broker.stop()
 
 
 def test_sigkill_leaves_offline_from_the_last_will(mosquitto, tmp_path):

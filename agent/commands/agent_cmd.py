@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.board_agent import BoardAgent, TickReport
 from agent.board_state import BoardState
-from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.config import DEFAULT_CONFIG_PATH, load_config, load_connection
 from agent.console.transports import DEFAULT_BAUD, DEFAULT_SOCKET, ConsoleService
 from agent.persist import DEFAULT_STATE_DIR, StateStore
 from agent.errors import ConfigValueError
@@ -20,14 +20,19 @@ from agent.safety.events import EventLog
 from agent.seam import Hardware
 from agent.systemd_notify import Notifier
 
+SIM_IDENTITY = "sim/m1/b01"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "agent", help="run the board agent (one per board, under systemd)",
         description="Run the board's control loop: sample, supervise, control, govern, "
         "report. With --sim, run it against a simulated oil carrier board instead.")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
-                        help=f"config file (default {DEFAULT_CONFIG_PATH}; ignored with --sim)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"config file (default {DEFAULT_CONFIG_PATH}); with --sim, only "
+                        "its [mqtt] and [identity] are read, and the simulated board logs in to "
+                        "that broker with that account (a role config, or the [mqtt] file "
+                        "`hearth broker-config` writes for the board)")
     parser.add_argument("--sim", action="store_true", help="run on a simulated board")
     parser.add_argument("--setpoint", type=float, metavar="W",
                         help="power setpoint in watts (default: the config's fallback)")
@@ -42,9 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="print no state lines")
     parser.add_argument("--mqtt", metavar="HOST:PORT",
                         help="with --sim: connect the simulated board to this broker "
-                        "(anonymous, no TLS); a real board reads [mqtt] from its config")
-    parser.add_argument("--identity", default="sim/m1/b01", metavar="SITE/MODULE/BOARD",
-                        help="with --sim --mqtt: the board's topic names (default sim/m1/b01)")
+                        "(anonymous, no TLS); --config instead for a broker that wants a login")
+    parser.add_argument("--identity", metavar="SITE/MODULE/BOARD",
+                        help="with --sim: the board's topic names (default: the --config's "
+                        f"[identity], else {SIM_IDENTITY})")
     # Technician console transports (agent/console; docs/console.md).
     parser.add_argument("--console-socket", metavar="PATH",
                         help=f"local console socket for `hearth ctl` and `hearth console` "
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             return _run_sim(Path(directory), args, should_stop)
     events = EventLog()
     state = BoardState(StateStore(args.state_dir), events, time.monotonic(), time.time())
-    config = load_config(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG_PATH)
     agent = BoardAgent(config, Hardware(), events=events,
                        save_latched=state.save_latched, latched=state.latched,
                        gains=state.gains)
@@ -116,13 +122,11 @@ def _run_sim(directory: Path, args: argparse.Namespace, should_stop) -> int:
     console = _start_console(simulated.agent, load_config(simulated.config_path), args, None,
                              None)
     board_link = None
-    if args.mqtt:
-        host, _, port = args.mqtt.rpartition(":")
-        site, module, board = (args.identity.split("/") + ["", ""])[:3]
+    connection = _sim_connection(args)
+    if connection is not None:
+        settings, topics = connection
         board_link = connect_board(simulated.agent, BoardConnection(
-            LinkSettings(host, int(port), keepalive_s=5, reconnect_max_s=5),
-            BoardTopics(site, module, board), directory / "outbox", time.time),
-            commands=console.processor)
+            settings, topics, directory / "outbox", time.time), commands=console.processor)
     try:
         simulated.run_realtime(time.monotonic, time.sleep, should_stop)
     finally:
@@ -131,6 +135,30 @@ def _run_sim(directory: Path, args: argparse.Namespace, should_stop) -> int:
         console.close()
         simulated.agent.close()
     return 0
+
+
+def _sim_connection(args: argparse.Namespace) -> tuple[LinkSettings, BoardTopics] | None:
+    """Where and as whom a simulated board connects: anonymously to --mqtt, or with the
+    [mqtt] of --config (brokers, account, TLS), as a board of a deployed site does."""
+    if args.mqtt and args.config:
+        raise ConfigValueError("--mqtt and --config both given: --mqtt connects anonymously, "
+                               "--config logs in with the file's [mqtt]; give one")
+    identity = None
+    if args.config:
+        mqtt, identity = load_connection(args.config)
+        settings = link_settings(mqtt)
+    elif args.mqtt:
+        host, _, port = args.mqtt.rpartition(":")
+        settings = LinkSettings(host, int(port), keepalive_s=5, reconnect_max_s=5)
+    else:
+        return None
+    if args.identity:
+        site, module, board = (args.identity.split("/") + ["", ""])[:3]
+    elif identity is not None:
+        site, module, board = identity.site, identity.module, identity.board
+    else:
+        site, module, board = SIM_IDENTITY.split("/")
+    return settings, BoardTopics(site, module, board)
 
 
 def _start_console(agent: BoardAgent, config, args: argparse.Namespace,

@@ -494,3 +494,39 @@ def test_hearth_site_refuses_to_start_on_a_plan_it_cannot_follow(tmp_path, line,
                              "--state-dir", str(tmp_path / "state"), "--duration", "1"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and expected in result.stderr
+
+
+class QuietLink:
+    """Takes the site role's messages and subscriptions; the role's handlers are called
+    directly, as the Link would."""
+
+    def __init__(self):
+        self.published = []
+
+    def publish(self, topic, payload, qos=0, retain=False, keep=None):
+        self.published.append((topic, payload))
+
+    def subscribe(self, pattern, handler):
+        pass
+
+
+def test_in_mode_off_an_external_demand_does_not_heat_but_the_guard_does():
+    from agent.mqtt.link import Message
+
+    link = QuietLink()
+    tank = [50.0]
+    role = SiteRole("s1", link, lambda: 0.0, SiteSettings(), read_loop_c=lambda: tank[0],
+                    wall_clock=lambda: wall("2025-01-06 12:00"),
+                    plan=TargetPlan(PlanSettings(guard_c=40.0), BERLIN))
+    envelope = {"v": 1, "boot": "b", "seq": 1, "ts": 0.0}
+    role._on_leader_state(Message("hearth/v1/s1/m1/leader/state", json.dumps(
+        {**envelope, "capacity_w": 1000.0, "interlock": {"active": False}}).encode()))
+    role._on_demand(Message("hearth/v1/s1/site/demand",
+                            json.dumps({**envelope, "demand_w": 800.0}).encode()))
+    role.mode = "off"
+    role.tick(0.0)
+    assert (role.snapshot["target_c"], role.snapshot["target_reason"]) == (40.0, "guard")
+    assert role.snapshot["demand_w"] == 0.0  # the tank is above the guard: nothing wanted
+    tank[0] = 30.0
+    role.tick(10.0)
+    assert role.snapshot["demand_source"] == "temperature" and role.snapshot["demand_w"] > 0.0

@@ -287,7 +287,7 @@ class SiteRole:
         target_c = self.decide_target(now, loop_c).target_c
         if target_c is None:
             demand_w, source = 0.0, "none"
-        elif external_w is not None:
+        elif external_w is not None and self.mode != "off":  # off: only guard and legionella
             demand_w, source = external_w, "external"
         elif self.read_loop_c is not None:
             if loop_c is not None and math.isfinite(loop_c):

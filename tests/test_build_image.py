@@ -269,8 +269,10 @@ def test_hardware_config_matches_the_board_definition():
     assert {sensor.get("bus") for sensor in board["sensor"] if "bus" in sensor} == {1}
 
 
-def test_a_leader_image_carries_mosquitto_its_config_and_the_identity_table(tmp_path,
-                                                                            wheelhouse):
+def test_the_broker_image_carries_mosquitto_and_the_leader_image_its_devices(tmp_path,
+                                                                             wheelhouse):
+    """The site broker's box gets Mosquitto and the generated config; a leader board runs
+    `hearth leader` with its device drop-in and no broker."""
     inventory = tmp_path / "site.toml"
     inventory.write_text('site = "maple-school"\nbroker = "hearth-broker.local"\n'
                          '[[module]]\nname = "m1"\n'
@@ -287,28 +289,47 @@ def test_a_leader_image_carries_mosquitto_its_config_and_the_identity_table(tmp_
     debs.mkdir()
     sh("dpkg-deb", "--build", "--root-owner-group", package, debs / "mosquitto_2.0.21-1_arm64.deb")
     stock = make_raspberry_pi_os_image(tmp_path)
-    leader = tmp_path / "leader.img"
-    result = subprocess.run([REPO / "scripts/build-image", stock, leader, "--wheelhouse",
-                             wheelhouse, "--leader", "--mosquitto-debs", debs, "--broker-dir",
+    broker = tmp_path / "broker.img"
+    result = subprocess.run([REPO / "scripts/build-image", stock, broker, "--wheelhouse",
+                             wheelhouse, "--broker", "--mosquitto-debs", debs, "--broker-dir",
                              out / "broker", "--identity-table", out / "identity-table.toml"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    _, root = partitions(leader)
+    _, root = partitions(broker)
     assert sorted(root.listdir("/etc/systemd/system/multi-user.target.wants")) == [
-        "hearth-agent.service", "hearth-console.service", "hearth-install-debs.service",
-        "hearth-leader.service"]
+        "hearth-agent.service", "hearth-console.service", "hearth-install-debs.service"]
     assert root.read("/var/lib/hearth-install/debs/mosquitto_2.0.21-1_arm64.deb") == \
         (debs / "mosquitto_2.0.21-1_arm64.deb").read_bytes()
     assert b"password_file /etc/mosquitto/hearth/passwd" in root.read(
         "/etc/mosquitto/conf.d/hearth.conf")
-    passwd = root.stat("/etc/mosquitto/hearth/passwd")
-    assert (passwd.mode & 0o7777, passwd.uid) == (0o640, 0)
+    for path in ("/etc/mosquitto/hearth/passwd", "/etc/mosquitto/conf.d/hearth.conf"):
+        status = root.stat(path)
+        assert (status.mode & 0o7777, status.uid) == (0o640, 0), path
     assert root.read("/etc/hearth/identity-table.toml") == (out / "identity-table.toml").read_bytes()
 
+    devices = tmp_path / "devices.conf"
+    devices.write_text("[Service]\nPrivateDevices=no\nDevicePolicy=closed\n"
+                       "DeviceAllow=/dev/i2c-1 rw\nSupplementaryGroups=i2c\n")
+    leader = tmp_path / "leader.img"
+    result = subprocess.run([REPO / "scripts/build-image", stock, leader, "--wheelhouse",
+                             wheelhouse, "--leader", "--leader-devices", devices],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    _, root = partitions(leader)
+    assert sorted(root.listdir("/etc/systemd/system/multi-user.target.wants")) == [
+        "hearth-agent.service", "hearth-console.service", "hearth-leader.service"]
+    assert root.read("/etc/systemd/system/hearth-leader.service.d/devices.conf") == \
+        devices.read_bytes()
+    assert root.stat("/etc/mosquitto/conf.d/hearth.conf") is None
+    assert root.stat("/var/lib/hearth-install/debs") is None
 
-def test_a_leader_image_without_mosquitto_packages_is_refused(tmp_path):
+
+def test_a_broker_image_without_mosquitto_packages_is_refused(tmp_path):
     stock = tmp_path / "stock.img"
     stock.write_bytes(b"")
+    result = subprocess.run([REPO / "scripts/build-image", stock, tmp_path / "broker.img",
+                             "--broker"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--broker needs --mosquitto-debs" in result.stderr
     result = subprocess.run([REPO / "scripts/build-image", stock, tmp_path / "leader.img",
-                             "--leader"], capture_output=True, text=True)
-    assert result.returncode == 2 and "--leader needs --mosquitto-debs" in result.stderr
+                             "--leader", "--broker-dir", tmp_path], capture_output=True, text=True)
+    assert result.returncode == 2 and "--broker-dir is for the site broker's box" in result.stderr

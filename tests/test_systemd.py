@@ -160,3 +160,76 @@ def test_tmpfiles_gives_the_hearth_group_the_actuator_files(tmp_path):
     for target in targets:
         status = target.stat()
         assert (status.st_gid, status.st_mode & 0o777) == (990, 0o664), target
+
+
+LEADER_BOARD_CONFIG = """board_type = "oil-carrier"
+
+[[sensor]]
+name = "water_in"
+id = "28-0316a2795eff"
+
+[[sensor]]
+name = "water_out"
+id = "28-0316a27f1c2a"
+
+[[sensor]]
+name = "module_in"
+kind = "ds18b20"
+id = "28-00000000aaa1"
+role = "module_water_in"
+
+[[sensor]]
+name = "module_flow"
+kind = "flow"
+pin = 27
+pulses_per_litre = 450.0
+role = "module_flow"
+
+[[sensor]]
+name = "module_oil"
+kind = "tmp117"
+bus = 3
+address = 0x48
+role = "module_oil"
+"""
+
+
+def test_the_leader_unit_reaches_exactly_the_devices_its_config_names(verify_root, tmp_path):
+    """Issue 14: PrivateDevices=yes left `hearth leader` without its module flow meter and
+    TMP117. Provisioning writes a drop-in from the leader's config: the I2C bus of the TMP117,
+    the gpiochip of the flow meter's pin (the DS18B20 is sysfs), their groups, nothing else."""
+    (tmp_path / "leader-m1.toml").write_text(LEADER_BOARD_CONFIG)
+    inventory = tmp_path / "site.toml"
+    inventory.write_text('site = "maple-school"\nbroker = "hearth-broker.local"\n'
+                         '[[module]]\nname = "m1"\n[[board]]\nmodule = "m1"\nname = "b01"\n'
+                         '[[leader]]\nmodule = "m1"\nboard = "b01"\nconfig = "leader-m1.toml"\n')
+    out = tmp_path / "out"
+    result = subprocess.run([REPO / "scripts/provision", inventory, out], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    dropin = out / "units/m1/hearth-leader.service.d/devices.conf"
+    service = read_unit(dropin)["Service"]
+    assert service["PrivateDevices"] == "no" and service["DevicePolicy"] == "closed"
+    assert service["DeviceAllow"].splitlines() == ["/dev/gpiochip0 rw", "/dev/i2c-3 rw"]
+    assert service["SupplementaryGroups"].split() == ["gpio", "i2c"]
+    installed = verify_root / "etc/systemd/system/hearth-leader.service.d"
+    installed.mkdir()
+    shutil.copy(dropin, installed / "devices.conf")
+    try:
+        result = systemd_verify(verify_root, "hearth-leader.service")
+    finally:
+        shutil.rmtree(installed)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_leader_unit_does_not_need_a_broker_on_its_own_board():
+    """The site broker runs on its own box: the leader waits for the network, not for a local
+    Mosquitto."""
+    section = read_unit(SYSTEMD_DIR / "hearth-leader.service")["Unit"]
+    assert "mosquitto.service" not in section.get("Wants", "")
+
+
+def test_the_console_unit_may_open_the_usb_gadget_serial_its_help_suggests():
+    service = read_unit(SYSTEMD_DIR / "hearth-console.service")["Service"]
+    assert service["DevicePolicy"] == "closed"
+    assert "char-ttyGS rw" in service["DeviceAllow"].splitlines()

@@ -84,6 +84,9 @@ BOARD_FIELDS = {
 LEADER_FIELDS = {
     "module": IDENTITY_FIELDS["module"],
     "board": IDENTITY_FIELDS["board"],
+    "config": Field(str, "the leader board's hearth.toml, relative to the inventory: "
+                    "scripts/provision lets hearth-leader.service open the devices of its module "
+                    "sensors", default=None, pattern=r"[^\x00]+", example="leader-m1.toml"),
 }
 
 
@@ -125,6 +128,7 @@ class Board:
 class Leader:
     module: str
     board: str
+    config: Path | None = None
 
     @property
     def username(self) -> str:
@@ -212,7 +216,7 @@ def load_inventory(path: Path) -> Inventory:
                        other_keys=("module", "board", "leader"))
     modules = _modules(check, file, document)
     boards = _boards(check, file, document, top["site"], modules)
-    leaders = _leaders(check, file, document, top["site"], modules, boards)
+    leaders = _leaders(check, path, document, top["site"], modules, boards)
     operators = top["operators"] or ()
     for position, name in enumerate(operators, start=1):
         if name in operators[:position - 1]:
@@ -321,8 +325,9 @@ def _boards(check: TableCheck, file: str, document: dict, site: str | None,
     return found
 
 
-def _leaders(check: TableCheck, file: str, document: dict, site: str | None,
+def _leaders(check: TableCheck, path: Path, document: dict, site: str | None,
              modules: list[str], boards: list[Board]) -> list[Leader]:
+    file = str(path)
     leaders: dict[str, str] = {}  # module -> its [[leader]]'s key path
     found = []
     for at, entry in check.tables(document.get("leader", ABSENT), file, "leader"):
@@ -332,6 +337,7 @@ def _leaders(check: TableCheck, file: str, document: dict, site: str | None,
                          "top-level `broker` key (and `standby`), docs/deployment.md")
         values = check.fields(entry, LEADER_FIELDS, file, f"{at}.", "a [[leader]]")
         module, board = values["module"], values["board"]
+        config = path.parent / values["config"] if values["config"] is not None else None
         if module is not None and module not in modules:
             check.report(file, f"{at}.module", _one_of_modules(modules), value=module)
             continue
@@ -349,7 +355,7 @@ def _leaders(check: TableCheck, file: str, document: dict, site: str | None,
                          + (", ".join(map(repr, known)) or "it has none"), value=board,
                          hint=suggest(board, known))
             continue
-        found.append(Leader(module, board))
+        found.append(Leader(module, board, config))
     if site is not None and modules and not check.problems:
         for module in modules:
             if module not in leaders:

@@ -1,7 +1,8 @@
 """Builds the Hearth golden SD image from stock Raspberry Pi OS Lite (arm64), without mounting.
 
 Usage: scripts/build-image SOURCE.img[.xz] OUTPUT.img [--wheelhouse DIR] [--identity-table
-FILE] [--leader --mosquitto-debs DIR [--broker-dir DIR]] [--site]. See docs/deployment.md."""
+FILE] [--leader [--leader-devices FILE]] [--broker --mosquitto-debs DIR [--broker-dir DIR]]
+[--site]. See docs/deployment.md."""
 
 import argparse
 import sys
@@ -20,11 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python-include", type=Path,
                         help="aarch64 CPython headers (default: the host's, with a pyconfig shim)")
     parser.add_argument("--leader", action="store_true",
-                        help="a module leader image: Mosquitto and hearth-leader enabled")
+                        help="a module leader image: hearth-leader enabled")
+    parser.add_argument("--leader-devices", type=Path, metavar="FILE",
+                        help="units/<module>/hearth-leader.service.d/devices.conf from "
+                        "scripts/provision: the devices of the leader's module sensors")
+    parser.add_argument("--broker", action="store_true",
+                        help="the site broker's (or the standby's) box: Mosquitto installed at "
+                        "first boot")
     parser.add_argument("--mosquitto-debs", type=Path,
-                        help="arm64 .debs of Mosquitto and its libraries (leader images)")
+                        help="arm64 .debs of Mosquitto and its libraries (with --broker)")
     parser.add_argument("--broker-dir", type=Path,
-                        help="the leader's broker directory from scripts/provision")
+                        help="out/broker or out/standby from scripts/provision")
     parser.add_argument("--site", action="store_true", help="enable hearth-site.service too")
     parser.add_argument("--identity-table", type=Path,
                         help="identity-table.toml from scripts/provision (serials and slots)")
@@ -35,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = Options(args.source, args.output, args.wheelhouse, args.leader, args.site,
                       args.mosquitto_debs, args.broker_dir, args.python_include,
-                      args.identity_table)
+                      args.identity_table, args.broker, args.leader_devices)
     try:
         problems = build(options)
     except (BuildError, DiskImageError) as error:

@@ -1,6 +1,7 @@
 """Turn a stock Raspberry Pi OS Lite image into a Hearth golden image, offline and without
 mounting: the agent, its wheels and its aarch64 extension in /opt/hearth, the units enabled, the
-hearth user, config.txt and cmdline.txt edited once, and (leader images) Mosquitto."""
+hearth user, config.txt and cmdline.txt edited once, and (the site broker's box only) Mosquitto
+with the site's generated configuration."""
 
 import dataclasses
 import hashlib
@@ -50,6 +51,8 @@ class Options:
     broker_dir: Path | None = None
     python_include: Path | None = None
     identity_table: Path | None = None
+    broker: bool = False
+    leader_devices: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +364,9 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
     units = sorted(p for p in (REPO / "systemd").iterdir() if p.suffix in (".service", ".slice"))
     enabled = ["hearth-agent.service", "hearth-console.service"]
     if options.leader:
-        enabled += ["hearth-leader.service", "hearth-install-debs.service"]
+        enabled.append("hearth-leader.service")
+    if options.broker:
+        enabled.append("hearth-install-debs.service")
     if options.site:
         enabled.append("hearth-site.service")
     for unit in units:
@@ -382,7 +387,11 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
     if options.identity_table is not None:
         files.append(StagedFile("/etc/hearth/identity-table.toml", 0o644,
                                 source=options.identity_table))
-    if options.leader:
+    if options.leader_devices is not None:
+        add_dir("/etc/systemd/system/hearth-leader.service.d")
+        files.append(StagedFile("/etc/systemd/system/hearth-leader.service.d/devices.conf",
+                                0o644, source=options.leader_devices))
+    if options.broker:
         add_dir("/var/lib/hearth-install")
         add_dir(DEBS_DIR)
         for deb in sorted(options.mosquitto_debs.glob("*.deb")):
@@ -391,7 +400,7 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
             add_dir("/etc/mosquitto")
             add_dir("/etc/mosquitto/conf.d")
             add_dir("/etc/mosquitto/hearth", 0o750)
-            files.append(StagedFile("/etc/mosquitto/conf.d/hearth.conf", 0o644,
+            files.append(StagedFile("/etc/mosquitto/conf.d/hearth.conf", 0o640,
                                     source=options.broker_dir / "mosquitto.conf"))
             for path in sorted(options.broker_dir.rglob("*")):
                 relative = path.relative_to(options.broker_dir)
@@ -613,12 +622,15 @@ def copy_source(source: Path, output: Path) -> None:
 
 def build(options: Options, log=print) -> list[str]:
     """Build options.output from options.source; returns the verification problems (none: ok)."""
-    if options.leader and options.mosquitto_debs is None:
-        raise BuildError("--leader needs --mosquitto-debs DIR with Mosquitto's arm64 .debs "
+    if options.broker and options.mosquitto_debs is None:
+        raise BuildError("--broker needs --mosquitto-debs DIR with Mosquitto's arm64 .debs "
                          "(apt-get download mosquitto libmosquitto1 libcjson1 libwebsockets... "
                          "on a Raspberry Pi OS board of the same release)")
     if options.mosquitto_debs is not None and not any(options.mosquitto_debs.glob("*.deb")):
         raise BuildError(f"--mosquitto-debs {options.mosquitto_debs} holds no .deb files")
+    if options.broker_dir is not None and not options.broker:
+        raise BuildError("--broker-dir is for the site broker's box: add --broker (no other box "
+                         "runs a broker)")
     if options.broker_dir is not None and not (options.broker_dir / "mosquitto.conf").exists():
         raise BuildError(f"--broker-dir {options.broker_dir} has no mosquitto.conf; give the "
                          "site broker's directory from scripts/provision (out/broker or out/standby)")

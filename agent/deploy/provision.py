@@ -1,13 +1,16 @@
 """Turn a site inventory into what each board and leader needs: identity files, the identity
-table, and (from agent.deploy.broker_config, the one definition `hearth broker-config` also
-uses) per-board MQTT credentials, each leader's Mosquitto configuration and optional TLS
-material."""
+table, each leader unit's device drop-in (from the leader's config, when the inventory names
+it), and (from agent.deploy.broker_config, the one definition `hearth broker-config` also uses)
+every account's credentials and [mqtt] section, the site broker's (and standby's) Mosquitto
+configuration and optional TLS material."""
 
 import os
 from pathlib import Path
 
+from agent.config import load_config
 from agent.deploy.broker_config import (
     DEFAULT_BROKER_ETC, load_inventory, write_atomic, write_broker_configs)
+from agent.deploy.units import leader_devices_dropin
 
 
 def provision(inventory_path: Path, out: Path, broker_etc: str = DEFAULT_BROKER_ETC) -> \
@@ -35,6 +38,15 @@ def provision(inventory_path: Path, out: Path, broker_etc: str = DEFAULT_BROKER_
         table.append("\n".join(entry))
     write_atomic(out / "identity-table.toml", "\n".join(table) + "\n")
     written.append(out / "identity-table.toml")
+
+    for leader in inventory.leaders:
+        if leader.config is None:
+            continue
+        dropin = leader_devices_dropin(load_config(leader.config), leader.config.name)
+        if dropin is not None:
+            path = out / "units" / leader.module / "hearth-leader.service.d" / "devices.conf"
+            write_atomic(path, dropin)
+            written.append(path)
 
     written += write_broker_configs(inventory, out, broker_etc)
     os.sync()

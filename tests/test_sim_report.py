@@ -121,6 +121,32 @@ def test_tank_range_against_target():
     assert tank["max_above_target_c"] == pytest.approx(1.0)
 
 
+def test_tank_against_its_target_band():
+    tank = summarize(small_recording())["tank"]
+    # Band 54.5 C; each sample with a reading holds until the next one that has one:
+    # 50 C for 10 s, 52 C for 20 s (the gap has no reading), 56 C, 54 C and 53 C 10 s each.
+    assert tank["below_band_k_h"] == pytest.approx((4.5 * 10 + 2.5 * 20 + 0.5 * 10 + 1.5 * 10)
+                                                   / 3600)
+    assert tank["worst_deficit_k"] == pytest.approx(5.0)
+    assert tank["below_band_s"] == pytest.approx(50.0)
+    assert tank["below_2k_s"] == pytest.approx(30.0)
+    assert tank["band_k"] == 0.5
+
+
+def test_headline_is_the_building_and_demand_tracking_a_diagnostic():
+    lines = format_summary(summarize(small_recording())).splitlines()
+    headline = next(i for i, line in enumerate(lines) if line.startswith("Tank against"))
+    assert headline < lines.index("Energy")
+    assert "55.0 °C ± 0.5 K" in lines[headline]
+    below, worst = lines[headline + 1], lines[headline + 2]
+    assert "0.03 K·h" in below and "50.0 s below the band" in below
+    assert "30.0 s more than 2 K below" in below
+    assert "5.0 K" in worst
+    diagnostic = next(line for line in lines if "|demand - heat to water|" in line)
+    assert diagnostic.startswith("Diagnostic")
+    assert lines.index(diagnostic) > lines.index("Energy")
+
+
 def test_board_time_per_mode_counts_missing_modes_as_unknown():
     modes = summarize(small_recording())["modes"]
     assert list(modes) == ["NORMAL", "STARTING", "LIMITED", "UNKNOWN", "SAFE"]

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from agent.sim.building import BAND_K, comfort
 from agent.sim.recording import Recording
 
 BALANCE_TOLERANCE = 0.01
@@ -71,7 +72,7 @@ def summarize(recording: Recording) -> dict[str, Any]:
         "metering": {"electric_ratio": _ratio(energy["metered_electric"], energy["electric"]),
                      "heat_ratio": _ratio(energy["metered_heat"], energy["heat_to_water"])},
         "tracking": _tracking(recording.site, weights),
-        "tank": _tank(recording.site),
+        "tank": _tank(recording.site, recording.times_s),
         "modes": _mode_time(recording, weights),
         "faults": [{"t_s": f.t_s, "kind": f.kind, "target": f.target,
                     "description": f.description, "outcome": f.outcome,
@@ -105,6 +106,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                   f"({_number(summary['speed'], '.0f', 'x')})"),
              _row("site", f"{summary['boards']} boards",
                   f"in {summary['modules']} modules, {summary['samples']} samples"),
+             *_tank_lines(summary["tank"]),
              "Energy",
              _row("requested", kwh("requested"), "site demand integrated"),
              _row("heat to water", kwh("heat_to_water"), "physics"),
@@ -120,20 +122,14 @@ def format_summary(summary: dict[str, Any]) -> str:
                   "leaders' MQTT ledger / physics"),
              _row("metered heat", _number(metering["heat_ratio"], ".3f", " x"),
                   "leaders' MQTT ledger / physics"),
-             f"Tracking |demand - heat to water|, {tracking['samples']} samples",
+             f"Diagnostic: the site's own command, |demand - heat to water|, "
+             f"{tracking['samples']} samples",
              _row("mean", _number(tracking["mean_abs_error_w"], ",.1f", " W"),
                   f"{_number(tracking['mean_abs_error_pct'], '.1f', ' %')} of mean demand "
                   f"{_number(tracking['mean_demand_w'], ',.0f', ' W')}"),
              _row("RMS", _number(tracking["rms_error_w"], ",.1f", " W"),
                   f"{_number(tracking['rms_error_pct'], '.1f', ' %')} of mean demand"),
              "  (heat lags power through the oil bath: part of this error is physics)"]
-    tank = summary["tank"]
-    lines += ["Tank",
-              _row("temperature", f"{_range(tank['min_c'], tank['max_c'])} °C",
-                   f"target {_range(tank['target_min_c'], tank['target_max_c'])} °C"),
-              _row("from target", f"-{_number(tank['max_below_target_c'], '.1f', '')} .. "
-                   f"+{_number(tank['max_above_target_c'], '.1f', ' °C')}",
-                   "furthest below and above")]
     lines.append("Board modes (share of board-time)")
     board_s = sum(share["board_s"] for share in summary["modes"].values())
     divisor, unit = (3600.0, "board-h") if board_s >= 7200 else (1.0, "board-s")
@@ -253,16 +249,35 @@ def _percent_of(value: float, whole: float) -> float | None:
     return value / whole * 100 if whole else None
 
 
-def _tank(site: dict[str, list[Any]]) -> dict[str, float | None]:
+def _tank(site: dict[str, list[Any]], times_s: list[float]) -> dict[str, float | None]:
     tank = [v for v in site.get("tank_c", []) if v is not None and not _is_nan(v)]
     target = [v for v in site.get("target_c", []) if v is not None and not _is_nan(v)]
     gaps = [t - c for c, t in zip(site.get("tank_c", []), site.get("target_c", []))
             if c is not None and t is not None and not _is_nan(c) and not _is_nan(t)]
+    band = comfort(times_s, site.get("tank_c", []), site.get("target_c", []))
     return {"min_c": min(tank, default=None), "max_c": max(tank, default=None),
+            "band_k": BAND_K,
+            "below_band_k_h": band.below_band_k_h if band else None,
+            "worst_deficit_k": band.worst_deficit_k if band else None,
+            "below_band_s": band.below_band_s if band else None,
+            "below_2k_s": band.below_2k_s if band else None,
             "final_c": tank[-1] if tank else None,
             "target_min_c": min(target, default=None), "target_max_c": max(target, default=None),
             "max_below_target_c": max(max(gaps), 0.0) if gaps else None,
             "max_above_target_c": max(-min(gaps), 0.0) if gaps else None}
+
+
+def _tank_lines(tank: dict[str, Any]) -> list[str]:
+    """The headline: what the building feels, the tank against its target band."""
+    target = _range(tank["target_min_c"], tank["target_max_c"])
+    return [f"Tank against its target ({target} °C ± {tank['band_k']} K)",
+            _row("below the band", _number(tank["below_band_k_h"], ".2f", " K·h"),
+                 f"{_duration(tank['below_band_s'])} below the band, "
+                 f"{_duration(tank['below_2k_s'])} more than 2 K below"),
+            _row("worst deficit", _number(tank["worst_deficit_k"], ".1f", " K"),
+                 "furthest below the target"),
+            _row("temperature", f"{_range(tank['min_c'], tank['max_c'])} °C",
+                 f"{_number(tank['max_above_target_c'], '.1f', ' K')} above the target at most")]
 
 
 def _mode_time(recording: Recording, weights: list[float]) -> dict[str, dict[str, float]]:

@@ -71,7 +71,7 @@ BROKEN = [
      ['sensor[4].name = "tank"', "a name no other [[sensor]] in this file has (sensor[3] has it)"]),
     ("missing ds18b20 id", 'board_type = "oil-carrier"\n',
      [BOARD_FILE, "sensor[4] 'water_in'.id is missing", "sensor[5] 'water_out'.id is missing",
-      "set it in the site config", "`hearth w1 list`"]),
+      "set it in the site config", "`w1 list`"]),
     ("bad I2C address", 'board_type = "oil-carrier"\n' + IDS + '[[sensor]]\nname = "oil"\n'
      'address = 0x90\n', ["sensor[3] 'oil'.address = 0x90", address_expectation("tmp117")]),
     ("unknown board type", 'board_type = "oil-carier"\n' + IDS,

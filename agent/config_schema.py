@@ -197,6 +197,20 @@ _LEADER_READING_RULE = ("the name of a [[sensor]] in this file, or empty; the sa
                         "that sensor the role, and the way to give it to a sensor with a board "
                         "role already (the board's `oil`)")
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"({_OCTET}\.){{3}}{_OCTET}"
+_IPV6 = r"[0-9A-Fa-f:]*:[0-9A-Fa-f:]*"
+
+
+def _metrics_address(role: str) -> Field:
+    """Where a role's Prometheus endpoint listens (docs/metrics.md): loopback unless the config
+    says otherwise, so no figure leaves the machine by default."""
+    return Field(str, f"address {role}'s /metrics listens on: an IPv4 or IPv6 address of this "
+                 "machine; 127.0.0.1 serves this machine only, 0.0.0.0 or :: every interface "
+                 "(for a Prometheus on another box)", default="127.0.0.1",
+                 pattern=f"{_IPV4}|{_IPV6}", example="0.0.0.0")
+
+
 # The module leader's own settings and the module sensors on its board (docs/leader.md).
 LEADER_SCHEMA: Schema = {
     "period_s": Field(float, "leader period: setpoints (the boards' heartbeat), module totals and "
@@ -226,6 +240,7 @@ LEADER_SCHEMA: Schema = {
                                "clears", default=30.0, min=0.0, max=3600.0),
     "metrics_port": Field(int, "Prometheus endpoint port (/metrics); 0 for none", default=9105,
                           min=0, max=65535),
+    "metrics_address": _metrics_address("the leader"),
 }
 
 
@@ -244,6 +259,7 @@ class Leader:
     oil_max_c: float
     interlock_clear_s: float
     metrics_port: int
+    metrics_address: str
 
 
 # The site's target plan (agent/site/target_plan.py): schedule, guard, legionella cycle and
@@ -310,6 +326,9 @@ SITE_SCHEMA: Schema = {
     "demand_timeout_s": Field(float, "an external `site/demand` older than this is forgotten",
                               default=120.0, min=1.0, max=86400.0),
     **SITE_PLAN_SCHEMA,
+    "metrics_port": Field(int, "Prometheus endpoint port for the site's totals (/metrics); 0 "
+                          "for none", default=9106, min=0, max=65535),
+    "metrics_address": _metrics_address("the site"),
 }
 
 
@@ -338,6 +357,8 @@ class Site:
     curve_room_c: float
     outdoor_reading: str
     outdoor_timeout_s: float
+    metrics_port: int
+    metrics_address: str
 
 
 _GPIO = Field(int, "BCM GPIO number", min=0, max=27)

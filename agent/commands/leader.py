@@ -15,7 +15,7 @@ from agent.ha_announce import DiscoveryAnnouncer
 from agent.journal_log import log_to_journal
 from agent.leader.role import (LINK_WINDOW, LeaderRole, LeaderSettings, ModuleReadings,
                                module_topics)
-from agent.metrics import MetricsServer, exposition
+from agent.metrics import exposition, start_endpoint
 from agent.mqtt.board_link import link_settings
 from agent.mqtt.link import Link
 from agent.mqtt.outbox import Outbox
@@ -89,10 +89,9 @@ def run(args: argparse.Namespace) -> int:
                       StateStore(args.state_dir), discovery=DiscoveryAnnouncer(link))
     role.start()
     link.start()
-    metrics = None
-    if options.metrics_port:
-        metrics = MetricsServer(lambda: exposition(site, module, role.snapshot),
-                                port=options.metrics_port).start()
+    metrics = start_endpoint(lambda: exposition(site, module, role.snapshot),
+                             options.metrics_address, options.metrics_port,
+                             "[leader] metrics_address and metrics_port")
     stop_requested: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     started = time.monotonic()

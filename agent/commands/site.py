@@ -14,6 +14,7 @@ from agent.errors import ConfigValueError
 from agent.ha_announce import DiscoveryAnnouncer
 from agent.ha_discovery import site_discovery
 from agent.journal_log import log_to_journal
+from agent.metrics import site_exposition, start_endpoint
 from agent.mqtt.board_link import link_settings
 from agent.mqtt.link import Link
 from agent.mqtt.outbox import Outbox
@@ -88,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     link.start()
     discovery = DiscoveryAnnouncer(link).start()
     discovery.announce(*site_discovery(site, settings.target_min_c, settings.target_max_c))
+    metrics = start_endpoint(lambda: site_exposition(site, role.snapshot),
+                             options.metrics_address, options.metrics_port,
+                             "[site] metrics_address and metrics_port")
     stop_requested: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     started = time.monotonic()
@@ -100,4 +104,6 @@ def run(args: argparse.Namespace) -> int:
         for sensor in sensors:
             sensor.close()
         context.close()
+        if metrics is not None:
+            metrics.close()
     return 0

@@ -292,6 +292,7 @@ def start_endpoint(render: Callable[[], str], address: str, port: int, keys: str
         return MetricsServer(render, address, port).start()
     except (OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         raise ConfigValueError(
-            f"cannot serve /metrics on {address}:{port} ({reason}); set {keys} to an address "
+            f"cannot serve /metrics on {where} ({reason}); set {keys} to an address "
             "of this machine and a free port, or the port to 0 for none") from None

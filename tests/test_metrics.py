@@ -224,6 +224,22 @@ def test_the_endpoint_listens_only_on_its_address():
     assert status == 200
 
 
+def test_an_ipv6_address_is_served():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    server = MetricsServer(lambda: "", "::1", 0).start()
+    try:
+        status, _, _ = fetch(f"http://[::1]:{server.port}/metrics")
+    finally:
+        server.close()
+    assert status == 200
+    with pytest.raises(ConfigValueError, match=r"on \[:::\]:9105 "):
+        start_endpoint(lambda: "", ":::", 9105, "[site] metrics_port")
+
+
 def test_the_default_address_is_loopback():
     server = MetricsServer(lambda: "", port=0)
     try:

@@ -37,6 +37,7 @@ def test_quick_run_prints_every_scenario_and_controller_with_computed_figures(tm
                 assert isinstance(figures[key], float) and math.isfinite(figures[key]), key
                 assert figures[key] >= 0.0
             assert figures["electricity_kwh"] > 0.0
+            assert isinstance(figures["legionella_done"], int)
             assert set(figures["recovery_s"]) == {f.kind for f in scenario.faults}
     assert [g["goal"] for g in written["goals"]][0].startswith("K h below band")
     assert len(written["goals"]) == 4 and all(isinstance(g["met"], bool)
@@ -137,6 +138,13 @@ def test_calibrate_finds_the_lag_a_recording_was_made_with():
     best_lag_s = min(fits, key=lambda fit: fit[1])[0]
     assert best_lag_s == 10.0
     assert min(fit[1] for fit in fits) < 1e-6
+
+
+def test_the_legionella_day_runs_the_site_roles_cycle_to_its_end():
+    scenario = next(s for s in SCENARIOS if s.legionella)
+    found, trace = run("hearth", scenario, SiteDesign(), 86400.0, 600.0)
+    assert max(trace.target_c) == 62.0  # the cycle's target, from the role's plan
+    assert found["legionella_done"] + found["legionella_missed"] == 1
 
 
 def test_a_short_day_runs_every_controller(tmp_path):

@@ -18,6 +18,7 @@ boards latch at idle and leave the capacity; a cold snap is the weather.
 """
 
 import dataclasses
+import datetime
 import math
 from typing import Any, Callable
 
@@ -30,7 +31,9 @@ from agent.mqtt.topics import LEADER, ROOT
 from agent.sim.building import (COLD_SNAP, MILD_DAY, WINTER_DAY, BufferTank,
                                 HotWaterDraws, OutdoorDay, SpaceHeating, TankParams, comfort)
 from agent.sim.params import BoardParams
+from agent.site.legionella import CycleSettings
 from agent.site.role import SiteRole, SiteSettings
+from agent.site.target_plan import PlanSettings, TargetPlan
 
 SITE = "bench"
 SITE_PERIOD_S = 10.0
@@ -47,6 +50,12 @@ BOARD_HOLD_S = 300.0
 """The board's defaults (config_schema.py): setpoint held, then the local fallback."""
 INTERLOCK_CLEAR_S = 30.0
 """The leader clears its interlock this long after the flow is back (agent/sim/site.py)."""
+DAY_START = datetime.datetime(2026, 11, 30, tzinfo=datetime.timezone.utc)
+"""The bench's day is a Monday, the weekday of the site's legionella cycle where a scenario has
+one."""
+LEGIONELLA = CycleSettings(weekday=0, start_min=13 * 60, kill_c=60.0, hold_s=3600.0,
+                           deadline_s=8 * 3600.0, target_c=62.0)
+"""The tank at 60 C or more for an unbroken hour between 13:00 and 21:00 (issue 15)."""
 RECOVERY_SHARE = 0.05
 BUDGET_CHANGE_SHARE = 0.01
 """A site budget that moves by more than this share of the full capacity counts as a change."""
@@ -79,6 +88,8 @@ class Scenario:
     name: str
     day: OutdoorDay
     faults: tuple[Fault, ...] = ()
+    legionella: bool = False
+    """The site's weekly legionella cycle falls on this day."""
 
 
 SCENARIOS = (
@@ -92,6 +103,7 @@ SCENARIOS = (
              (Fault("broker_outage", 17 * 3600.0, 17 * 3600.0 + 300),)),
     Scenario("boards-failing", WINTER_DAY,
              (Fault("boards_failing", 8 * 3600.0, 12 * 3600.0, "m3", 16),)),
+    Scenario("legionella", WINTER_DAY, legionella=True),
 )
 
 
@@ -314,10 +326,15 @@ def mean_load_w(design: SiteDesign, day: OutdoorDay) -> float:
 
 
 def hearth_settings(design: SiteDesign) -> SiteSettings:
-    """As `hearth sim` sizes the site's PI (agent/sim/site.py): kp = nominal power / 5 K."""
-    kp = 6.0 * design.modules * design.boards_per_module / 5.0
+    """Hearth's PI as this site would be commissioned: full output at 2.5 K below the target,
+    an integral time of 20 minutes, about twice the oil baths' lag of heat behind power (with
+    `hearth sim`'s 120 s the loop cycles between floor and full every two hours here)."""
+    board = BoardParams()
+    full_w = (design.modules * design.boards_per_module
+              * (board.idle_w + board.cores * board.core_busy_w_at_top))
+    kp = full_w / 2.5
     return SiteSettings(period_s=SITE_PERIOD_S, target_c=design.target_c, kp_w_per_k=kp,
-                        ki_w_per_k_s=kp / 120.0, leader_timeout_s=30.0)
+                        ki_w_per_k_s=kp / 1200.0, leader_timeout_s=30.0)
 
 
 CONTROLLERS: dict[str, Callable[[SiteDesign], Any]] = {
@@ -338,6 +355,8 @@ class Trace:
     target_c: list[float] = dataclasses.field(default_factory=list)
     heat_w: list[float] = dataclasses.field(default_factory=list)
     budget_w: list[float] = dataclasses.field(default_factory=list)
+    legionella: list[bool] = dataclasses.field(default_factory=list)
+    """How each legionella cycle that ended in the day ended: done (True) or missed."""
 
 
 def run(controller: str, scenario: Scenario, design: SiteDesign = SiteDesign(),
@@ -350,8 +369,16 @@ def run(controller: str, scenario: Scenario, design: SiteDesign = SiteDesign(),
     board = BoardParams()
     modules = {name: ModuleModel(name, design.boards_per_module, design.target_c, board)
                for name in design.module_names()}
-    role = SiteRole(SITE, link, clock, hearth_settings(design),
-                    read_loop_c=lambda: tank.temperature_c, law=CONTROLLERS[controller](design))
+    settings = hearth_settings(design)
+    plan = TargetPlan(PlanSettings(target_min_c=settings.target_min_c,
+                                   target_max_c=settings.target_max_c,
+                                   eco_c=settings.eco_target_c,
+                                   legionella=LEGIONELLA if scenario.legionella else None),
+                      datetime.timezone.utc, max_gap_s=3 * SITE_PERIOD_S)
+    epoch_s = DAY_START.timestamp()
+    role = SiteRole(SITE, link, clock, settings, read_loop_c=lambda: tank.temperature_c,
+                    law=CONTROLLERS[controller](design), wall_clock=lambda: epoch_s + now[0],
+                    plan=plan)
     role.start()
     base = f"{ROOT}/{SITE}"
     for name in modules:
@@ -384,6 +411,8 @@ def run(controller: str, scenario: Scenario, design: SiteDesign = SiteDesign(),
             if module.leader_up:
                 link.deliver(name, f"{base}/{name}/{LEADER}/state", module.state_payload(t))
         role.tick(t)
+        if role.target.cycle_end is not None and t > 0:
+            trace.legionella.append(role.target.cycle_end.done)
         for topic, payload in link.take_sent():
             parts = topic.split("/")
             if parts[-1] == "budget" and parts[-3] in modules and modules[parts[-3]].leader_up:
@@ -463,6 +492,8 @@ def figures(trace: Trace, scenario: Scenario, electric_wh: float,
             "overshoot_k": max(0.0, found.worst_excess_k - 1.0),
             "electricity_kwh": electric_wh / 1000.0,
             "budget_changes_per_h": changes / hours,
+            "legionella_done": sum(trace.legionella),
+            "legionella_missed": len(trace.legionella) - sum(trace.legionella),
             "recovery_s": {f.kind: recovery_s(trace, f) for f in scenario.faults}}
 
 

@@ -319,10 +319,12 @@ SITE_SCHEMA: Schema = {
     "loop_reading": Field(str, "tank/loop temperature: " + _READING_RULE + "; without it demand "
                           "comes only from `site/demand`", default="", pattern=_READING_NAME,
                           example="tank"),
-    "kp_w_per_k": Field(float, "demand PI: watts per kelvin below target", default=50.0,
-                        min=0.0, max=100000.0),
-    "ki_w_per_k_s": Field(float, "demand PI: integral gain, watts per kelvin-second",
-                          default=0.05, min=0.0, max=1000.0),
+    "proportional_band_k": Field(float, "demand PI: kelvin below target that ask for the "
+                                 "site's full capacity (docs/site.md)", default=2.5, min=0.1,
+                                 max=50.0),
+    "integral_time_s": Field(float, "demand PI: integral time Tn, in which the integral adds "
+                             "what the proportional term gives", default=1200.0, min=10.0,
+                             max=86400.0),
     "demand_timeout_s": Field(float, "an external `site/demand` older than this is forgotten",
                               default=120.0, min=1.0, max=86400.0),
     **SITE_PLAN_SCHEMA,
@@ -339,8 +341,8 @@ class Site:
     period_s: float
     target_c: float
     loop_reading: str
-    kp_w_per_k: float
-    ki_w_per_k_s: float
+    proportional_band_k: float
+    integral_time_s: float
     demand_timeout_s: float
     timezone: str
     comfort_c: float | None

@@ -4,6 +4,8 @@ by capacity, and the site target set from Home Assistant."""
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.mqtt.link import Message
 from agent.site.demand import ExternalDemand, split_across_modules
@@ -46,7 +48,7 @@ def test_split_follows_capacity_and_caps():
 
 
 def test_temperature_demand_rises_below_target_and_is_clamped():
-    demand = HearthDemand(kp_w_per_k=5.0, ki_w_per_k_s=0.5, max_step_s=30.0)
+    demand = HearthDemand(proportional_band_k=60.0, integral_time_s=10.0, max_step_s=30.0)
     assert demand.update(0, 45.0, 55.0, 300.0, 300.0) == pytest.approx(50.0)  # P alone first
     rising = [demand.update(t, 45.0, 55.0, 300.0, 300.0) for t in range(1, 200)]
     assert rising[0] == pytest.approx(5.0 * 10 + 0.5 * 10)
@@ -57,7 +59,7 @@ def test_temperature_demand_rises_below_target_and_is_clamped():
 
 
 def test_demand_output_follows_capacity_now_but_the_integrator_the_full_capacity():
-    demand = HearthDemand(kp_w_per_k=10.0, ki_w_per_k_s=1.0, max_step_s=30.0)
+    demand = HearthDemand(proportional_band_k=100.0, integral_time_s=10.0, max_step_s=30.0)
     demand.update(0, 54.0, 55.0, 1000.0, 1000.0)
     for t in range(10, 310, 10):
         demand.update(t, 54.0, 55.0, 1000.0, 1000.0)
@@ -66,6 +68,64 @@ def test_demand_output_follows_capacity_now_but_the_integrator_the_full_capacity
     for t in range(320, 620, 10):  # a module interlocked: nothing available, error zero
         assert demand.update(t, 55.0, 55.0, 0.0, 1000.0) == 0.0
     assert demand.update(620, 55.0, 55.0, 1000.0, 1000.0) == pytest.approx(before_w)
+
+
+def test_gains_scale_with_the_site_full_output_at_the_band_and_integral_time_tn():
+    """[site] proportional_band_k: the error that asks for the full capacity, whatever the
+    site's size; integral_time_s: the time in which the integral adds what P gives."""
+    for full_w in (400.0, 4000.0):
+        demand = HearthDemand(proportional_band_k=2.0, integral_time_s=600.0, max_step_s=30.0)
+        assert demand.update(0, 54.0, 55.0, full_w, full_w) == pytest.approx(full_w / 2)
+        for t in range(10, 610, 10):
+            demand.update(t, 54.0, 55.0, full_w, full_w)
+        assert demand.integral_w == pytest.approx(full_w / 2)  # one Tn: I has added P once
+        assert HearthDemand(2.0, 600.0, 30.0).update(0, 53.0, 55.0, full_w, full_w) == (
+            pytest.approx(full_w))
+
+
+@settings(max_examples=200, deadline=None)
+@given(band_k=st.floats(0.1, 50.0), integral_time_s=st.floats(10.0, 86400.0),
+       full_w=st.floats(1.0, 1e6),
+       steps=st.lists(st.tuples(st.floats(-30.0, 30.0), st.floats(0.0, 1.0)), min_size=1,
+                      max_size=60))
+def test_demand_is_bounded_never_winds_up_and_survives_capacity_drops(band_k, integral_time_s,
+                                                                      full_w, steps):
+    """For any band, integral time, site size and run of errors and capacity drops: the
+    demand lies in [0, capacity now], the integrator in [0, full capacity], and a stretch
+    without capacity at zero error leaves the demand where it was."""
+    demand = HearthDemand(band_k, integral_time_s, max_step_s=30.0)
+    for i, (error_k, share) in enumerate(steps):
+        out_w = demand.update(i * 10.0, 55.0 - error_k, 55.0, share * full_w, full_w)
+        assert 0.0 <= out_w <= share * full_w + 1e-9
+        assert 0.0 <= demand.integral_w <= full_w
+    now_s = len(steps) * 10.0
+    held_w = demand.update(now_s, 55.0, 55.0, full_w, full_w)
+    for i in range(1, 31):
+        assert demand.update(now_s + 10.0 * i, 55.0, 55.0, 0.0, full_w) == 0.0
+    assert demand.update(now_s + 310.0, 55.0, 55.0, full_w, full_w) == pytest.approx(held_w)
+
+
+def test_site_gain_keys_load_and_the_old_absolute_gains_are_refused(tmp_path):
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    ids = ('board_type = "oil-carrier"\n[[sensor]]\nname = "water_in"\nid = "28-0316a2795eff"\n'
+           '[[sensor]]\nname = "water_out"\nid = "28-0316a27f1c2a"\n'
+           '[identity]\nsite = "s1"\nmodule = "m1"\nboard = "b01"\n')
+    path = tmp_path / "hearth.toml"
+    path.write_text(ids + "[site]\nproportional_band_k = 3.0\nintegral_time_s = 900\n")
+    site = load_config(path).site
+    assert (site.proportional_band_k, site.integral_time_s) == (3.0, 900.0)
+    path.write_text(ids + "[site]\n")
+    defaults = load_config(path).site
+    assert (defaults.proportional_band_k, defaults.integral_time_s) == (
+        SiteSettings().proportional_band_k, SiteSettings().integral_time_s)
+    path.write_text(ids + "[site]\nkp_w_per_k = 50.0\n")
+    with pytest.raises(ConfigError, match="kp_w_per_k"):
+        load_config(path)
+    path.write_text(ids + "[site]\nproportional_band_k = 0\n")
+    with pytest.raises(ConfigError, match="proportional_band_k = 0"):
+        load_config(path)
 
 
 def test_external_demand_expires_and_rejects_nonsense():
@@ -124,7 +184,7 @@ def test_site_demand_is_continuous_across_five_minutes_without_capacity():
     now, loop_c = [0.0], [54.0]
     link = RecordingLink()
     role = SiteRole("s1", link, lambda: now[0], SiteSettings(
-        period_s=10.0, target_c=55.0, kp_w_per_k=10.0, ki_w_per_k_s=1.0),
+        period_s=10.0, target_c=55.0, proportional_band_k=100.0, integral_time_s=10.0),
         read_loop_c=lambda: loop_c[0])
     role.start()
     for step in range(40):  # below target for 400 s: the integrator builds up
@@ -211,7 +271,7 @@ def test_site_energy_segments_follow_leader_boots():
 def test_site_target_mode_and_integrator_kept_across_a_site_restart(tmp_path):
     """Issue 15: a new SiteRole on the same state directory carries on where the last stopped."""
     now, loop_c = [0.0], [54.0]
-    settings = dict(target_c=55.0, kp_w_per_k=10.0, ki_w_per_k_s=1.0)
+    settings = dict(target_c=55.0, proportional_band_k=100.0, integral_time_s=10.0)
     role, link = started_site(tmp_path, now, loop_c, **settings)
     link.deliver("hearth/v1/s1/site/target/set", b"60")
     loop_c[0] = 59.0

@@ -363,7 +363,8 @@ class WiredSite:
                          client_id="hearth-s1-site", outbox=Outbox(tmp_path / "outbox"),
                          boot="site-boot")
         self.role = SiteRole("s1", self.link, lambda: self.now_s, SiteSettings(
-            period_s=period_s, target_c=target_c, kp_w_per_k=400.0, ki_w_per_k_s=0.5),
+            period_s=period_s, target_c=target_c, proportional_band_k=10.0,
+            integral_time_s=800.0),
             read_loop_c=lambda: self.tank_c, store=StateStore(tmp_path / "state"),
             wall_clock=lambda: self.start_wall_s + self.now_s,
             plan=TargetPlan(plan, BERLIN, max_gap_s=3 * period_s))

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                 outbox=Outbox(args.state_dir / "site-outbox"), boot=str(uuid.uuid4()),
                 status_topic=site_topics(site)["status"])
     settings = SiteSettings(period_s=options.period_s, target_c=options.target_c,
-                            kp_w_per_k=options.kp_w_per_k, ki_w_per_k_s=options.ki_w_per_k_s,
+                            proportional_band_k=options.proportional_band_k,
+                            integral_time_s=options.integral_time_s,
                             demand_timeout_s=options.demand_timeout_s,
                             eco_target_c=options.eco_c,
                             outdoor_timeout_s=options.outdoor_timeout_s)

@@ -285,9 +285,10 @@ class SiteSimulation:
                     client_id=f"hearth-{SITE}-site", outbox=Outbox(self.directory / "site-outbox"),
                     boot=str(uuid.uuid4()), wall_clock=self.wall_clock,
                     status_topic=site_topics(SITE)["status"], io=self.network)
-        kp = self.nominal_w / 5.0
+        # The scenario's tank is scaled down (0.6 l a board), so it answers in minutes and
+        # takes a shorter integral time than the [site] defaults, which suit a building's tank.
         role = SiteRole(SITE, link, self.clock, SiteSettings(
-            period_s=10.0, target_c=target_c, kp_w_per_k=kp, ki_w_per_k_s=kp / 120.0,
+            period_s=10.0, target_c=target_c, proportional_band_k=5.0, integral_time_s=120.0,
             leader_timeout_s=30.0), read_loop_c=lambda: self.tank.temperature_c)
         role.start()
         link.start()

@@ -39,11 +39,14 @@ class DemandLaw(Protocol):
 
 
 class HearthDemand:
-    """PI from temperature error to watts; integrator bounded by the full capacity."""
+    """PI from temperature error to watts, tuned as heating controllers are: a proportional
+    band (the error that asks for the full capacity) and an integral time Tn (the time in
+    which the integral adds what the proportional term gives), so one setting fits a site of
+    any size; the integrator is bounded by the full capacity."""
 
-    def __init__(self, kp_w_per_k: float, ki_w_per_k_s: float, max_step_s: float):
-        self.kp_w_per_k = kp_w_per_k
-        self.ki_w_per_k_s = ki_w_per_k_s
+    def __init__(self, proportional_band_k: float, integral_time_s: float, max_step_s: float):
+        self.proportional_band_k = proportional_band_k
+        self.integral_time_s = integral_time_s
         self.max_step_s = max_step_s
         self.integral_w = 0.0
         self._last_s: float | None = None
@@ -51,12 +54,13 @@ class HearthDemand:
     def update(self, now_s: float, loop_c: float, target_c: float, capacity_now_w: float,
                capacity_full_w: float) -> float:
         error_k = target_c - loop_c
-        proportional_w = self.kp_w_per_k * error_k
         full_w = max(0.0, capacity_full_w)
+        gain_w_per_k = full_w / self.proportional_band_k
+        proportional_w = gain_w_per_k * error_k
         last_s, self._last_s = self._last_s, now_s
         step_s = now_s - last_s if last_s is not None else 0.0
         if 0.0 < step_s <= self.max_step_s:
-            integral_w = self.integral_w + self.ki_w_per_k_s * error_k * step_s
+            integral_w = self.integral_w + gain_w_per_k * error_k * step_s / self.integral_time_s
             # Anti-windup: integrate only as far as the output can still use it, against
             # what the whole site could deliver.
             if proportional_w + integral_w > full_w:

@@ -49,8 +49,8 @@ class SiteSettings:
     target_c: float = 55.0
     target_min_c: float = 20.0
     target_max_c: float = 75.0
-    kp_w_per_k: float = 50.0
-    ki_w_per_k_s: float = 0.05
+    proportional_band_k: float = 2.5
+    integral_time_s: float = 1200.0
     demand_timeout_s: float = 120.0
     leader_timeout_s: float = 30.0
     eco_target_c: float = 45.0
@@ -96,7 +96,8 @@ class SiteRole:
         """The plan's last decision: the target in force and why."""
         self.outdoor = OutdoorTemperature(settings.outdoor_timeout_s, read_outdoor_c)
         self.law = law if law is not None else HearthDemand(
-            settings.kp_w_per_k, settings.ki_w_per_k_s, max_step_s=3 * settings.period_s)
+            settings.proportional_band_k, settings.integral_time_s,
+            max_step_s=3 * settings.period_s)
         self.demand_w = 0.0
         self.capacity_full_w: dict[str, float] = {}
         """The highest capacity each module has reported: what the site could deliver."""

@@ -46,7 +46,7 @@ COMMANDS = (
     Command("term", "agent.commands.term",
             "open a board's serial console from a laptop (history, tab completion)"),
     Command("leader", "agent.commands.leader",
-            "run the module leader (one per module, next to its broker)"),
+            "run the module leader (one per module, on one of its boards)"),
     Command("site", "agent.commands.site",
             "run the site role: building demand into module budgets"),
 )

@@ -25,7 +25,7 @@ from agent.seam import Hardware
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "leader", help="run the module leader (one per module, next to its broker)",
+        "leader", help="run the module leader (one per module, on one of its boards)",
         description="Split the module's heat budget into board setpoints, watch the boards, "
         "hold the module interlock, keep the energy ledger, serve /metrics (docs/leader.md).")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.identity is None or config.mqtt is None or config.leader is None:
         raise ConfigValueError(f"{args.config}: `hearth leader` needs [identity] (site, module), "
-                               "[mqtt] (the module's broker) and [leader]; see docs/leader.md")
+                               "[mqtt] (the site broker) and [leader]; see docs/leader.md")
     site, module = config.identity.site, config.identity.module
     options = config.leader
     sensors = ModuleSensors(config, Hardware())

@@ -1,4 +1,4 @@
-"""The board's side of the MQTT contract (docs/mqtt.md): one BoardAgent on its module's broker.
+"""The board's side of the MQTT contract (docs/mqtt.md): one BoardAgent on its site's broker.
 
 Out: `state` every report period, `event` for every safety event, `reply` to every command, and
 the Link's `status` (`online`, `offline` on a clean stop, `offline` as the Last Will). In: the

@@ -28,7 +28,7 @@ from agent.leader.trim import TrimLoop
 from agent.mqtt.envelope import Envelope, encode
 from agent.mqtt.link import Message
 from agent.mqtt.topics import LEADER, ROOT
-from agent.sim.building import (COLD_SNAP, MILD_DAY, WINTER_DAY, BufferTank,
+from agent.sim.building import (BAND_K, COLD_SNAP, MILD_DAY, WINTER_DAY, BufferTank,
                                 HotWaterDraws, OutdoorDay, SpaceHeating, TankParams, comfort)
 from agent.sim.params import BoardParams
 from agent.site.legionella import CycleSettings
@@ -57,6 +57,9 @@ LEGIONELLA = CycleSettings(weekday=0, start_min=13 * 60, kill_c=60.0, hold_s=360
                            deadline_s=8 * 3600.0, target_c=62.0)
 """The tank at 60 C or more for an unbroken hour between 13:00 and 21:00 (issue 15)."""
 RECOVERY_SHARE = 0.05
+AT_CAPACITY_SHARE = 0.99
+"""A budget this close to the capacity available asks for all of it."""
+OVERSHOOT_ALLOWED_K = 1.0
 BUDGET_CHANGE_SHARE = 0.01
 """A site budget that moves by more than this share of the full capacity counts as a change."""
 
@@ -105,6 +108,11 @@ SCENARIOS = (
              (Fault("boards_failing", 8 * 3600.0, 12 * 3600.0, "m3", 16),)),
     Scenario("legionella", WINTER_DAY, legionella=True),
 )
+
+
+def without_faults(scenario: Scenario) -> Scenario:
+    """The counterfactual twin: the same day and cycle, nothing broken."""
+    return dataclasses.replace(scenario, name=f"{scenario.name} without faults", faults=())
 
 
 class ModuleModel:
@@ -326,15 +334,10 @@ def mean_load_w(design: SiteDesign, day: OutdoorDay) -> float:
 
 
 def hearth_settings(design: SiteDesign) -> SiteSettings:
-    """Hearth's PI as this site would be commissioned: full output at 2.5 K below the target,
-    an integral time of 20 minutes, about twice the oil baths' lag of heat behind power (with
-    `hearth sim`'s 120 s the loop cycles between floor and full every two hours here)."""
-    board = BoardParams()
-    full_w = (design.modules * design.boards_per_module
-              * (board.idle_w + board.cores * board.core_busy_w_at_top))
-    kp = full_w / 2.5
-    return SiteSettings(period_s=SITE_PERIOD_S, target_c=design.target_c, kp_w_per_k=kp,
-                        ki_w_per_k_s=kp / 1200.0, leader_timeout_s=30.0)
+    """The site role as it ships: every [site] default (the demand law's band and integral
+    time included), only the target and the leader timeout set as the bench's leaders use."""
+    return SiteSettings(period_s=SITE_PERIOD_S, target_c=design.target_c,
+                        leader_timeout_s=30.0)
 
 
 CONTROLLERS: dict[str, Callable[[SiteDesign], Any]] = {
@@ -345,7 +348,7 @@ CONTROLLERS: dict[str, Callable[[SiteDesign], Any]] = {
         mean_load_w(design, WINTER_DAY), switch_below_k=5.0),
 }
 """Each law as the site would be commissioned with it (docs/benchmarks.md says why); None is
-the SiteRole's own, Hearth's, from `hearth_settings`."""
+the SiteRole's own, Hearth's, with the product's defaults."""
 
 
 @dataclasses.dataclass
@@ -353,15 +356,24 @@ class Trace:
     times_s: list[float] = dataclasses.field(default_factory=list)
     tank_c: list[float] = dataclasses.field(default_factory=list)
     target_c: list[float] = dataclasses.field(default_factory=list)
+    comfort_c: list[float] = dataclasses.field(default_factory=list)
+    """The target comfort is judged against: the target in force, except the set target
+    while a legionella cycle raises it (the cycle is judged by done or missed)."""
     heat_w: list[float] = dataclasses.field(default_factory=list)
     budget_w: list[float] = dataclasses.field(default_factory=list)
+    capacity_w: list[float] = dataclasses.field(default_factory=list)
+    """What the site role counted as available."""
+    floor_w: list[float] = dataclasses.field(default_factory=list)
+    """The usable boards' idle power: a budget at or below it leaves them at idle."""
     legionella: list[bool] = dataclasses.field(default_factory=list)
     """How each legionella cycle that ended in the day ended: done (True) or missed."""
 
 
 def run(controller: str, scenario: Scenario, design: SiteDesign = SiteDesign(),
-        day_s: float = DAY_S, preroll_s: float = PREROLL_S) -> tuple[dict[str, Any], Trace]:
-    """One law through one scenario; its figures and what they were computed from."""
+        day_s: float = DAY_S, preroll_s: float = PREROLL_S,
+        twin: Trace | None = None) -> tuple[dict[str, Any], Trace]:
+    """One law through one scenario; its figures and what they were computed from. `twin`:
+    the same law's trace of `without_faults(scenario)`, for the recovery figures."""
     now = [-preroll_s]
     clock = lambda: now[0]  # noqa: E731 - the role's clock reads the bench's time
     link = BenchLink(clock)
@@ -422,10 +434,14 @@ def run(controller: str, scenario: Scenario, design: SiteDesign = SiteDesign(),
             trace.times_s.append(t)
             trace.tank_c.append(tank.temperature_c)
             trace.target_c.append(role.snapshot.get("target_c", role.target_c))
+            trace.comfort_c.append(role.target_c if role.target.reason == "legionella"
+                                   else trace.target_c[-1])
             trace.heat_w.append(heat_in_w)
             trace.budget_w.append(sum(role.snapshot.get("budgets_w", {}).values()))
+            trace.capacity_w.append(role.snapshot.get("capacity_w", 0.0))
+            trace.floor_w.append(sum(m.usable(t) * m.board_idle_w for m in modules.values()))
     full_w = design.modules * design.boards_per_module * modules["m1"].board_max_w
-    return figures(trace, scenario, electric_wh, full_w), trace
+    return figures(trace, scenario, electric_wh, full_w, twin), trace
 
 
 def _apply_faults(module: ModuleModel, faults: tuple[Fault, ...], t: float, link: BenchLink,
@@ -481,32 +497,66 @@ def _rms(errors: list[float]) -> float:
     return math.sqrt(sum(e * e for e in errors) / len(errors)) if errors else math.nan
 
 
-def figures(trace: Trace, scenario: Scenario, electric_wh: float,
-            full_w: float) -> dict[str, Any]:
-    found = comfort(trace.times_s, trace.tank_c, trace.target_c)
+def figures(trace: Trace, scenario: Scenario, electric_wh: float, full_w: float,
+            twin: Trace | None = None) -> dict[str, Any]:
+    """The run's figures; `twin` is the same law's run of the same day without the faults,
+    which the heat after each fault is compared with (None: no recovery figures)."""
+    found = comfort(trace.times_s, trace.tank_c, trace.comfort_c)
     hours = (trace.times_s[-1] - trace.times_s[0] + SITE_PERIOD_S) / 3600.0
     changes = sum(1 for a, b in zip(trace.budget_w, trace.budget_w[1:])
                   if abs(b - a) > BUDGET_CHANGE_SHARE * full_w)
+    at_floor_k, controlled_k = overshoot_k(trace)
+    recovery = {f.kind: recovery_s(trace, twin, f) if twin is not None else (None, 0.0)
+                for f in scenario.faults}
     return {"below_band_k_h": found.below_band_k_h, "worst_deficit_k": found.worst_deficit_k,
             "below_2k_min": found.below_2k_s / 60.0,
-            "overshoot_k": max(0.0, found.worst_excess_k - 1.0),
+            "overshoot_k": max(at_floor_k, controlled_k),
+            "overshoot_at_floor_k": at_floor_k, "overshoot_controlled_k": controlled_k,
             "electricity_kwh": electric_wh / 1000.0,
             "budget_changes_per_h": changes / hours,
             "legionella_done": sum(trace.legionella),
             "legionella_missed": len(trace.legionella) - sum(trace.legionella),
-            "recovery_s": {f.kind: recovery_s(trace, f) for f in scenario.faults}}
+            "recovery_s": {kind: found_s for kind, (found_s, _) in recovery.items()},
+            "recovery_at_capacity_s": {kind: full_s for kind, (_, full_s) in recovery.items()}}
 
 
-def recovery_s(trace: Trace, fault: Fault) -> float | None:
-    """Seconds from the fault's end until the heat delivered is within RECOVERY_SHARE of its
-    mean over the 10 minutes before the fault; None if it never is."""
-    before = [h for t, h in zip(trace.times_s, trace.heat_w)
-              if fault.start_s - 600.0 <= t < fault.start_s]
-    if not before:
-        return None
-    level_w = sum(before) / len(before)
-    for t, heat_w in zip(trace.times_s, trace.heat_w):
-        if t >= fault.end_s and abs(heat_w - level_w) <= RECOVERY_SHARE * level_w:
-            return t - fault.end_s
-    return None
+def overshoot_k(trace: Trace) -> tuple[float, float]:
+    """How far the tank rose above its target + 1 K at most: (while the budget had been at the
+    floor ever since the tank last rose out of its band, which no law could have prevented
+    once the tank was above the band: the heat already in the oil baths and the idle
+    boards' own; at every other moment)."""
+    at_floor_k = controlled_k = 0.0
+    floor_since_band = False
+    for tank_c, target_c, budget_w, floor_w in zip(trace.tank_c, trace.target_c,
+                                                   trace.budget_w, trace.floor_w):
+        if tank_c <= target_c + BAND_K:
+            floor_since_band = True  # an excursion out of the band starts after this
+        else:
+            floor_since_band = floor_since_band and budget_w <= floor_w
+        excess_k = max(0.0, tank_c - target_c - OVERSHOOT_ALLOWED_K)
+        if floor_since_band:
+            at_floor_k = max(at_floor_k, excess_k)
+        else:
+            controlled_k = max(controlled_k, excess_k)
+    return at_floor_k, controlled_k
 
+
+def recovery_s(trace: Trace, twin: Trace, fault: Fault) -> tuple[float | None, float]:
+    """Seconds from the fault's end until the heat into the tank is no more than
+    RECOVERY_SHARE short of the twin's at the same moment (None if it never is), and how many
+    of them the site's budget was at all the capacity available, where only capacity (and
+    the oil baths' lag) limits how fast heat comes back. More heat than the twin is the site
+    making up what the fault cost, not a shortfall."""
+    at_capacity_s = 0.0
+    at_capacity_since_s: float | None = None
+    for t, heat_w, twin_w, budget_w, capacity_w in zip(trace.times_s, trace.heat_w,
+                                                        twin.heat_w, trace.budget_w,
+                                                        trace.capacity_w):
+        if t < fault.end_s:
+            continue
+        if at_capacity_since_s is not None:
+            at_capacity_s += t - at_capacity_since_s
+        if heat_w >= (1.0 - RECOVERY_SHARE) * twin_w:
+            return t - fault.end_s, at_capacity_s
+        at_capacity_since_s = t if budget_w >= AT_CAPACITY_SHARE * capacity_w else None
+    return None, at_capacity_s

@@ -82,6 +82,12 @@ def test_site_rides_out_every_fault_and_its_energy_balances(broker_access, worke
     summary = summarize(recording)
     print(json.dumps({k: summary[k] for k in ("balance", "metering", "faults")}, indent=1))
 
+    # issue 15: once the broker is back (1100 s) and the leaders are heard again, the site's
+    # demand carries on from where it was before the outage instead of climbing from 0 W
+    demand = recording.site["demand_w"]
+    before_w = [d for t, d in zip(recording.times_s, demand) if 850 <= t < 900]
+    after_w = [d for t, d in zip(recording.times_s, demand) if 1140 <= t <= 1400]
+    assert after_w and min(after_w) >= 0.5 * sum(before_w) / len(before_w) > 0.0
     assert summary["balance"]["closure"] <= 0.01
     # what the leaders counted over MQTT, through a crash and a broker outage, is the physics
     assert summary["metering"]["electric_ratio"] == pytest.approx(1.0, abs=0.02)

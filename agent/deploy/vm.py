@@ -1,0 +1,322 @@
+"""The golden image proven under real systemd: a Debian root built with mmdebstrap in the
+Raspberry Pi's partition layout, turned into the golden image by the image builder, booted in
+QEMU with systemd as PID 1, and checked from inside (docs/vm-test.md).
+
+The Raspberry Pi's own kernel and firmware do not run in QEMU, and a full arm64 root under
+emulation takes longer than the whole run may, so the systemd checks boot an amd64 build of the
+same root (same suite, same packages, same image builder); the aarch64 extension is loaded on
+an emulated aarch64 CPU by agent/deploy/vm_arm64.py. Downloaded packages and the built base
+root are cached, keyed by what went into them, so a second run skips the network."""
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from agent.deploy.disk import DiskImageError, Ext4Partition, raspberry_pi_layout, run
+from agent.deploy.image import (INSTALL_DIR, REPO, BuildError, StagedFile, fetch_wheels,
+                                install_requires, normalize, requirement_name, write_root,
+                                FROM_DISTRIBUTION)
+from agent.drivers.ina2xx import ina219_calibration
+
+SUITE = "trixie"
+"""Raspberry Pi OS's current release is built on it (Python 3.13)."""
+TARGET_PYTHON = (3, 13)
+BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64",
+                 "initramfs-tools", "python3", "python3-gpiozero", "i2c-tools")
+"""What Raspberry Pi OS Lite brings that the golden image relies on (systemd, udev, python3,
+its gpiozero), plus a kernel with initramfs for QEMU and i2c-tools for the test's registers."""
+BOOT_PARTITION_MIB = 64
+SECTOR = 512
+FIRST_SECTOR = 8192
+I2C_BUS = 0
+"""i2c-stub's bus in the VM: QEMU's SMBus controllers are kept from loading, so it is first."""
+PI4_OPERATING_POINTS_KHZ = tuple(range(600_000, 1_500_001, 100_000))
+CHIPS = {"ina219": 0x40, "tmp117": 0x48}
+DS18B20_IDS = ("28-00000a0e0001", "28-00000a0e0002")
+GUEST_DIR = "/usr/local/lib/hearth-vm"
+SETTINGS_PATH = "/etc/hearth-vm/hardware.json"
+CPUFREQ_POLICY = "/sys/devices/system/cpu/cpufreq/policy0"
+WORKLOAD_FREEZE = "/sys/fs/cgroup/hearth.slice/hearth-workload.slice/cgroup.freeze"
+CHECK_LINE = re.compile(r"vm-(test|log): .*")
+
+HARDWARE_UNIT = f"""# Test VM only: the board's hardware as far as the kernel can emulate it, laid out before the
+# agent starts (agent/deploy/vm_guest_hardware.py).
+[Unit]
+Description=Hearth VM test: emulated board hardware
+DefaultDependencies=no
+After=systemd-modules-load.service local-fs.target
+Before=hearth-agent.service hearth-failsafe.service sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+# The image ships sources only and the agent's unit cannot write its bytecode (ProtectSystem=
+# strict), so without this every start of the agent compiles it again on the emulated CPU.
+ExecStartPre=/usr/bin/python3 -m compileall -q -j 0 {INSTALL_DIR}/lib
+ExecStart=/usr/bin/python3 {GUEST_DIR}/hardware.py
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+CHECKS_UNIT = f"""# Test VM only: the checks scripts/vm-test runs once the agent's unit has started; the VM
+# powers off when they end (agent/deploy/vm_guest_checks.py).
+[Unit]
+Description=Hearth VM test: checks
+After=multi-user.target hearth-agent.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/python3 {GUEST_DIR}/checks.py
+ExecStopPost=/usr/bin/systemctl --no-block poweroff
+StandardOutput=journal
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+class VmTestError(RuntimeError):
+    """The VM test could not be built or booted; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    passed: int
+    failed: int
+    lines: list[str]
+
+
+def cache_key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- base root and Pi layout
+
+def base_root(cache: Path, log) -> Path:
+    """A Debian root as a tarball, built with mmdebstrap once per package list; the .debs
+    are kept between builds, so a rebuild downloads only the package lists."""
+    tarball = cache / f"base-{SUITE}-amd64-{cache_key(SUITE, BASE_PACKAGES)}.tar"
+    if tarball.exists():
+        log(f"vm-test: base root {tarball.name} from the cache")
+        return tarball
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    partial = tarball.with_name(tarball.name + ".partial")
+    run(["mmdebstrap", "--quiet", "--variant=apt", "--arch=amd64",
+         "--include=" + ",".join(BASE_PACKAGES),
+         "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+         f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
+         f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+         "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb",
+         "--format=tar", SUITE, str(partial)])
+    partial.replace(tarball)
+    log(f"vm-test: built the base root with mmdebstrap in {time.monotonic() - started:.0f} s")
+    return tarball
+
+
+def pi_layout_image(tarball: Path, work: Path) -> tuple[Path, Path, Path]:
+    """The base root as a Raspberry Pi OS image: partition 1 FAT with config.txt and
+    cmdline.txt, partition 2 ext4 with the root. Returns (image, kernel, initrd)."""
+    rootfs = work / "rootfs"
+    rootfs.mkdir()
+    run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(rootfs)])
+    kernel = _only(rootfs.glob("boot/vmlinuz-*"), "kernel")
+    initrd = _only(rootfs.glob("boot/initrd.img-*"), "initramfs")
+    kernel, initrd = shutil.copy(kernel, work / "vmlinuz"), shutil.copy(initrd, work / "initrd")
+    boot = work / "boot.part"
+    run(["mkfs.vfat", "-C", "-F", "32", "-n", "bootfs", str(boot),
+         str(BOOT_PARTITION_MIB * 1024)])
+    (work / "config.txt").write_text("# Raspberry Pi OS's stock config.txt (abridged)\n"
+                                     "dtparam=audio=on\ncamera_auto_detect=1\n"
+                                     "display_auto_detect=1\narm_64bit=1\n")
+    (work / "cmdline.txt").write_text("console=serial0,115200 console=tty1 root=/dev/vda2 "
+                                      "rootfstype=ext4 fsck.repair=yes rootwait\n")
+    for name in ("config.txt", "cmdline.txt"):
+        run(["mcopy", "-i", str(boot), str(work / name), f"::{name}"])
+    used_kib = int(run(["du", "-sk", str(rootfs)], text=True).stdout.split()[0])
+    root_mib = used_kib // 1024 * 3 // 2 + 256
+    root = work / "root.part"
+    run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(rootfs), str(root), f"{root_mib}M"])
+    shutil.rmtree(rootfs)
+    boot_sectors = BOOT_PARTITION_MIB * 1024 * 1024 // SECTOR
+    root_start = FIRST_SECTOR + boot_sectors
+    root_sectors = root_mib * 1024 * 1024 // SECTOR
+    image = work / "base.img"
+    with image.open("wb") as handle:
+        handle.truncate((root_start + root_sectors) * SECTOR)
+    table = (f"label: dos\nstart={FIRST_SECTOR}, size={boot_sectors}, type=c\n"
+             f"start={root_start}, size={root_sectors}, type=83\n")
+    run(["sfdisk", "--quiet", str(image)], input=table.encode())
+    for part, start in ((boot, FIRST_SECTOR), (root, root_start)):
+        run(["dd", f"if={part}", f"of={image}", "bs=1M", "conv=notrunc,sparse",
+             f"seek={start * SECTOR}", "oflag=seek_bytes"])
+        part.unlink()
+    return image, Path(kernel), Path(initrd)
+
+
+def _only(paths, what: str) -> Path:
+    found = sorted(paths)
+    if len(found) != 1:
+        raise VmTestError(f"the base root has {len(found)} {what} files in /boot, expected one")
+    return found[0]
+
+
+def wheelhouse(cache: Path) -> Path:
+    """The image builder's aarch64 wheels, downloaded once per requirement list."""
+    requirements = [r for r in install_requires()
+                    if normalize(requirement_name(r)) not in FROM_DISTRIBUTION]
+    directory = cache / f"wheels-{cache_key(requirements, TARGET_PYTHON)}"
+    if not directory.exists():
+        partial = cache / "wheels.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        fetch_wheels(requirements, TARGET_PYTHON, partial).rename(directory)
+        shutil.rmtree(partial)
+    return directory
+
+
+# ---------------------------------------------------------------- the test bench in the image
+
+def hardware_settings() -> dict:
+    """Register words and sysfs files for the helper, and what the checks expect. The INA219
+    reads 5.0 V, 0.8 A, 4.0 W through the calibration the agent writes; the TMP117 40 C."""
+    calibration, current_lsb_a = ina219_calibration(0.1, 3.0)
+    bus_word = round(5.0 / 4e-3) << 3 | 0b10            # conversion ready
+    ina219 = {"0x01": round(0.8 * 0.1 / 10e-6), "0x02": bus_word,
+              "0x04": round(0.8 / current_lsb_a), "0x03": round(4.0 / (20 * current_lsb_a)),
+              "0x05": calibration}
+    tmp117 = {"0x0f": 0x0117, "0x01": 0x2220, "0x00": round(40.0 / 0.0078125)}
+    khz = PI4_OPERATING_POINTS_KHZ
+    files = {f"{CPUFREQ_POLICY}/{name}": f"{value}\n" for name, value in (
+        ("scaling_available_frequencies", " ".join(map(str, khz)) + " "),
+        ("cpuinfo_min_freq", khz[0]), ("cpuinfo_max_freq", khz[-1]),
+        ("scaling_min_freq", khz[0]), ("scaling_max_freq", khz[-1]),
+        ("scaling_cur_freq", khz[-1]), ("scaling_governor", "ondemand"),
+        ("affected_cpus", "0 1"), ("related_cpus", "0 1"))}
+    files["/sys/class/thermal/thermal_zone0/temp"] = "45000\n"
+    files["/sys/class/thermal/thermal_zone0/type"] = "cpu-thermal\n"
+    files["/sys/bus/w1/devices/w1_bus_master1/therm_bulk_read"] = "0\n"
+    files["/sys/bus/w1/devices/w1_bus_master1/w1_master_slaves"] = "\n".join(DS18B20_IDS) + "\n"
+    for number, device in enumerate(DS18B20_IDS):
+        # w1_therm's temperature file (millidegrees), which the driver reads when a kernel
+        # gives no w1_slave
+        files[f"/sys/bus/w1/devices/{device}/temperature"] = f"{20000 + 5000 * number}\n"
+    return {
+        "i2c": {"bus": I2C_BUS, "chips": {f"0x{CHIPS['ina219']:02x}": ina219,
+                                          f"0x{CHIPS['tmp117']:02x}": tmp117}},
+        "files": files,
+        "checks": {"cpufreq_policy": CPUFREQ_POLICY, "min_khz": khz[0], "top_khz": khz[-1],
+                   "workload_freeze": WORKLOAD_FREEZE},
+    }
+
+
+def board_files() -> dict[str, str]:
+    """The VM board's config: the oil carrier's definition with its I2C chips on the stub's
+    bus; the flow meter stays measured but has no role, since Debian's kernels build neither
+    gpio-sim nor gpio-mockup and a flow role that never reads would hold the board SAFE."""
+    carrier = (REPO / "hardware" / "boards" / "oil-carrier.toml").read_text()
+    board = re.sub(r"^bus = 1$", f"bus = {I2C_BUS}", carrier, flags=re.MULTILINE)
+    board = board.replace('role = "flow"\n', "")
+    config = (f'board_type = "vm-carrier"\n\n[identity]\nsite = "vm"\nmodule = "m1"\n'
+              f'board = "b01"\n\n[[sensor]]\nname = "water_in"\nid = "{DS18B20_IDS[0]}"\n\n'
+              f'[[sensor]]\nname = "water_out"\nid = "{DS18B20_IDS[1]}"\n')
+    return {"/etc/hearth/boards/vm-carrier.toml": board, "/etc/hearth/hearth.toml": config}
+
+
+def add_test_bench(image: Path, work: Path) -> None:
+    """The VM-only files, written after the image builder: the agent's config, the hardware
+    helper and the checks with their units. Nothing of the golden image is changed."""
+    stage = work / "bench"
+    stage.mkdir()
+    contents = {
+        **board_files(),
+        SETTINGS_PATH: json.dumps(hardware_settings(), indent=1),
+        f"{GUEST_DIR}/hardware.py": Path(__file__).with_name("vm_guest_hardware.py").read_text(),
+        f"{GUEST_DIR}/checks.py": Path(__file__).with_name("vm_guest_checks.py").read_text(),
+        "/etc/systemd/system/hearth-vm-hardware.service": HARDWARE_UNIT,
+        "/etc/systemd/system/hearth-vm-checks.service": CHECKS_UNIT,
+    }
+    files = [StagedFile(d, 0o755, directory=True) for d in (
+        "/etc/hearth/boards", "/etc/hearth-vm", "/usr/local/lib/hearth-vm",
+        "/etc/systemd/system/sysinit.target.wants")]
+    for path, text in contents.items():
+        local = stage / path.lstrip("/").replace("/", "_")
+        local.write_text(text)
+        files.append(StagedFile(path, 0o644, source=local))
+    files.append(StagedFile("/etc/systemd/system/sysinit.target.wants/hearth-vm-hardware.service",
+                            0o777, link_target="/etc/systemd/system/hearth-vm-hardware.service"))
+    files.append(StagedFile("/etc/systemd/system/multi-user.target.wants/hearth-vm-checks.service",
+                            0o777, link_target="/etc/systemd/system/hearth-vm-checks.service"))
+    _, root_part = raspberry_pi_layout(image)
+    write_root(Ext4Partition(image, root_part), files)
+
+
+# ---------------------------------------------------------------- booting
+
+def kernel_command_line() -> str:
+    """systemd as PID 1 on the serial console. QEMU's SMBus controllers are blacklisted so
+    i2c-stub is bus 0; the technician console's unit is masked, as the VM has no serial0 for
+    it and its restarts would only slow the emulated CPU."""
+    return ("root=/dev/vda2 rw rootfstype=ext4 console=ttyS0,115200 quiet "
+            "modprobe.blacklist=i2c_piix4,i2c_i801 systemd.mask=hearth-console.service "
+            "systemd.firstboot=off systemd.show_status=error")
+
+
+def boot(image: Path, kernel: Path, initrd: Path, timeout_s: float, log) -> Outcome:
+    """Boot and relay the checks' lines as they arrive; the VM powers itself off."""
+    command = ["qemu-system-x86_64", "-M", "pc", "-m", "1024", "-smp", "2", "-nographic",
+               "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
+               "-append", kernel_command_line(),
+               "-drive", f"file={image},format=raw,if=virtio"]
+    lines, passed, failed = [], 0, 0
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
+    deadline = time.monotonic() + timeout_s
+    try:
+        for raw in process.stdout:
+            line = raw.strip()
+            lines.append(line)
+            check = CHECK_LINE.search(line)
+            if check:
+                log(check.group(0))
+                done = re.match(r"vm-test: done (\d+) passed, (\d+) failed", check.group(0))
+                if done:
+                    passed, failed = int(done.group(1)), int(done.group(2))
+            if time.monotonic() > deadline:
+                raise VmTestError(f"the VM did not finish its checks in {timeout_s:.0f} s; "
+                                  "its console's last lines:\n" + "\n".join(lines[-30:]))
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if passed + failed == 0:
+        raise VmTestError("the VM stopped before its checks ended; its console's last "
+                          "lines:\n" + "\n".join(lines[-40:]))
+    return Outcome(passed, failed, lines)
+
+
+def build_golden(cache: Path, work: Path, log) -> tuple[Path, Path, Path]:
+    """Base root -> Pi-layout image -> scripts/build-image -> the test bench added."""
+    base, kernel, initrd = pi_layout_image(base_root(cache, log), work)
+    golden = work / "golden.img"
+    started = time.monotonic()
+    result = subprocess.run([str(REPO / "scripts" / "build-image"), str(base), str(golden),
+                             "--wheelhouse", str(wheelhouse(cache))],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise VmTestError(f"scripts/build-image failed ({result.returncode}):\n"
+                          f"{result.stdout}{result.stderr}")
+    log(f"vm-test: scripts/build-image made the golden image in "
+        f"{time.monotonic() - started:.0f} s")
+    base.unlink()
+    add_test_bench(golden, work)
+    return golden, kernel, initrd

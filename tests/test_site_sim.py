@@ -59,7 +59,7 @@ time_s = 1300
 action = "board_fault"
 module = "m1"
 board = "b02"
-fault = "stuck:soc"
+fault = "i2c_nack:oil"
 """
 
 

@@ -15,6 +15,9 @@ EXPECTED_CHECKS = {
     "agent-active", "agent-ready", "watchdog-pets",
     "watchdog-kill", "failsafe-capped", "failsafe-frozen", "failsafe-journal",
     "agent-restarted", "start-limit-onfailure",
+    "agent-reads-i2c", "sandbox-devices", "sandbox-read-only",
+    "journald-runtime", "journald-system", "security-exposure",
+    "aarch64-extension-loads", "aarch64-pid-agrees",
 }
 
 

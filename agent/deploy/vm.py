@@ -214,8 +214,39 @@ def hardware_settings() -> dict:
                                           f"0x{CHIPS['tmp117']:02x}": tmp117}},
         "files": files,
         "checks": {"cpufreq_policy": CPUFREQ_POLICY, "min_khz": khz[0], "top_khz": khz[-1],
-                   "workload_freeze": WORKLOAD_FREEZE},
+                   "workload_freeze": WORKLOAD_FREEZE, "i2c_bus": I2C_BUS,
+                   "state_line_readings": ["power=4.00 W", "oil=40.00 C"],
+                   "journals": journal_expectations(),
+                   "documented_exposure": documented_exposure()},
     }
+
+
+def journal_expectations() -> dict[str, tuple[str, str]]:
+    """Journal name -> (directory, size cap as journald prints it), from the image's drop-ins:
+    a runtime journal always (until the flush), a system journal when storage persists."""
+    settings = {}
+    for dropin in sorted((REPO / "systemd" / "journald.conf.d").glob("*.conf")):
+        for line in dropin.read_text().splitlines():
+            key, equals, value = line.partition("=")
+            if equals and not line.startswith("#"):
+                settings[key.strip()] = value.strip()
+    journals = {"Runtime": ("/run/log/journal", journald_size(settings["RuntimeMaxUse"]))}
+    if settings.get("Storage") == "persistent":
+        journals["System"] = ("/var/log/journal", journald_size(settings["SystemMaxUse"]))
+    return journals
+
+
+def journald_size(text: str) -> str:
+    """'64M' as journald writes it in its log lines: whole numbers bare, else one decimal."""
+    number = float(text[:-1])
+    return f"{number:.0f}{text[-1]}" if number.is_integer() else f"{number:.1f}{text[-1]}"
+
+
+def documented_exposure() -> str:
+    """The agent unit's exposure figure that docs/deployment.md gives, which the VM must measure."""
+    match = re.search(r"Overall exposure level for hearth-agent\.service: (\d+\.\d)",
+                      (REPO / "docs" / "deployment.md").read_text())
+    return match.group(1) if match else "none"
 
 
 def board_files() -> dict[str, str]:

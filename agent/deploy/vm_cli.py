@@ -14,10 +14,12 @@ from pathlib import Path
 from agent.deploy.disk import DiskImageError
 from agent.deploy.image import BuildError
 from agent.deploy.vm import VmTestError, boot, build_golden
+from agent.deploy.vm_arm64 import boot_arm64
 
 BOOT_TIMEOUT_S = 420
-REQUIRED_PROGRAMS = ("mmdebstrap", "qemu-system-x86_64", "mkfs.vfat", "mcopy", "sfdisk",
-                     "mkfs.ext4", "debugfs")
+ARM64_TIMEOUT_S = 180
+REQUIRED_PROGRAMS = ("mmdebstrap", "qemu-system-x86_64", "qemu-system-aarch64", "mkfs.vfat",
+                     "mcopy", "sfdisk", "mkfs.ext4", "debugfs")
 
 
 def default_cache() -> Path:
@@ -50,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
             print_flush(f"vm-test: booting the golden image under systemd "
                         f"({time.monotonic() - started:.0f} s so far)")
             outcome = boot(golden, kernel, initrd, BOOT_TIMEOUT_S, print_flush)
+            print_flush("vm-test: loading the image's extension on an aarch64 CPU")
+            arm64 = boot_arm64(golden, args.cache, work, ARM64_TIMEOUT_S, print_flush)
         except (VmTestError, BuildError, DiskImageError) as error:
             print(f"vm-test: {error}", file=sys.stderr)
             return 2
         if args.keep:
             (work / "console.log").write_text("\n".join(outcome.lines) + "\n")
-    print_flush(f"vm-test: {outcome.passed} checks passed, {outcome.failed} failed, "
+    passed = outcome.passed + sum(ok for _, ok in arm64)
+    failed = outcome.failed + sum(not ok for _, ok in arm64) + (not arm64)
+    print_flush(f"vm-test: {passed} checks passed, {failed} failed, "
                 f"{time.monotonic() - started:.0f} s in all")
-    return 0 if outcome.failed == 0 else 1
+    return 0 if failed == 0 else 1
 
 
 def print_flush(line: str) -> None:

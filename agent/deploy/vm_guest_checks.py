@@ -65,8 +65,10 @@ def journal_cursor() -> str:
 
 
 def journal_since(cursor: str, *matches: str) -> str:
-    return subprocess.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={cursor}",
-                           *matches], capture_output=True, text=True).stdout
+    """The journal's messages after cursor (all of this boot's for "")."""
+    start = [f"--after-cursor={cursor}"] if cursor else ["-b"]
+    return subprocess.run(["journalctl", "--no-pager", "-o", "cat", *start, *matches],
+                          capture_output=True, text=True).stdout
 
 
 def main_pid() -> int:
@@ -163,6 +165,85 @@ def start_limit_runs_on_failure(checks: Checks) -> None:
                   f"{'capped the CPU' if failsafe else 'did not run'}")
 
 
+def agent_reads_its_chips(checks: Checks, settings: dict) -> None:
+    """The agent's state lines carry what the i2c-stub registers hold, read through
+    /dev/i2c-N by the hearth user the unit runs as."""
+    node = f"/dev/i2c-{settings['i2c_bus']}"
+    expected = settings["state_line_readings"]
+    line = wait_for(lambda: next((l for l in journal_since("", "-u", AGENT).splitlines()
+                                  if l.startswith("mode=") and all(e in l for e in expected)),
+                                 None), 30)
+    info = os.stat(node)
+    group = subprocess.run(["stat", "-c", "%U:%G %a", node], capture_output=True,
+                           text=True).stdout.strip()
+    checks.report("agent-reads-i2c", bool(line) and info.st_mode & 0o006 == 0,
+                  f"{node} ({group}) -> '{line or 'no state line with ' + ', '.join(expected)}'")
+
+
+def in_agent_sandbox(pid: int, code: str, *args: str, as_hearth: bool) -> str:
+    """Run python code in the agent's cgroup (its device policy) and mount namespace (its
+    read-only file system), as root or as the hearth user with its groups."""
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text().strip().split("::", 1)[1]
+    user = ["setpriv", "--reuid=hearth", "--regid=hearth", "--init-groups"] if as_hearth else []
+    command = " ".join(["exec", "nsenter", f"--target={pid}", "--mount", "--", *user,
+                        "/usr/bin/python3", "-c", '"$0"', '"$@"'])
+    return subprocess.run(["sh", "-c", f"echo $$ > /sys/fs/cgroup{cgroup}/cgroup.procs && "
+                           + command, code, *args], capture_output=True, text=True).stdout.strip()
+
+
+OPEN_EACH = """import sys
+for path in sys.argv[1:]:
+    try:
+        open(path, "r+b", buffering=0).close()
+        print(path, "opened")
+    except OSError as error:
+        print(path, error.strerror)
+"""
+
+
+def sandbox_keeps_to_its_devices(checks: Checks, settings: dict) -> None:
+    """Inside the agent's sandbox the hearth user opens the I2C bus; even root cannot open
+    the disk, which it can outside: the unit's DevicePolicy=closed refuses it."""
+    pid = main_pid()
+    node = f"/dev/i2c-{settings['i2c_bus']}"
+    allowed = in_agent_sandbox(pid, OPEN_EACH, node, as_hearth=True)
+    outside = subprocess.run(["/usr/bin/python3", "-c", OPEN_EACH, "/dev/vda"],
+                             capture_output=True, text=True).stdout.strip()
+    refused = in_agent_sandbox(pid, OPEN_EACH, "/dev/vda", as_hearth=False)
+    checks.report("sandbox-devices", allowed == f"{node} opened" and
+                  outside == "/dev/vda opened" and refused == "/dev/vda Operation not permitted",
+                  f"hearth in the unit: '{allowed}'; root outside: '{outside}'; "
+                  f"root in the unit: '{refused}'")
+    written = in_agent_sandbox(pid, "import sys\ntry:\n open(sys.argv[1], 'w')\n"
+                               "except OSError as e:\n print(e.strerror)", "/etc/hearth/x",
+                               as_hearth=False)
+    checks.report("sandbox-read-only", written == "Read-only file system",
+                  f"root in the unit writing /etc/hearth/x: '{written}'")
+
+
+def journald_dropin_in_force(checks: Checks, settings: dict) -> None:
+    """journald reports the storage and the caps the image's drop-in sets."""
+    said = subprocess.run(["journalctl", "-b", "--no-pager", "-o", "cat", "-t",
+                           "systemd-journald"], capture_output=True, text=True).stdout
+    for name, (directory, cap) in settings["journals"].items():
+        line = next((l for l in said.splitlines() if l.startswith(f"{name} Journal ({directory}")
+                     and f"max {cap}," in l), "")
+        checks.report(f"journald-{name.lower()}", bool(line),
+                      f"'{line}'" if line else f"no '{name} Journal ({directory}... max {cap}' line")
+
+
+def security_exposure(checks: Checks, settings: dict) -> None:
+    """systemd's own rating of the agent's sandbox, to match the figure the docs give."""
+    output = subprocess.run(["systemd-analyze", "security", "--no-pager", AGENT],
+                            capture_output=True, text=True).stdout
+    line = next((l for l in output.splitlines() if "Overall exposure level" in l), "")
+    measured = line.split(": ", 1)[-1].split()[0] if line else "none"
+    documented = settings["documented_exposure"]
+    checks.report("security-exposure", measured == documented,
+                  f"systemd-analyze security {AGENT}: {measured} (docs/deployment.md: "
+                  f"{documented})")
+
+
 def show_journal(console) -> None:
     """The units' last journal lines on the console, so a failure can be read on the host."""
     log = subprocess.run(["journalctl", "--no-pager", "-o", "short-monotonic", "-n", "80",
@@ -177,8 +258,12 @@ def main() -> int:
     with open(CONSOLE, "w") as console:
         checks = Checks(console)
         if agent_running(checks, settings):
+            agent_reads_its_chips(checks, settings)
+            sandbox_keeps_to_its_devices(checks, settings)
             hung_agent_is_killed(checks, settings)
             start_limit_runs_on_failure(checks)
+        journald_dropin_in_force(checks, settings)
+        security_exposure(checks, settings)
         if checks.failed:
             show_journal(console)
         line = f"vm-test: done {checks.passed} passed, {checks.failed} failed"

@@ -49,6 +49,8 @@ COMMANDS = (
             "run the module leader (one per module, on one of its boards)"),
     Command("site", "agent.commands.site",
             "run the site role: building demand into module budgets"),
+    Command("report", "agent.commands.report",
+            "record the site's energy ledger, or write a month's public statement"),
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from agent.config_schema import (BOARD_SCHEMA, DEFAULT_CONFIG_PATH, LEADER_ROLE_KEYS,
                                  MISSING_KEY_HINTS, ORDERED_CHAINS, SECTIONS, SENSOR_NAME_FIELD,
                                  SENSOR_ROLE_FIELD, SENSOR_ROLES, TOP_SCHEMA, Actuators,
-                                 BoardConfig, Control, Identity, Leader, Limits, Mqtt, Pins,
+                                 BoardConfig, Control, Identity, Leader, Limits, Mqtt, Pins, Report,
                                  IDENTITY_SCHEMA, MQTT_PORT, MQTT_SCHEMA, MQTT_TLS_PORT,
                                  SensorConfig, Site)
 from agent.schema import Schema
@@ -135,6 +135,7 @@ class _Check(TableCheck):
             sensors=tuple(sensors), mqtt=_mqtt(sections["mqtt"]) if sections["mqtt"] else None,
             leader=Leader(**sections["leader"]) if sections["leader"] else None,
             site=Site(**sections["site"]) if sections["site"] else None,
+            report=Report(**sections["report"]) if sections["report"] else None,
             roles=types.MappingProxyType(roles),
             leader_only_sensors=self.leader_only_sensors(roles) if sections["leader"] else
             frozenset())

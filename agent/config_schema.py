@@ -363,6 +363,45 @@ class Site:
     metrics_address: str
 
 
+REPORT_SCHEMA: Schema = {
+    "displaced": Field(str, "the heating the boards' heat stands in for in the statement",
+                       default="gas", choices=("gas", "electric")),
+    "gas_boiler_efficiency": Field(float, "seasonal efficiency of the gas boiler displaced "
+                                   "(0.90: a condensing boiler, EU ErP / SAP figures)",
+                                   default=0.90, min=0.3, max=1.1),
+    "electric_heater_efficiency": Field(float, "efficiency of the electric heating displaced "
+                                        "(1.0: resistive; a heat pump's seasonal COP, e.g. 3.0)",
+                                        default=1.0, min=0.5, max=8.0),
+    "gas_co2_kg_per_kwh": Field(float, "CO2e per kWh of natural gas burnt (0.183: UK DESNZ "
+                                "GHG conversion factors 2024, natural gas, gross CV)",
+                                default=0.183, min=0.0, max=1.0),
+    "grid_co2_kg_per_kwh": Field(float, "CO2e per kWh of grid electricity (0.207: UK DESNZ GHG "
+                                 "conversion factors 2024, UK electricity generation); use "
+                                 "your grid's", default=0.207, min=0.0, max=2.0),
+    "gas_price_per_kwh": Field(float, "gas tariff, in `currency` per kWh; 0 leaves the cost "
+                               "out of the statement", default=0.0, min=0.0, max=10.0),
+    "electricity_price_per_kwh": Field(float, "electricity tariff, in `currency` per kWh; 0 "
+                                       "leaves the cost out of the statement", default=0.0,
+                                       min=0.0, max=10.0),
+    "currency": Field(str, "the tariffs' currency, as printed", default="EUR",
+                      pattern=r"[A-Za-z]{1,8}"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """[report]: the factors and tariffs of the site's monthly statement (docs/report.md)."""
+
+    displaced: str
+    gas_boiler_efficiency: float
+    electric_heater_efficiency: float
+    gas_co2_kg_per_kwh: float
+    grid_co2_kg_per_kwh: float
+    gas_price_per_kwh: float
+    electricity_price_per_kwh: float
+    currency: str
+
+
 _GPIO = Field(int, "BCM GPIO number", min=0, max=27)
 
 PINS_SCHEMA: Schema = {
@@ -402,6 +441,8 @@ SECTIONS: tuple[tuple[str, Schema, str, bool], ...] = (
     ("leader", LEADER_SCHEMA, "Only on the board that runs `hearth leader` for its module: the "
      "leader's timing and the module's own sensors, named by reading (docs/leader.md).", False),
     ("site", SITE_SCHEMA, "Only where `hearth site` runs: how building demand is found.", False),
+    ("report", REPORT_SCHEMA, "Only where `hearth report` runs: the factors and tariffs of the "
+     "site's monthly statement (docs/report.md).", False),
 )
 
 SENSOR_NAME_FIELD = Field(str, "unique sensor name, used in readings and MQTT state: lowercase "
@@ -502,6 +543,7 @@ class BoardConfig:
     mqtt: Mqtt | None = None  # None: no broker, the board runs on its own
     leader: Leader | None = None  # None: this board runs no leader
     site: Site | None = None  # None: no site role here
+    report: Report | None = None  # None: the statement uses [report]'s defaults
     roles: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: types.MappingProxyType({}))
     """Each role given in the config -> the reading that serves it (`board_power.power_w`)."""

@@ -15,7 +15,8 @@ EXPECTED_CHECKS = {
     "agent-active", "agent-ready", "watchdog-pets",
     "watchdog-kill", "failsafe-capped", "failsafe-frozen", "failsafe-journal",
     "agent-restarted", "start-limit-onfailure",
-    "agent-reads-i2c", "sandbox-devices", "sandbox-read-only",
+    "agent-reads-i2c", "sandbox-devices", "sandbox-read-only", "leader-reads-oil",
+    "leader-devices",
     "journald-runtime", "journald-system", "security-exposure",
     "aarch64-extension-loads", "aarch64-pid-agrees",
 }

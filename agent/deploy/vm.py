@@ -22,6 +22,8 @@ from agent.deploy.disk import DiskImageError, Ext4Partition, raspberry_pi_layout
 from agent.deploy.image import (INSTALL_DIR, REPO, BuildError, StagedFile, fetch_wheels,
                                 install_requires, normalize, requirement_name, write_root,
                                 FROM_DISTRIBUTION)
+from agent.config import load_config
+from agent.deploy.units import leader_devices_dropin
 from agent.drivers.ina2xx import ina219_calibration
 
 SUITE = "trixie"
@@ -215,7 +217,7 @@ def hardware_settings() -> dict:
         "files": files,
         "checks": {"cpufreq_policy": CPUFREQ_POLICY, "min_khz": khz[0], "top_khz": khz[-1],
                    "workload_freeze": WORKLOAD_FREEZE, "i2c_bus": I2C_BUS,
-                   "state_line_readings": ["power=4.00 W", "oil=40.00 C"],
+                   "state_line_readings": ["power=4.00 W", "oil=40.00 C"], "oil_c": 40.0,
                    "journals": journal_expectations(),
                    "documented_exposure": documented_exposure()},
     }
@@ -252,13 +254,16 @@ def documented_exposure() -> str:
 def board_files() -> dict[str, str]:
     """The VM board's config: the oil carrier's definition with its I2C chips on the stub's
     bus; the flow meter stays measured but has no role, since Debian's kernels build neither
-    gpio-sim nor gpio-mockup and a flow role that never reads would hold the board SAFE."""
+    gpio-sim nor gpio-mockup and a flow role that never reads would hold the board SAFE. The
+    board is its module's leader too, its TMP117 the module's oil; the site broker is not in
+    the VM, so both roles' links retry."""
     carrier = (REPO / "hardware" / "boards" / "oil-carrier.toml").read_text()
     board = re.sub(r"^bus = 1$", f"bus = {I2C_BUS}", carrier, flags=re.MULTILINE)
     board = board.replace('role = "flow"\n', "")
     config = (f'board_type = "vm-carrier"\n\n[identity]\nsite = "vm"\nmodule = "m1"\n'
               f'board = "b01"\n\n[[sensor]]\nname = "water_in"\nid = "{DS18B20_IDS[0]}"\n\n'
-              f'[[sensor]]\nname = "water_out"\nid = "{DS18B20_IDS[1]}"\n')
+              f'[[sensor]]\nname = "water_out"\nid = "{DS18B20_IDS[1]}"\n\n'
+              '[mqtt]\nbrokers = ["127.0.0.1"]\n\n[leader]\noil_reading = "oil"\n')
     return {"/etc/hearth/boards/vm-carrier.toml": board, "/etc/hearth/hearth.toml": config}
 
 
@@ -335,13 +340,32 @@ def boot(image: Path, kernel: Path, initrd: Path, timeout_s: float, log) -> Outc
     return Outcome(passed, failed, lines)
 
 
+def leader_dropin(work: Path) -> Path:
+    """The leader unit's device drop-in for the VM board's config, as scripts/provision
+    writes it from a leader's config."""
+    etc = work / "etc-hearth"
+    for path, text in board_files().items():
+        local = etc / Path(path).relative_to("/etc/hearth")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(text)
+    dropin = leader_devices_dropin(load_config(etc / "hearth.toml"), "the VM board's config")
+    if dropin is None:
+        raise VmTestError("the VM board's config gives the leader no device; its [leader] "
+                          "oil_reading should name the TMP117")
+    path = work / "devices.conf"
+    path.write_text(dropin)
+    return path
+
+
 def build_golden(cache: Path, work: Path, log) -> tuple[Path, Path, Path]:
-    """Base root -> Pi-layout image -> scripts/build-image -> the test bench added."""
+    """Base root -> Pi-layout image -> scripts/build-image (a leader board's image) -> the
+    test bench added."""
     base, kernel, initrd = pi_layout_image(base_root(cache, log), work)
     golden = work / "golden.img"
     started = time.monotonic()
     result = subprocess.run([str(REPO / "scripts" / "build-image"), str(base), str(golden),
-                             "--wheelhouse", str(wheelhouse(cache))],
+                             "--wheelhouse", str(wheelhouse(cache)), "--leader",
+                             "--leader-devices", str(leader_dropin(work))],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise VmTestError(f"scripts/build-image failed ({result.returncode}):\n"

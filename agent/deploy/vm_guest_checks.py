@@ -12,9 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 AGENT = "hearth-agent.service"
+LEADER = "hearth-leader.service"
+LEADER_METRICS = "http://127.0.0.1:9105/metrics"
 FAILSAFE = "hearth-failsafe.service"
 SETTINGS_FILE = Path("/etc/hearth-vm/hardware.json")
 CONSOLE = "/dev/ttyS0"
@@ -180,9 +183,9 @@ def agent_reads_its_chips(checks: Checks, settings: dict) -> None:
                   f"{node} ({group}) -> '{line or 'no state line with ' + ', '.join(expected)}'")
 
 
-def in_agent_sandbox(pid: int, code: str, *args: str, as_hearth: bool) -> str:
-    """Run python code in the agent's cgroup (its device policy) and mount namespace (its
-    read-only file system), as root or as the hearth user with its groups."""
+def in_sandbox(pid: int, code: str, *args: str, as_hearth: bool) -> str:
+    """Run python code in the cgroup (the device policy) and mount namespace (the read-only
+    file system) of a unit's main process, as root or as the hearth user with its groups."""
     cgroup = Path(f"/proc/{pid}/cgroup").read_text().strip().split("::", 1)[1]
     user = ["setpriv", "--reuid=hearth", "--regid=hearth", "--init-groups"] if as_hearth else []
     command = " ".join(["exec", "nsenter", f"--target={pid}", "--mount", "--", *user,
@@ -206,19 +209,50 @@ def sandbox_keeps_to_its_devices(checks: Checks, settings: dict) -> None:
     the disk, which it can outside: the unit's DevicePolicy=closed refuses it."""
     pid = main_pid()
     node = f"/dev/i2c-{settings['i2c_bus']}"
-    allowed = in_agent_sandbox(pid, OPEN_EACH, node, as_hearth=True)
+    allowed = in_sandbox(pid, OPEN_EACH, node, as_hearth=True)
     outside = subprocess.run(["/usr/bin/python3", "-c", OPEN_EACH, "/dev/vda"],
                              capture_output=True, text=True).stdout.strip()
-    refused = in_agent_sandbox(pid, OPEN_EACH, "/dev/vda", as_hearth=False)
+    refused = in_sandbox(pid, OPEN_EACH, "/dev/vda", as_hearth=False)
     checks.report("sandbox-devices", allowed == f"{node} opened" and
                   outside == "/dev/vda opened" and refused == "/dev/vda Operation not permitted",
                   f"hearth in the unit: '{allowed}'; root outside: '{outside}'; "
                   f"root in the unit: '{refused}'")
-    written = in_agent_sandbox(pid, "import sys\ntry:\n open(sys.argv[1], 'w')\n"
+    written = in_sandbox(pid, "import sys\ntry:\n open(sys.argv[1], 'w')\n"
                                "except OSError as e:\n print(e.strerror)", "/etc/hearth/x",
                                as_hearth=False)
     checks.report("sandbox-read-only", written == "Read-only file system",
                   f"root in the unit writing /etc/hearth/x: '{written}'")
+
+
+def module_oil_c() -> float | None:
+    try:
+        with urllib.request.urlopen(LEADER_METRICS, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return next((float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("hearth_module_oil_celsius")), None)
+
+
+def leader_keeps_to_its_devices(checks: Checks, settings: dict) -> None:
+    """The leader reads its module's oil through the device its drop-in allows, and its
+    sandbox refuses every other device."""
+    state = wait_for(lambda: (s := show(LEADER, "ActiveState", "MainPID", "User"))[
+        "ActiveState"] in ("active", "failed") and s, 90)
+    if not state or state["ActiveState"] != "active":
+        checks.report("leader-reads-oil", False, f"{LEADER} {state and state['ActiveState']}")
+        return
+    oil_c = wait_for(module_oil_c, 60)
+    checks.report("leader-reads-oil", oil_c == settings["oil_c"],
+                  f"{LEADER} as {state['User']}: hearth_module_oil_celsius {oil_c} "
+                  f"(the TMP117's {settings['oil_c']})")
+    pid = int(state["MainPID"])
+    node = f"/dev/i2c-{settings['i2c_bus']}"
+    allowed = in_sandbox(pid, OPEN_EACH, node, as_hearth=True)
+    refused = in_sandbox(pid, OPEN_EACH, "/dev/vda", "/dev/ttyS0", as_hearth=False).splitlines()
+    checks.report("leader-devices", allowed == f"{node} opened" and refused == [
+        "/dev/vda Operation not permitted", "/dev/ttyS0 Operation not permitted"],
+                  f"hearth in the unit: '{allowed}'; root in the unit: {refused}")
 
 
 def journald_dropin_in_force(checks: Checks, settings: dict) -> None:
@@ -247,7 +281,8 @@ def security_exposure(checks: Checks, settings: dict) -> None:
 def show_journal(console) -> None:
     """The units' last journal lines on the console, so a failure can be read on the host."""
     log = subprocess.run(["journalctl", "--no-pager", "-o", "short-monotonic", "-n", "80",
-                          "-u", "hearth-vm-hardware.service", "-u", AGENT, "-u", FAILSAFE],
+                          "-u", "hearth-vm-hardware.service", "-u", AGENT, "-u", FAILSAFE,
+                          "-u", LEADER],
                          capture_output=True, text=True).stdout
     for line in log.splitlines():
         console.write(f"vm-log: {line}\r\n")
@@ -262,6 +297,7 @@ def main() -> int:
             sandbox_keeps_to_its_devices(checks, settings)
             hung_agent_is_killed(checks, settings)
             start_limit_runs_on_failure(checks)
+        leader_keeps_to_its_devices(checks, settings)
         journald_dropin_in_force(checks, settings)
         security_exposure(checks, settings)
         if checks.failed:

@@ -11,18 +11,17 @@ root are cached, keyed by what went into them, so a second run skips the network
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
-from agent.deploy.disk import DiskImageError, Ext4Partition, raspberry_pi_layout, run
-from agent.deploy.image import (INSTALL_DIR, REPO, BuildError, StagedFile, fetch_wheels,
-                                install_requires, normalize, requirement_name, write_root,
-                                FROM_DISTRIBUTION)
 from agent.config import load_config
+from agent.deploy.disk import Ext4Partition, raspberry_pi_layout, run
+from agent.deploy.image import (FROM_DISTRIBUTION, INSTALL_DIR, REPO, StagedFile, fetch_wheels,
+                                install_requires, normalize, requirement_name, write_root)
 from agent.deploy.units import leader_devices_dropin
 from agent.drivers.ina2xx import ina219_calibration
 
@@ -111,15 +110,18 @@ def base_root(cache: Path, log) -> Path:
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    partial = tarball.with_name(tarball.name + ".partial")
-    run(["mmdebstrap", "--quiet", "--variant=apt", "--arch=amd64",
-         "--include=" + ",".join(BASE_PACKAGES),
-         "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
-         f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
-         f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
-         "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb",
-         "--format=tar", SUITE, str(partial)])
-    partial.replace(tarball)
+    partial = tarball.with_name(f"{tarball.name}.{os.getpid()}.partial")  # runs may overlap
+    try:
+        run(["mmdebstrap", "--quiet", "--variant=apt", "--arch=amd64",
+             "--include=" + ",".join(BASE_PACKAGES),
+             "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+             f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
+             f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+             "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb",
+             "--format=tar", SUITE, str(partial)])
+        partial.replace(tarball)
+    finally:
+        partial.unlink(missing_ok=True)
     log(f"vm-test: built the base root with mmdebstrap in {time.monotonic() - started:.0f} s")
     return tarball
 
@@ -177,11 +179,16 @@ def wheelhouse(cache: Path) -> Path:
                     if normalize(requirement_name(r)) not in FROM_DISTRIBUTION]
     directory = cache / f"wheels-{cache_key(requirements, TARGET_PYTHON)}"
     if not directory.exists():
-        partial = cache / "wheels.partial"
+        partial = cache / f"wheels.{os.getpid()}.partial"  # runs may overlap
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        fetch_wheels(requirements, TARGET_PYTHON, partial).rename(directory)
-        shutil.rmtree(partial)
+        try:
+            fetch_wheels(requirements, TARGET_PYTHON, partial).rename(directory)
+        except OSError:
+            if not directory.exists():  # else another run got there first
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return directory
 
 

@@ -7,6 +7,7 @@ unpacked (mmdebstrap's extract variant), and the kernel boots straight into an i
 holds Python, the extension and pid_ref.py as the image ships them, with
 agent/deploy/vm_guest_pid.py as /init."""
 
+import os
 import re
 import shutil
 import stat
@@ -70,7 +71,7 @@ def python_and_kernel(cache: Path, log) -> tuple[Path, Path]:
     if initramfs.exists():
         return kernel, initramfs
     started = time.monotonic()
-    unpacked = cache / "arm64.partial"
+    unpacked = cache / f"arm64.{os.getpid()}.partial"  # runs may overlap
     shutil.rmtree(unpacked, ignore_errors=True)
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def python_and_kernel(cache: Path, log) -> tuple[Path, Path]:
     archive.add_tree(unpacked / "usr/lib" / PYTHON, f"usr/lib/{PYTHON}")
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(next((unpacked / "boot").glob("vmlinuz-*")), kernel)
-    partial = initramfs.with_name("python.cpio.partial")
+    partial = initramfs.with_name(f"python.cpio.{os.getpid()}.partial")
     partial.write_bytes(archive.finish())
     partial.replace(initramfs)
     shutil.rmtree(unpacked)

@@ -29,8 +29,9 @@ setup(
     install_requires=RUNTIME["requires"],
     extras_require={
         "sim": ["matplotlib>=3.6"],
+        "fleet": ["nats-py>=2.6"],  # the site's uplink and the centre, never a board
         "dev": ["pytest>=7", "hypothesis>=6", "simple-pid>=2", "Cython>=3.0", "matplotlib>=3.6",
-                "Jinja2>=3"],
+                "Jinja2>=3", "nats-py>=2.6"],
     },
     entry_points={"console_scripts": ["hearth = agent.cli:main"]},
     ext_modules=cythonize(EXTENSIONS),

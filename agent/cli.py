@@ -51,6 +51,8 @@ COMMANDS = (
             "run the site role: building demand into module budgets"),
     Command("report", "agent.commands.report",
             "record the site's energy ledger, or write a month's public statement"),
+    Command("uplink", "agent.commands.uplink",
+            "carry the site's telemetry, events and ledgers to the fleet's hub (NATS)"),
 )
 
 

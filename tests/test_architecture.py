@@ -124,7 +124,7 @@ def test_a_commands_table_help_is_the_one_its_module_gives(command):
 
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
-ABOVE_THE_RUNTIME = ("deploy", "sim", "commands")
+ABOVE_THE_RUNTIME = ("deploy", "sim", "commands", "fleet")
 """agent/ subpackages that sit above the board runtime and may import it (never the reverse)."""
 
 
@@ -270,3 +270,20 @@ def test_nothing_outside_the_simulator_imports_it():
         if found:
             offenders[str(relative)] = found
     assert offenders == {}
+
+
+def test_only_the_fleet_tools_import_the_fleet_package():
+    """agent.fleet (NATS, the uplink, the centre) sits above the roles: no board, leader, site
+    or simulator module imports it, so a board never needs nats-py; only the commands and the
+    deployment tools (the NATS configuration) reach it."""
+    offenders = {}
+    for path in sorted(AGENT.rglob("*.py")):
+        relative = path.relative_to(AGENT)
+        if relative.parts[0] in ("fleet", "commands", "deploy"):
+            continue
+        found = loaded(sorted(imported_names(path)), "agent.fleet")
+        if found:
+            offenders[str(relative)] = found
+    assert offenders == {}
+    for path in sorted((AGENT / "fleet").rglob("*.py")):
+        assert not loaded(sorted(imported_names(path)), "agent.commands"), path

@@ -44,6 +44,8 @@ SITE_USER = "site"
 OPERATOR_USER = "operator"
 STANDBY_USER = "standby"
 """The standby broker's bridge logs in to the primary with this account."""
+UPLINK_USER = "uplink"
+"""`hearth uplink` reads the whole site with this account (docs/fleet.md) and writes nothing."""
 DEFAULT_BRIDGE_QUEUE = 10000
 HA_PREFIX = "homeassistant"
 HA_STATUS = f"{HA_PREFIX}/status"
@@ -419,6 +421,7 @@ def acl_text(inventory: Inventory) -> str:
         f"topic write {site_root}/site/demand",
         f"topic write {site_root}/{TARGET_SET}",
         f"topic write {site_root}/{MODE_SET}"]) for operator in inventory.operator_usernames]
+    blocks.append("\n".join([f"user {UPLINK_USER}", f"topic read {site_root}/#"]))
     if inventory.standby is not None:
         blocks.append("\n".join([
             f"# The standby's bridge carries every message of the site both ways.",
@@ -651,7 +654,7 @@ def site_usernames(inventory: Inventory) -> list[str]:
     """Every account of the site's brokers, in password-file order."""
     names = [board.username for board in inventory.boards]
     names += [leader.username for leader in inventory.leaders]
-    names += [SITE_USER, *inventory.operator_usernames]
+    names += [SITE_USER, *inventory.operator_usernames, UPLINK_USER]
     if inventory.standby is not None:
         names.append(STANDBY_USER)
     return names

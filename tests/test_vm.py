@@ -12,7 +12,7 @@ CHECK_LINE = re.compile(r"^vm-test: (?P<name>\S+) +(?P<value>.*?) +(?P<verdict>P
 RUN_LIMIT_S = 600
 
 EXPECTED_CHECKS = {
-    "agent-active", "agent-ready", "watchdog-pets",
+    "agent-active", "agent-ready", "watchdog-pets", "agent-user", "tmpfiles-actuators",
     "watchdog-kill", "failsafe-capped", "failsafe-frozen", "failsafe-journal",
     "agent-restarted", "start-limit-onfailure",
     "agent-reads-i2c", "sandbox-devices", "sandbox-read-only", "leader-reads-oil",

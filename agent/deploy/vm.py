@@ -43,7 +43,9 @@ DS18B20_IDS = ("28-00000a0e0001", "28-00000a0e0002")
 GUEST_DIR = "/usr/local/lib/hearth-vm"
 SETTINGS_PATH = "/etc/hearth-vm/hardware.json"
 CPUFREQ_POLICY = "/sys/devices/system/cpu/cpufreq/policy0"
-WORKLOAD_FREEZE = "/sys/fs/cgroup/hearth.slice/hearth-workload.slice/cgroup.freeze"
+SLICES = tuple(f"/sys/fs/cgroup/hearth.slice/hearth-{name}.slice" for name in ("workload",
+                                                                               "heatfill"))
+WORKLOAD_FREEZE = f"{SLICES[0]}/cgroup.freeze"
 CHECK_LINE = re.compile(r"vm-(test|log): .*")
 
 HARDWARE_UNIT = f"""# Test VM only: the board's hardware as far as the kernel can emulate it, laid out before the
@@ -226,7 +228,10 @@ def hardware_settings() -> dict:
                    "workload_freeze": WORKLOAD_FREEZE, "i2c_bus": I2C_BUS,
                    "state_line_readings": ["power=4.00 W", "oil=40.00 C"], "oil_c": 40.0,
                    "journals": journal_expectations(),
-                   "documented_exposure": documented_exposure()},
+                   "documented_exposure": documented_exposure(),
+                   "actuator_files": [f"{CPUFREQ_POLICY}/scaling_max_freq", *(
+                       f"{slice_dir}/{name}" for slice_dir in SLICES
+                       for name in ("cpu.max", "cpuset.cpus", "cgroup.freeze"))]},
     }
 
 

@@ -6,8 +6,10 @@ the agent's unit has been started by systemd as PID 1. Each check prints one lin
 `vm-test: done <passed> passed, <failed> failed`, then the VM powers off.
 """
 
+import grp
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -140,9 +142,24 @@ def hung_agent_is_killed(checks: Checks, settings: dict) -> None:
                   f"{before['NRestarts']} -> {again and again['NRestarts']}")
 
 
-def start_limit_runs_on_failure(checks: Checks) -> None:
+def journal_entries(cursor: str, *matches: str) -> list[tuple[int, str]]:
+    """(monotonic microseconds, message) of the journal's entries after cursor."""
+    output = subprocess.run(["journalctl", "--no-pager", "-o", "json",
+                             f"--after-cursor={cursor}", *matches],
+                            capture_output=True, text=True).stdout
+    entries = []
+    for line in output.splitlines():
+        entry = json.loads(line)
+        if isinstance(entry.get("MESSAGE"), str):
+            entries.append((int(entry["__MONOTONIC_TIMESTAMP"]), entry["MESSAGE"]))
+    return entries
+
+
+def start_limit_runs_on_failure(checks: Checks, settings: dict) -> None:
     """Kill the agent until systemd stops restarting it: once the start limit is hit, the unit
-    must stay failed and OnFailure= must start the failsafe."""
+    must stay failed, OnFailure= be triggered, and the failsafe finish after that moment. (With
+    RestartMode=normal OnFailure= fires after every failure too; a start that finds the
+    failsafe still running from the previous one joins that run.)"""
     kills = 0
     cursor = journal_cursor()
     while kills < 10:
@@ -154,18 +171,26 @@ def start_limit_runs_on_failure(checks: Checks) -> None:
         os.kill(int(state["MainPID"]), signal.SIGKILL)
         kills += 1
         wait_for(lambda: show(AGENT, "ActiveState")["ActiveState"] != "active", 30)
-    wait_for(lambda: "CPU capped" in journal_since(cursor, "-u", FAILSAFE), 30)
+    wait_for(lambda: show(FAILSAFE, "ActiveState")["ActiveState"] != "activating", 30)
     time.sleep(5)  # longer than RestartSec=: a restart would have begun by now
     state = show(AGENT, "ActiveState")["ActiveState"]
-    log = journal_since(cursor).splitlines()
-    limit = next((n for n, line in enumerate(log) if "Start request repeated too quickly" in line),
-                 None)
-    failsafe = next((n for n, line in enumerate(log) if limit is not None and n > limit
-                     and "hearth failsafe: CPU capped" in line), None)
-    checks.report("start-limit-onfailure", state == "failed" and failsafe is not None,
-                  f"after {kills} kills: '{log[limit].split(': ', 1)[-1] if limit else ''}', "
-                  f"{AGENT} stays {state}, then {FAILSAFE} "
-                  f"{'capped the CPU' if failsafe else 'did not run'}")
+    entries = journal_entries(cursor, "-u", AGENT)
+    limit_us = next((at for at, message in entries
+                     if "Start request repeated too quickly" in message), None)
+    triggered = limit_us is not None and any(
+        at >= limit_us and "Triggering OnFailure=" in message for at, message in entries)
+    failsafe = show(FAILSAFE, "ExecMainExitTimestampMonotonic", "Result", "ExecMainStatus")
+    finished_after = limit_us is not None and int(
+        failsafe["ExecMainExitTimestampMonotonic"] or 0) >= limit_us
+    cap = read(f"{settings['cpufreq_policy']}/scaling_max_freq")
+    checks.report("start-limit-onfailure",
+                  state == "failed" and triggered and finished_after
+                  and failsafe["Result"] == "success" and cap == str(settings["min_khz"]),
+                  f"after {kills} kills: start limit {'hit' if limit_us else 'not hit'}, "
+                  f"{AGENT} stays {state}, OnFailure= {'triggered' if triggered else 'silent'}, "
+                  f"{FAILSAFE} {'finished after it' if finished_after else 'did not run after it'}"
+                  f" ({failsafe['Result']}, exit {failsafe['ExecMainStatus']}), "
+                  f"scaling_max_freq={cap}")
 
 
 def agent_reads_its_chips(checks: Checks, settings: dict) -> None:
@@ -181,6 +206,26 @@ def agent_reads_its_chips(checks: Checks, settings: dict) -> None:
                            text=True).stdout.strip()
     checks.report("agent-reads-i2c", bool(line) and info.st_mode & 0o006 == 0,
                   f"{node} ({group}) -> '{line or 'no state line with ' + ', '.join(expected)}'")
+
+
+def agent_user_and_actuator_files(checks: Checks, settings: dict) -> None:
+    """The agent runs as hearth with the device groups, and tmpfiles.d gave that group the
+    actuator files it writes (the unit's ExecStartPre= applies it)."""
+    status = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{main_pid()}/status").read_text().splitlines())
+    user = pwd.getpwuid(int(status["Uid"].split()[1])).pw_name
+    groups = sorted(grp.getgrgid(int(gid)).gr_name for gid in status["Groups"].split())
+    checks.report("agent-user", user == "hearth" and {"gpio", "i2c"} <= set(groups),
+                  f"effective user {user}, groups {','.join(groups)}")
+    owners = {}
+    for path in settings["actuator_files"]:
+        info = os.stat(path)
+        owners[path] = (f"{pwd.getpwuid(info.st_uid).pw_name}:{grp.getgrgid(info.st_gid).gr_name}"
+                        f" {info.st_mode & 0o777:o}")
+    wrong = {path: owner for path, owner in owners.items() if owner != "root:hearth 664"}
+    checks.report("tmpfiles-actuators", not wrong,
+                  f"{len(owners) - len(wrong)} of {len(owners)} root:hearth 664"
+                  + (f"; not: {wrong}" if wrong else ""))
 
 
 def in_sandbox(pid: int, code: str, *args: str, as_hearth: bool) -> str:
@@ -294,9 +339,10 @@ def main() -> int:
         checks = Checks(console)
         if agent_running(checks, settings):
             agent_reads_its_chips(checks, settings)
+            agent_user_and_actuator_files(checks, settings)
             sandbox_keeps_to_its_devices(checks, settings)
             hung_agent_is_killed(checks, settings)
-            start_limit_runs_on_failure(checks)
+            start_limit_runs_on_failure(checks, settings)
         leader_keeps_to_its_devices(checks, settings)
         journald_dropin_in_force(checks, settings)
         security_exposure(checks, settings)

@@ -66,7 +66,7 @@ class Line:
     def send(self, data: bytes | str) -> None:
         os.write(self.fd, data.encode() if isinstance(data, str) else data)
 
-    def read_until(self, pattern: re.Pattern = PROMPT, timeout_s: float = 10.0) -> bytes:
+    def read_until(self, pattern: re.Pattern = PROMPT, timeout_s: float = 30.0) -> bytes:
         data = b""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -94,7 +94,7 @@ class Listener:
     def on(self, topic: str) -> list[dict]:
         return [json.loads(payload) for t, payload in self.received if t == topic]
 
-    def wait(self, condition, timeout_s=10.0, step=None) -> None:
+    def wait(self, condition, timeout_s=30.0, step=None) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:

@@ -1,5 +1,5 @@
-"""The link to an MQTT broker: with network_loop.py, the only place paho is used; everyone
-else sends messages.
+"""The link to an MQTT broker: with network_loop.py, the only place the roles use paho; everyone
+else sends messages (the fleet uplink keeps a session of its own, agent/fleet/uplink.py says why).
 
 One Link is one connection (a board, a leader, a test's listener); hundreds live in one process
 in the simulator, so everything it needs - broker, credentials, boot id, clock, outbox, and how

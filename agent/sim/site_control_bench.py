@@ -22,12 +22,10 @@ import datetime
 import math
 from typing import Any, Callable
 
-import paho.mqtt.client as paho
-
 from agent.leader.trim import TrimLoop
 from agent.mqtt.envelope import Envelope, encode
 from agent.mqtt.link import Message
-from agent.mqtt.topics import LEADER, ROOT
+from agent.mqtt.topics import LEADER, ROOT, topic_matches
 from agent.sim.building import (BAND_K, COLD_SNAP, MILD_DAY, WINTER_DAY, BufferTank,
                                 HotWaterDraws, OutdoorDay, SpaceHeating, TankParams, comfort)
 from agent.sim.params import BoardParams
@@ -244,7 +242,7 @@ class BenchLink:
             envelope = self.envelopes.setdefault(sender, Envelope(sender, self.clock))
             raw = encode(envelope.stamp(topic, payload))
         for pattern, handler in self.handlers:
-            if paho.topic_matches_sub(pattern, topic):
+            if topic_matches(pattern, topic):
                 handler(Message(topic, raw))
 
 

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vm-test: {', '.join(missing)} not installed; run scripts/setup-dev",
               file=sys.stderr)
         return 2
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        print(f"vm-test: --keep {args.keep} is not empty; give a new directory",
+              file=sys.stderr)
+        return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hearth-vm-") as scratch:
         work = args.keep or Path(scratch)

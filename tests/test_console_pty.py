@@ -182,10 +182,11 @@ os.execv(sys.executable, [sys.executable, "-m", "agent", "term", *sys.argv[2:]])
 """
 
 
-def test_term_sends_ctrl_c_to_the_console_and_says_how_to_quit(sim_dir, tmp_path):
+@pytest.fixture
+def term(sim_dir, tmp_path):
     """`hearth term` on a technician's terminal (a pty whose line discipline turns Ctrl-C into
-    SIGINT), the board at the other end of a null-modem cable: Ctrl-C cancels on the board
-    (here a pending confirmation) instead of ending the session; Ctrl-D ends it."""
+    SIGINT, as a laptop's does), the board at the other end of a null-modem cable: the
+    terminal's screen, the term process, and the board."""
     import subprocess
     import sys
     import threading
@@ -198,36 +199,64 @@ def test_term_sends_ctrl_c_to_the_console_and_says_how_to_quit(sim_dir, tmp_path
     stop = threading.Event()
     cable = bridge(board_master, laptop_master, stop)
     board = Board(sim_dir, board_path).start()
-    term = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", ON_ITS_OWN_TERMINAL, os.ttyname(terminal_slave), laptop_path,
          "--history", str(tmp_path / "history")],
         start_new_session=True, env={**os.environ, "TERM": "dumb"})
     screen = Line(terminal_master)
     try:
         banner = screen.read_until(timeout_s=20).decode()
-        assert "Ctrl-C cancels the line on the board" in banner, banner
-        assert "Ctrl-D (on an empty line) quits" in banner, banner
-        screen.send("reset\r")
-        assert b"Type yes" in screen.read_until()
-        screen.send("\x03")
-        assert b"^C" in screen.read_until()
-        assert term.poll() is None, "Ctrl-C ended hearth term"
-        screen.send("yes\r")
-        answer = screen.read_until().decode()
-        assert "unknown command 'yes'" in answer and "nothing is latched" not in answer, answer
-        screen.send("stat\x03")  # a half-typed line is dropped, on the laptop and the board
-        screen.read_until()
-        screen.send("status\r")
-        assert b"board b07" in screen.read_until()
-        screen.send("\x04")
-        assert term.wait(timeout=10) == 0
+        yield screen, process, board, banner
     finally:
-        if term.poll() is None:
-            term.kill()
-            term.wait()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         board.stop()
         stop.set()
         cable.join(timeout=2)
         for fd in (board_master, board_slave, laptop_master, laptop_slave, terminal_master,
                    terminal_slave):
             os.close(fd)
+
+
+def test_term_sends_ctrl_c_to_the_console_and_says_how_to_quit(term):
+    """Ctrl-C cancels on the board (here a pending confirmation) instead of ending the
+    session; Ctrl-D ends it."""
+    screen, process, board, banner = term
+    assert "Ctrl-C cancels the line on the board" in banner, banner
+    assert "Ctrl-D (on an empty line) quits" in banner, banner
+    screen.send("reset\r")
+    assert b"Type yes" in screen.read_until()
+    screen.send("\x03")
+    assert b"^C" in screen.read_until()
+    assert process.poll() is None, "Ctrl-C ended hearth term"
+    screen.send("yes\r")
+    answer = screen.read_until().decode()
+    assert "unknown command 'yes'" in answer and "nothing is latched" not in answer, answer
+    screen.send("stat\x03")  # a half-typed line is dropped, on the laptop and the board
+    assert b"^C" in screen.read_until()
+    screen.send("status\r")
+    assert b"board b07" in screen.read_until()
+    screen.send("\x04")
+    assert process.wait(timeout=10) == 0
+
+
+def test_ctrl_c_while_term_is_still_taking_in_a_paste_cancels_it(term):
+    """A Ctrl-C that reaches hearth term while it is busy echoing typed characters (a paste,
+    or a fast typist on a loaded laptop) is acted on at once, not when the next key comes;
+    and the line it cancelled neither runs nor lingers on the board or in the history."""
+    screen, process, board, _ = term
+    for attempt in range(10):
+        screen.send("reset" + " " * 1000)
+        screen.read_until(re.compile(b".", re.DOTALL), timeout_s=5)  # being echoed
+        screen.send("\x03")
+        shown = screen.read_until(timeout_s=5)
+        assert b"^C" in shown, (attempt, shown[-300:])
+        assert process.poll() is None, "Ctrl-C ended hearth term"
+    assert b"Type yes" not in shown
+    screen.send("status\r")
+    assert b"board b07" in screen.read_until()
+    screen.send("\x1b[A\r")  # the previous line in the history is status, not a cancelled one
+    assert b"board b07" in screen.read_until()
+    screen.send("\x04")
+    assert process.wait(timeout=10) == 0

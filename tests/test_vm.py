@@ -15,7 +15,7 @@ EXPECTED_CHECKS = {
     "agent-active", "agent-ready", "watchdog-pets", "agent-user", "tmpfiles-actuators",
     "watchdog-kill", "failsafe-capped", "failsafe-frozen", "failsafe-journal",
     "agent-restarted", "start-limit-onfailure",
-    "agent-reads-i2c", "sandbox-devices", "sandbox-read-only", "leader-reads-oil",
+    "agent-reads-i2c", "sandbox-devices", "sandbox-read-only", "sandbox-writable-paths", "leader-reads-oil",
     "leader-devices",
     "journald-runtime", "journald-system", "security-exposure",
     "aarch64-extension-loads", "aarch64-pid-agrees",

@@ -142,6 +142,46 @@ def hung_agent_is_killed(checks: Checks, settings: dict) -> None:
                   f"{before['NRestarts']} -> {again and again['NRestarts']}")
 
 
+WRITE_BACK_EACH = """import sys
+for path in sys.argv[1:]:
+    try:
+        with open(path, "r+") as handle:
+            value = handle.read()
+            handle.seek(0)
+            handle.write(value)
+        print(path, "written")
+    except OSError as error:
+        print(path, error.strerror)
+"""
+
+
+def sandbox_writes_its_actuators(checks: Checks, settings: dict) -> None:
+    """ReadWritePaths= and tmpfiles.d let the hearth user in the unit write the actuator files
+    (each its own value back). How /sys itself is mounted in the unit is shown alongside: here
+    ProtectKernelTunables= left it writable (docs/vm-test.md)."""
+    writable = settings["actuator_files"]
+    pid = main_pid()
+    answers = in_sandbox(pid, WRITE_BACK_EACH, *writable, as_hearth=True).splitlines()
+    written = [path for path in writable if f"{path} written" in answers]
+    checks.report("sandbox-writable-paths", len(written) == len(writable),
+                  f"hearth in the unit wrote {len(written)} of {len(writable)} actuator files"
+                  + (f" (not: {[a for a in answers if not a.endswith('written')]})"
+                     if len(written) != len(writable) else "")
+                  + f"; /sys in the unit: {mount_of(pid, '/sys/kernel')}")
+
+
+def mount_of(pid: int, path: str) -> str:
+    """The mount point and options under which path lies in the process's namespace."""
+    best = ("", "")
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = fields[4]
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(
+                best[0]):
+            best = (point, fields[5])
+    return " ".join(best)
+
+
 def journal_entries(cursor: str, *matches: str) -> list[tuple[int, str]]:
     """(monotonic microseconds, message) of the journal's entries after cursor."""
     output = subprocess.run(["journalctl", "--no-pager", "-o", "json",
@@ -341,6 +381,7 @@ def main() -> int:
             agent_reads_its_chips(checks, settings)
             agent_user_and_actuator_files(checks, settings)
             sandbox_keeps_to_its_devices(checks, settings)
+            sandbox_writes_its_actuators(checks, settings)
             hung_agent_is_killed(checks, settings)
             start_limit_runs_on_failure(checks, settings)
         leader_keeps_to_its_devices(checks, settings)

@@ -61,9 +61,6 @@ Before=hearth-agent.service hearth-failsafe.service sysinit.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-# The image ships sources only and the agent's unit cannot write its bytecode (ProtectSystem=
-# strict), so without this every start of the agent compiles it again on the emulated CPU.
-ExecStartPre=/usr/bin/python3 -m compileall -q -j 0 {INSTALL_DIR}/lib
 ExecStart=/usr/bin/python3 {GUEST_DIR}/hardware.py
 
 [Install]

@@ -373,6 +373,16 @@ def show_journal(console) -> None:
         console.write(f"vm-log: {line}\r\n")
 
 
+def bytecode_is_cached(checks: Checks, settings: dict) -> None:
+    """The image ships Python sources only and /opt is read-only to the units: the bytecode an
+    agent start compiles must land in its CacheDirectory=, or every start compiles again."""
+    cached = list(Path("/var/cache/hearth/pycache").rglob("*.pyc"))
+    owners = {pwd.getpwuid(path.stat().st_uid).pw_name for path in cached}
+    checks.report("bytecode-cached", len(cached) > 20 and "hearth" in owners,
+                  f"{len(cached)} .pyc files under /var/cache/hearth/pycache, written by "
+                  f"{','.join(sorted(owners)) or 'nobody'}")
+
+
 def main() -> int:
     settings = json.loads(SETTINGS_FILE.read_text())["checks"]
     with open(CONSOLE, "w") as console:
@@ -380,6 +390,7 @@ def main() -> int:
         if agent_running(checks, settings):
             agent_reads_its_chips(checks, settings)
             agent_user_and_actuator_files(checks, settings)
+            bytecode_is_cached(checks, settings)
             sandbox_keeps_to_its_devices(checks, settings)
             sandbox_writes_its_actuators(checks, settings)
             hung_agent_is_killed(checks, settings)

@@ -1,0 +1,117 @@
+"""`hearth fleet`: the centre's own roles (docs/fleet.md "The fleet ledger"): `ledger` follows
+every site's hub stream into the fleet ledger, `energy` prints a site's month from it for
+billing."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from agent.errors import ConfigFileError, ConfigValueError
+from agent.persist import DEFAULT_STATE_DIR
+
+DEFAULT_LEDGER_DIR = DEFAULT_STATE_DIR / "fleet-ledger"
+FOLLOW_BATCH = 5000
+"""Messages a site's consumer takes before it looks whether to stop."""
+HELP = "the centre: the fleet ledger from every site's hub stream, and billing CSV"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("fleet", help=HELP, description=(
+        "ledger: follow every site's stream at the hub (a durable consumer `ledger` each) and "
+        "append each site's ledger rows, as the site's own recorder does. energy: a site's "
+        "month from that ledger as CSV, per day and module, for billing."))
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ledger_parser = actions.add_parser("ledger", help="run the fleet ledger")
+    ledger_parser.add_argument("--fleet", type=Path, required=True, metavar="FILE",
+                               help="the fleet inventory TOML (docs/fleet.md)")
+    ledger_parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                               help="hearth uplink nats-config's directory (the fleet login)")
+    ledger_parser.add_argument("--ledger-dir", type=Path, default=DEFAULT_LEDGER_DIR,
+                               metavar="DIR", help=f"default {DEFAULT_LEDGER_DIR}")
+    ledger_parser.add_argument("--leader-timeout", type=float, default=30.0, metavar="S",
+                               help="a gap between a leader's states longer than this is not "
+                               "uptime (the site role's leader_timeout_s; default 30)")
+    ledger_parser.add_argument("--duration", type=float, metavar="S",
+                               help="stop after this many seconds (default: run until stopped)")
+    ledger_parser.set_defaults(run=ledger)
+    energy_parser = actions.add_parser("energy", help="a site's month as CSV, for billing")
+    energy_parser.add_argument("--site", required=True)
+    energy_parser.add_argument("--month", required=True, metavar="YYYY-MM")
+    energy_parser.add_argument("--ledger-dir", type=Path, default=DEFAULT_LEDGER_DIR,
+                               metavar="DIR", help=f"default {DEFAULT_LEDGER_DIR}")
+    energy_parser.set_defaults(run=energy)
+
+
+def energy(args: argparse.Namespace) -> int:
+    from agent.fleet.ledger_file import LedgerFile
+    from agent.fleet.report import energy_csv, month_bounds_s
+    try:
+        month_bounds_s(args.month)
+    except ValueError:
+        raise ConfigValueError(f"--month {args.month!r} is not a month; write it YYYY-MM, "
+                               "e.g. 2026-12") from None
+    ledger_file = LedgerFile(args.ledger_dir, args.site)
+    rows = ledger_file.read_month(args.month)
+    if not rows:
+        raise ConfigValueError(f"no fleet ledger for site {args.site!r} in {args.month}: "
+                               f"{ledger_file.path(args.month)} is missing or empty; check "
+                               "--site, --month and --ledger-dir, and that `hearth fleet "
+                               "ledger` runs at the centre")
+    sys.stdout.write(energy_csv(args.site, rows, args.month))
+    return 0
+
+
+def ledger(args: argparse.Namespace) -> int:
+    import nats
+
+    from agent.deploy.nats_config import FLEET_USER, load_fleet
+    from agent.fleet.centre import FleetLedger, SiteConsumer
+    from agent.fleet.ledger_file import LedgerFile
+    from agent.fleet.subjects import HUB_DOMAIN
+    from agent.journal_log import log_to_journal
+
+    fleet = load_fleet(args.fleet)
+    credentials = args.out / "credentials" / f"{FLEET_USER}.toml"
+    try:
+        password = tomllib.loads(credentials.read_text())["nats"]["password"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as error:
+        raise ConfigFileError(f"{credentials}: no [nats] password ({error}); run hearth uplink "
+                              "nats-config with this --out first") from None
+    log_to_journal()
+    log = logging.getLogger("hearth.fleet")
+    servers = [f"nats://{hub.host}:{hub.client_port}" for hub in fleet.hubs]
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        if args.duration is not None:
+            loop.call_later(args.duration, stopping.set)
+        connection = await nats.connect(servers, user=FLEET_USER, password=password)
+        jetstream = connection.jetstream(domain=HUB_DOMAIN)
+        consumers = []
+        for site in fleet.sites:
+            consumer = SiteConsumer(jetstream, FleetLedger(
+                site.name, LedgerFile(args.ledger_dir, site.name), time.time, log,
+                args.leader_timeout))
+            await consumer.start()
+            consumers.append(consumer)
+        async def follow(consumer: SiteConsumer) -> None:
+            while not stopping.is_set():
+                await consumer.pump(max_messages=FOLLOW_BATCH)
+
+        await asyncio.gather(*(follow(consumer) for consumer in consumers))
+        await connection.close()
+        for consumer in consumers:
+            log.info("fleet ledger %s: %d rows written, %d messages rejected",
+                     consumer.ledger.site, consumer.ledger.rows_written,
+                     consumer.ledger.rejected_messages)
+
+    asyncio.run(main())
+    return 0

@@ -182,6 +182,10 @@ def test_fleet_ledger_equals_the_sites_own_across_a_restart(tmp_path, jetstream_
     site_rows = site_ledger(tmp_path / "site", messages)
 
     assert len(fleet_rows) == len(site_rows) == 31 * 96
+    for fleet, site in zip(fleet_rows, site_rows):  # quarter hour by quarter hour
+        assert (fleet["start_s"], fleet["end_s"]) == (site["start_s"], site["end_s"])
+        for name in ("electric_wh", "heat_wh", "up_s"):
+            assert fleet[name] == pytest.approx(site[name], rel=1e-3, abs=1e-6), name
     for name in ("electric_wh", "heat_wh", "up_s"):
         for module in ("m1", "m2"):
             fleet = sum(row[name].get(module, 0.0) for row in fleet_rows)

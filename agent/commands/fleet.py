@@ -8,10 +8,9 @@ import logging
 import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
 
-from agent.errors import ConfigFileError, ConfigValueError
+from agent.errors import ConfigValueError
 from agent.persist import DEFAULT_STATE_DIR
 
 DEFAULT_LEDGER_DIR = DEFAULT_STATE_DIR / "fleet-ledger"
@@ -69,22 +68,16 @@ def energy(args: argparse.Namespace) -> int:
 def ledger(args: argparse.Namespace) -> int:
     import nats
 
-    from agent.deploy.nats_config import FLEET_USER, load_fleet
+    from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet
     from agent.fleet.centre import FleetLedger, SiteConsumer
     from agent.fleet.ledger_file import LedgerFile
     from agent.fleet.subjects import HUB_DOMAIN
     from agent.journal_log import log_to_journal
 
     fleet = load_fleet(args.fleet)
-    credentials = args.out / "credentials" / f"{FLEET_USER}.toml"
-    try:
-        password = tomllib.loads(credentials.read_text())["nats"]["password"]
-    except (OSError, tomllib.TOMLDecodeError, KeyError) as error:
-        raise ConfigFileError(f"{credentials}: no [nats] password ({error}); run hearth uplink "
-                              "nats-config with this --out first") from None
+    servers, password = fleet_login(fleet, args.out)
     log_to_journal()
     log = logging.getLogger("hearth.fleet")
-    servers = [f"nats://{hub.host}:{hub.client_port}" for hub in fleet.hubs]
 
     async def main() -> None:
         stopping = asyncio.Event()

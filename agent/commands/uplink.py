@@ -10,7 +10,6 @@ import asyncio
 import logging
 import signal
 import subprocess
-import tomllib
 from pathlib import Path
 
 from agent.errors import ConfigFileError, HearthError
@@ -101,18 +100,12 @@ def nats_config(args: argparse.Namespace) -> int:
 def hub_streams(args: argparse.Namespace) -> int:
     import nats
 
-    from agent.deploy.nats_config import FLEET_USER, load_fleet
+    from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet
     from agent.fleet import streams
     from agent.fleet.subjects import HUB_DOMAIN
 
     fleet = load_fleet(args.fleet)
-    credentials = args.out / "credentials" / f"{FLEET_USER}.toml"
-    try:
-        password = tomllib.loads(credentials.read_text())["nats"]["password"]
-    except (OSError, tomllib.TOMLDecodeError, KeyError) as error:
-        raise ConfigFileError(f"{credentials}: no [nats] password ({error}); run hearth uplink "
-                              "nats-config with this --out first") from None
-    servers = [f"nats://{hub.host}:{hub.client_port}" for hub in fleet.hubs]
+    servers, password = fleet_login(fleet, args.out)
 
     async def main() -> None:
         connection = await nats.connect(servers, user=FLEET_USER, password=password)

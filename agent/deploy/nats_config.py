@@ -136,6 +136,18 @@ def _quoted(text: str) -> str:
     return json.dumps(text)
 
 
+def fleet_login(fleet: Fleet, out: Path) -> tuple[list[str], str]:
+    """The hub's client URLs and the `fleet` account's password that `hearth uplink
+    nats-config --out OUT` wrote, for the tools that work at the centre."""
+    credentials = out / "credentials" / f"{FLEET_USER}.toml"
+    try:
+        password = tomllib.loads(credentials.read_text())["nats"]["password"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as error:
+        raise ConfigFileError(f"{credentials}: no [nats] password ({error}); run hearth uplink "
+                              "nats-config with this --out first") from None
+    return [f"nats://{hub.host}:{hub.client_port}" for hub in fleet.hubs], password
+
+
 def hub_conf(fleet: Fleet, hub: HubServer, passwords: dict[str, str]) -> str:
     """One hub server: clustered with the other two, JetStream in domain `hub`, leaf nodes
     accepted into the HEARTH account, one login per site's leaf node and one for the centre."""

@@ -595,7 +595,8 @@ def openssl(*arguments: str) -> None:
     subprocess.run(["openssl", *arguments], check=True, capture_output=True)
 
 
-def _signed(directory: Path, stem: str, subject: str, extensions: str, ca: Path) -> None:
+def sign_certificate(directory: Path, stem: str, subject: str, extensions: str,
+                     ca: Path) -> None:
     """A new EC key and a certificate for it signed by the site CA, unless one signed by this
     CA is there already (kept: a re-run must not change what boards hold)."""
     certificate = directory / f"{stem}.crt"
@@ -637,11 +638,11 @@ def make_tls(out: Path, inventory: Inventory, accounts: list[str], ca_cert: Path
                 "-days", "3650", "-subj", f"/CN=Hearth {inventory.site} CA")
         (ca / "ca.key").chmod(0o600)
     for broker in inventory.brokers:
-        _signed(out / broker.role / "tls", "server", f"/CN={broker.host}",
+        sign_certificate(out / broker.role / "tls", "server", f"/CN={broker.host}",
                 f"subjectAltName={_subject_alt_name(broker.host)}\n"
                 "extendedKeyUsage=serverAuth\n", ca)
     for username in accounts:
-        _signed(out / "clients" / username, "client", f"/CN={username}",
+        sign_certificate(out / "clients" / username, "client", f"/CN={username}",
                 "extendedKeyUsage=clientAuth\n", ca)
     if inventory.standby is not None:
         for suffix in ("crt", "key"):

@@ -14,9 +14,8 @@ import secrets
 import tomllib
 from pathlib import Path
 
-
 from agent.deploy.broker_config import (UPLINK_USER, InventoryError, _subject_alt_name, openssl,
-                                        write_atomic)
+                                        sign_certificate, write_atomic)
 from agent.errors import ConfigFileError
 from agent.fleet.subjects import HUB_DOMAIN, site_domain
 from agent.identity import IDENTITY_FIELDS
@@ -242,20 +241,7 @@ def _tls(out: Path, fleet: Fleet) -> None:
     pairs += [(out / "site" / site.name / "tls", "client", f"/CN={site.leaf_user}",
                "extendedKeyUsage=clientAuth\n") for site in fleet.sites]
     for directory, stem, subject, extensions in pairs:
-        directory.mkdir(parents=True, exist_ok=True)
-        if (directory / f"{stem}.crt").exists():
-            continue
-        key, request, extfile = (directory / f"{stem}.{suffix}" for suffix in ("key", "csr", "ext"))
-        extfile.write_text(extensions)
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", str(key), "-out", str(request), "-subj", subject)
-        openssl("x509", "-req", "-in", str(request), "-CA", str(ca / "ca.crt"), "-CAkey",
-                str(ca / "ca.key"), "-CAcreateserial", "-out", str(directory / f"{stem}.crt"),
-                "-days", "1825", "-extfile", str(extfile))
-        key.chmod(0o600)
-        request.unlink()
-        extfile.unlink()
-        write_atomic(directory / "ca.crt", (ca / "ca.crt").read_bytes())
+        sign_certificate(directory, stem, subject, extensions, ca)
 
 
 def write_nats_configs(fleet: Fleet, out: Path) -> list[Path]:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from agent.errors import ConfigValueError
 from agent.persist import DEFAULT_STATE_DIR
 
 DEFAULT_LEDGER_DIR = DEFAULT_STATE_DIR / "fleet-ledger"
@@ -48,19 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def energy(args: argparse.Namespace) -> int:
     from agent.fleet.ledger_file import LedgerFile
-    from agent.fleet.report import energy_csv, month_bounds_s
-    try:
-        month_bounds_s(args.month)
-    except ValueError:
-        raise ConfigValueError(f"--month {args.month!r} is not a month; write it YYYY-MM, "
-                               "e.g. 2026-12") from None
-    ledger_file = LedgerFile(args.ledger_dir, args.site)
-    rows = ledger_file.read_month(args.month)
-    if not rows:
-        raise ConfigValueError(f"no fleet ledger for site {args.site!r} in {args.month}: "
-                               f"{ledger_file.path(args.month)} is missing or empty; check "
-                               "--site, --month and --ledger-dir, and that `hearth fleet "
-                               "ledger` runs at the centre")
+    from agent.fleet.report import energy_csv, month_rows
+    rows = month_rows(LedgerFile(args.ledger_dir, args.site), args.month,
+                      "`hearth fleet ledger` runs at the centre")
     sys.stdout.write(energy_csv(args.site, rows, args.month))
     return 0
 

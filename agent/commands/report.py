@@ -58,21 +58,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigValueError("--month YYYY-MM is needed for a statement (or --record to "
                                "record the ledger)")
     from agent.fleet.ledger_file import LedgerFile
-    from agent.fleet.report import energy_csv, figures_csv, month_bounds_s, report_defaults
+    from agent.fleet.report import energy_csv, figures_csv, month_rows, report_defaults
     from agent.fleet.report import statement
     from agent.fleet.report_html import render
-    try:
-        month_bounds_s(args.month)
-    except ValueError:
-        raise ConfigValueError(f"--month {args.month!r} is not a month; write it YYYY-MM, "
-                               "e.g. 2026-12") from None
     ledger = LedgerFile(args.ledger_dir, site)
-    rows = ledger.read_month(args.month)
-    if not rows:
-        raise ConfigValueError(f"no ledger for site {site!r} in {args.month}: "
-                               f"{ledger.path(args.month)} is missing or empty; check --site, "
-                               "--month and --ledger-dir, and that `hearth report --record` "
-                               "runs at the site")
+    rows = month_rows(ledger, args.month, "`hearth report --record` runs at the site")
     if args.csv:
         sys.stdout.write(energy_csv(site, rows, args.month))
         return 0

@@ -15,6 +15,7 @@ import io
 from typing import Any, Iterable
 
 from agent.config_schema import REPORT_SCHEMA, Report
+from agent.errors import ConfigValueError
 
 FAULT_SEVERITIES = ("error", "critical")
 """Events that took a board to SAFE or latched a FAULT; warnings are counted, not listed."""
@@ -31,6 +32,22 @@ def month_bounds_s(month: str) -> tuple[float, float]:
     start = datetime.datetime.strptime(month, "%Y-%m").replace(tzinfo=datetime.timezone.utc)
     days = calendar.monthrange(start.year, start.month)[1]
     return start.timestamp(), start.timestamp() + days * 86400.0
+
+
+def month_rows(ledger, month: str, kept_by: str) -> list[dict[str, Any]]:
+    """The rows of `month` from a LedgerFile, or a ConfigValueError an operator can act on:
+    a month not written YYYY-MM, or no ledger for it (`kept_by` says what writes it)."""
+    try:
+        month_bounds_s(month)
+    except ValueError:
+        raise ConfigValueError(f"--month {month!r} is not a month; write it YYYY-MM, "
+                               "e.g. 2026-12") from None
+    rows = ledger.read_month(month)
+    if not rows:
+        raise ConfigValueError(f"no ledger for site {ledger.site!r} in {month}: "
+                               f"{ledger.path(month)} is missing or empty; check --site, "
+                               f"--month and --ledger-dir, and that {kept_by}")
+    return rows
 
 
 def _utc(wall_s: float) -> datetime.datetime:

@@ -5,6 +5,7 @@ import http.client
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -360,6 +361,20 @@ def free_port(address: str) -> int:
         return probe.getsockname()[1]
 
 
+def stopped(process: subprocess.Popen, timeout_s: float = 20) -> int:
+    """SIGTERM, then the exit status. A role that does not stop in time is made to dump every
+    thread's stack (faulthandler, on SIGABRT) into its output, so the failure says where it
+    hung."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=10)
+        raise AssertionError(f"the role did not stop within {timeout_s} s of SIGTERM; its "
+                             f"output and stacks:\n{process.stdout.read().decode()}") from None
+
+
 def scrape_when(url: str, family: str, process: subprocess.Popen) -> str:
     """The endpoint's page once it shows `family`: the role has run its first period."""
     deadline = time.monotonic() + 20
@@ -386,8 +401,8 @@ def test_the_command_serves_its_endpoint_on_the_configured_address(tmp_path, mos
     config = tmp_path / "hearth.toml"
     config.write_text(ROLE_CONFIG + f'[mqtt]\nbrokers = ["{broker.host}:{broker.port}"]\n'
                       + section + f'metrics_address = "127.0.0.2"\nmetrics_port = {port}\n')
-    process = subprocess.Popen([sys.executable, "-m", "agent", command, "--config", str(config),
-                                "--state-dir", str(tmp_path / "state")],
+    process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "agent", command,
+                                "--config", str(config), "--state-dir", str(tmp_path / "state")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.2:{port}/metrics"
     try:
@@ -396,8 +411,7 @@ def test_the_command_serves_its_endpoint_on_the_configured_address(tmp_path, mos
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:
-        process.terminate()
-        assert process.wait(timeout=20) == 0, process.stdout.read().decode()
+        assert stopped(process) == 0, process.stdout.read().decode()
     assert_promtool_clean(text)
     assert f'hearth_build_info{{version="{__version__}"}} 1' in text
     assert (head_status, head_body) == (200, b"")

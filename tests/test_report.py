@@ -153,7 +153,6 @@ def test_the_ledger_equals_what_the_leaders_counted(month):
         assert sums[key] == pytest.approx(truth_kwh, rel=1e-3)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium: scripts/setup-dev")
 def test_statement_in_headless_chromium_shows_the_ledgers_figures(month):
     directory, _ = month
     page = directory / "out/s1-2026-12.html"

@@ -53,3 +53,13 @@ class PeriodFailed(HearthError, RuntimeError):
 class BrokerProcessError(HearthError, OSError):
     """A Mosquitto of our own (simulator, benchmarks) could not run: not installed, exited at
     start or never listened; the message says which and what to do."""
+
+
+class UpdateError(HearthError, RuntimeError):
+    """An update step failed (install, reboot, mark); the message says what happened and what
+    to do, and becomes the `reason` on the board's `update` topic."""
+
+
+class UpdateRefusedError(UpdateError):
+    """A bundle refused before anything was written: not signed by the site's key, made for
+    another board, or older than what is installed without being forced."""

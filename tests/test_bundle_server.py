@@ -120,6 +120,9 @@ def test_a_file_replaced_on_disk_is_still_served_as_it_was(tmp_path):
         os.replace(replacement, bundle)
         response, body = request(server, path="/b.raucb", headers={"Range": "bytes=100-199"})
         assert body == CONTENT[100:200]
+        deadline = time.monotonic() + 5  # counted by the server's thread after its write
+        while server.bytes_sent("b.raucb") != 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.bytes_sent("b.raucb") == 100
 
 

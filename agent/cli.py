@@ -55,6 +55,8 @@ COMMANDS = (
             "carry the site's telemetry, events and ledgers to the fleet's hub (NATS)"),
     Command("fleet", "agent.commands.fleet",
             "the centre: the fleet ledger from every site's hub stream, and billing CSV"),
+    Command("tryboot-backend", "agent.commands.tryboot",
+            "RAUC's bootloader backend for the Raspberry Pi's tryboot"),
 )
 
 

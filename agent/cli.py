@@ -53,6 +53,8 @@ COMMANDS = (
             "record the site's energy ledger, or write a month's public statement"),
     Command("uplink", "agent.commands.uplink",
             "carry the site's telemetry, events and ledgers to the fleet's hub (NATS)"),
+    Command("update", "agent.commands.update",
+            "roll a signed update bundle out to the site's boards, module by module"),
     Command("fleet", "agent.commands.fleet",
             "the centre: the fleet ledger from every site's hub stream, and billing CSV"),
     Command("tryboot-backend", "agent.commands.tryboot",

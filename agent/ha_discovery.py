@@ -31,6 +31,16 @@ TANK_MODES = ("off", "electric")
 mode (HA takes only its own list: eco, electric, gas, heat_pump, high_demand, performance,
 off; its `eco` is not the site's eco, so the site's modes are offered on a select)."""
 ORIGIN = {"name": "hearth", "sw": __version__}
+UPDATE_TEMPLATE = (
+    "{{ dict(installed_version=value_json.installed or 'unknown', "
+    "latest_version=value_json.target or value_json.installed or 'unknown', "
+    "in_progress=value_json.state in ('installing', 'trial'), "
+    "update_percentage=value_json.progress_pct if value_json.state == 'installing' else none)"
+    " | tojson }}")
+"""A board's `update` topic (docs/mqtt.md) as Home Assistant's MQTT update entity reads a
+rendered JSON state: strings where it wants strings (a null would drop the message), the
+target as the latest version, in progress while installing or on trial. It offers no install:
+updates go out through `hearth update`, a few boards of a module at a time."""
 
 
 def device_id(site: str, *parts: str) -> str:
@@ -174,6 +184,9 @@ def board_discovery(site: str, module: str, board: str) -> tuple[str, bytes]:
         "power": _sensor(uid + "power", "Electric power", "power_w", "W", "power", precision=2),
         "soc": _sensor(uid + "soc", "SoC", "soc_c", "°C", "temperature", precision=1),
         "oil": _sensor(uid + "oil", "Oil", "oil_c", "°C", "temperature", precision=1),
+        "update": {"p": "update", "unique_id": uid + "update", "name": "Software",
+                   "device_class": "firmware", "state_topic": f"{topics.base}/update",
+                   "value_template": UPDATE_TEMPLATE},
     }
     for component in components.values():
         component.update(entity_category="diagnostic", enabled_by_default=False)

@@ -60,7 +60,7 @@ DEVICE_KEYS = {"identifiers", "connections", "manufacturer", "model", "model_id"
 # core schemas.py MQTT_ORIGIN_INFO_SCHEMA: name required
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
 
-PLATFORMS = {"binary_sensor", "number", "select", "sensor", "water_heater"}
+PLATFORMS = {"binary_sensor", "number", "select", "sensor", "update", "water_heater"}
 """The platforms Hearth uses, all in core const.py SUPPORTED_COMPONENTS."""
 # developers.home-assistant.io, "Entity": EntityCategory; core mqtt sensor.py and
 # binary_sensor.py refuse `config` for read-only entities (validate_sensor_entity_category)
@@ -94,6 +94,7 @@ WATER_HEATER_PRECISIONS = {0.1, 0.5, 1.0}
 # options required; number.py: command_topic required (a topic may come from the device level:
 # discovery copies the shared options state_topic/command_topic/availability into components)
 REQUIRED = {"sensor": ("state_topic",), "binary_sensor": ("state_topic",),
+            "update": ("state_topic",),
             "select": ("command_topic", "options"), "number": ("command_topic",)}
 SHARED_OPTIONS = {"state_topic", "command_topic"} | AVAILABILITY_KEYS
 
@@ -190,7 +191,7 @@ def _component_problems(component: dict[str, Any]) -> list[str]:
         found.append("enabled_by_default must be true or false")
     check = {"sensor": _sensor_problems, "binary_sensor": _binary_sensor_problems,
              "select": _select_problems, "number": _number_problems,
-             "water_heater": _water_heater_problems}[platform]
+             "update": _update_problems, "water_heater": _water_heater_problems}[platform]
     return found + check(component)
 
 
@@ -236,6 +237,41 @@ def _select_problems(component: dict[str, Any]) -> list[str]:
 def _number_problems(component: dict[str, Any]) -> list[str]:
     low, high = component.get("min", 1.0), component.get("max", 100.0)  # core number.py
     return [] if low < high else [f"min {low} must be below max {high}"]
+
+
+# core components/update/const.py UpdateDeviceClass; core mqtt/update.py: `payload_install`
+# only with a `command_topic` (INSTALL is offered when command_topic is set)
+UPDATE_DEVICE_CLASSES = {"firmware"}
+# core mqtt/update.py MQTT_JSON_UPDATE_SCHEMA: what a state template may render, as JSON; a
+# plain vol.Schema, so an unknown key or a null in a string drops the whole message
+UPDATE_STATE_STRINGS = {"installed_version", "latest_version", "title", "release_summary",
+                        "release_url", "entity_picture"}
+
+
+def _update_problems(component: dict[str, Any]) -> list[str]:
+    found = []
+    device_class = component.get("device_class")
+    if device_class is not None and device_class not in UPDATE_DEVICE_CLASSES:
+        found.append(f"device_class {device_class!r}")
+    if "payload_install" in component and not component.get("command_topic"):
+        found.append("payload_install without a command_topic installs nothing")
+    return found
+
+
+def update_state_problems(rendered: dict[str, Any]) -> list[str]:
+    """What MQTT_JSON_UPDATE_SCHEMA refuses in an update entity's rendered state."""
+    found = [f"unknown key {key!r}" for key in sorted(set(rendered) - UPDATE_STATE_STRINGS
+                                                       - {"in_progress", "update_percentage"})]
+    found += [f"{key} must be a string (got {rendered[key]!r})"
+              for key in sorted(UPDATE_STATE_STRINGS & set(rendered))
+              if not isinstance(rendered[key], str)]
+    if not isinstance(rendered.get("in_progress", False), bool):
+        found.append("in_progress must be true or false")
+    percentage = rendered.get("update_percentage")
+    if percentage is not None and (isinstance(percentage, bool) or not isinstance(
+            percentage, (int, float)) or not 0 <= percentage <= 100):
+        found.append(f"update_percentage must be null or 0-100 (got {percentage!r})")
+    return found
 
 
 def _water_heater_problems(component: dict[str, Any]) -> list[str]:

@@ -121,7 +121,7 @@ def test_boards_are_diagnostic_disabled_and_hang_under_their_module():
     assert data["device"]["via_device"] == "hearth_school_7_m1"
     assert data["state_topic"] == BoardTopics(SITE, "m1", "b01").state
     assert data["availability_topic"] == BoardTopics(SITE, "m1", "b01").status
-    assert set(data["components"]) == {"mode", "power", "soc", "oil"}
+    assert set(data["components"]) == {"mode", "power", "soc", "oil", "update"}
     for component in data["components"].values():
         assert component["entity_category"] == "diagnostic"
         assert component["enabled_by_default"] is False

@@ -294,3 +294,40 @@ def test_what_cannot_be_read_is_counted_and_changes_nothing(tmp_path):
     with pytest.raises(MessageError, match="'budget_w'"):
         checked_leader_state({"budget_w": -1, "electric_budget_w": 1, "boards": {}})
     json.dumps(rollout.summary())
+
+
+def render_update(component: dict, payload: bytes) -> dict:
+    """The update entity's value_template as Home Assistant renders it against a message off
+    the wire (Jinja, the same engine), then read as HA's MQTT update reads the result."""
+    import jinja2
+    value_json = json.loads(payload)
+    rendered = jinja2.Environment().from_string(component["value_template"]).render(
+        value_json=value_json, value=payload.decode())
+    return json.loads(rendered)
+
+
+@pytest.mark.parametrize("state, installed, target, progress, shown", [
+    ("idle", "1.1.0", None, None, ("1.1.0", "1.1.0", False, None)),
+    ("installing", "1.1.0", "1.2.0", 40, ("1.1.0", "1.2.0", True, 40)),
+    ("trial", "1.1.0", "1.2.0", None, ("1.1.0", "1.2.0", True, None)),
+    ("committed", "1.2.0", "1.2.0", None, ("1.2.0", "1.2.0", False, None)),
+    ("rolled_back", "1.1.0", "1.2.0", None, ("1.1.0", "1.2.0", False, None)),
+    ("refused", "1.2.0", "1.0.0", None, ("1.2.0", "1.0.0", False, None)),
+    ("idle", None, None, None, ("unknown", "unknown", False, None))])
+def test_a_boards_update_entity_shows_its_update_topic_as_home_assistant_reads_it(
+        state, installed, target, progress, shown):
+    import ha_rules
+    from agent.ha_discovery import board_discovery
+    topic, raw = board_discovery(SITE, "m1", "b01")
+    assert ha_rules.problems(topic, raw) == []
+    component = ha_rules.expanded(json.loads(raw))["components"]["update"]
+    assert component["platform"] == "update" and component["device_class"] == "firmware"
+    assert component["state_topic"] == f"hearth/v1/{SITE}/m1/b01/update"
+    assert "command_topic" not in component  # installs go through `hearth update`, in waves
+    payload = envelope.encode({"v": 1, "boot": "u", "seq": 3, "ts": 1.0, "installed": installed,
+                               "slot": "A", "state": state, "target": target,
+                               "progress_pct": progress, "reason": None})
+    entity = render_update(component, payload)
+    assert ha_rules.update_state_problems(entity) == []
+    assert (entity["installed_version"], entity["latest_version"], entity["in_progress"],
+            entity["update_percentage"]) == shown

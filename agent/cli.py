@@ -56,7 +56,7 @@ COMMANDS = (
     Command("update", "agent.commands.update",
             "roll a signed update bundle out to the site's boards, module by module"),
     Command("fleet", "agent.commands.fleet",
-            "the centre: the fleet ledger from every site's hub stream, and billing CSV"),
+            "the centre: the fleet ledger, billing CSV and metrics from every site's hub stream"),
     Command("tryboot-backend", "agent.commands.tryboot",
             "RAUC's bootloader backend for the Raspberry Pi's tryboot"),
 )

@@ -1,9 +1,11 @@
-"""`hearth fleet`: the centre's own roles (docs/fleet.md "The fleet ledger"): `ledger` follows
-every site's hub stream into the fleet ledger, `energy` prints a site's month from it for
-billing."""
+"""`hearth fleet`: the centre's own roles (docs/fleet.md "The fleet ledger", "Metrics at the
+centre"): `ledger` follows every site's hub stream into the fleet ledger, `energy` prints a
+site's month from it for billing, `metrics` feeds the streams' leader states to
+VictoriaMetrics."""
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -13,16 +15,21 @@ from pathlib import Path
 from agent.persist import DEFAULT_STATE_DIR
 
 DEFAULT_LEDGER_DIR = DEFAULT_STATE_DIR / "fleet-ledger"
+DEFAULT_METRICS_DIR = DEFAULT_STATE_DIR / "fleet-metrics"
+DEFAULT_VICTORIA_METRICS = "http://127.0.0.1:8428"
+RETRY_S = 10.0
+"""How long a site's feed waits before it sends again a batch VictoriaMetrics did not take."""
 FOLLOW_BATCH = 5000
 """Messages a site's consumer takes before it looks whether to stop."""
-HELP = "the centre: the fleet ledger from every site's hub stream, and billing CSV"
+HELP = "the centre: the fleet ledger, billing CSV and metrics from every site's hub stream"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("fleet", help=HELP, description=(
         "ledger: follow every site's stream at the hub (a durable consumer `ledger` each) and "
         "append each site's ledger rows, as the site's own recorder does. energy: a site's "
-        "month from that ledger as CSV, per day and module, for billing."))
+        "month from that ledger as CSV, per day and module, for billing. metrics: follow every "
+        "site's stream (a durable consumer `metrics` each) into VictoriaMetrics."))
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     ledger_parser = actions.add_parser("ledger", help="run the fleet ledger")
     ledger_parser.add_argument("--fleet", type=Path, required=True, metavar="FILE",
@@ -34,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ledger_parser.add_argument("--leader-timeout", type=float, default=30.0, metavar="S",
                                help="a gap between a leader's states longer than this is not "
                                "uptime (the site role's leader_timeout_s; default 30)")
+    ledger_parser.add_argument("--row-s", type=float, default=900.0, metavar="S",
+                               help="length of a row (default 900: the quarter hour meters "
+                               "settle on; shorter only for a trial that must close rows)")
     ledger_parser.add_argument("--duration", type=float, metavar="S",
                                help="stop after this many seconds (default: run until stopped)")
     ledger_parser.set_defaults(run=ledger)
@@ -43,6 +53,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     energy_parser.add_argument("--ledger-dir", type=Path, default=DEFAULT_LEDGER_DIR,
                                metavar="DIR", help=f"default {DEFAULT_LEDGER_DIR}")
     energy_parser.set_defaults(run=energy)
+    metrics_parser = actions.add_parser("metrics", help="feed the sites' metrics to "
+                                        "VictoriaMetrics")
+    metrics_parser.add_argument("--fleet", type=Path, required=True, metavar="FILE",
+                                help="the fleet inventory TOML (docs/fleet.md)")
+    metrics_parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                                help="hearth uplink nats-config's directory (the fleet login)")
+    metrics_parser.add_argument("--victoria-metrics", default=DEFAULT_VICTORIA_METRICS,
+                                metavar="URL", help=f"default {DEFAULT_VICTORIA_METRICS}")
+    metrics_parser.add_argument("--state-dir", type=Path, default=DEFAULT_METRICS_DIR,
+                                metavar="DIR", help="each site's position and counters "
+                                f"(default {DEFAULT_METRICS_DIR})")
+    metrics_parser.add_argument("--duration", type=float, metavar="S",
+                                help="stop after this many seconds (default: run until stopped)")
+    metrics_parser.set_defaults(run=metrics)
 
 
 def energy(args: argparse.Namespace) -> int:
@@ -81,7 +105,7 @@ def ledger(args: argparse.Namespace) -> int:
         for site in fleet.sites:
             consumer = SiteConsumer(jetstream, FleetLedger(
                 site.name, LedgerFile(args.ledger_dir, site.name), time.time, log,
-                args.leader_timeout))
+                args.leader_timeout, args.row_s))
             await consumer.start()
             consumers.append(consumer)
         async def follow(consumer: SiteConsumer) -> None:
@@ -94,6 +118,63 @@ def ledger(args: argparse.Namespace) -> int:
             log.info("fleet ledger %s: %d rows written, %d messages rejected",
                      consumer.ledger.site, consumer.ledger.rows_written,
                      consumer.ledger.rejected_messages)
+
+    asyncio.run(main())
+    return 0
+
+
+def metrics(args: argparse.Namespace) -> int:
+    import nats
+
+    from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet
+    from agent.fleet.metrics_feed import FeedStateDamaged, MetricsFeed
+    from agent.fleet.subjects import HUB_DOMAIN
+    from agent.fleet.victoria import MetricsStoreError, VictoriaMetrics
+    from agent.journal_log import log_to_journal
+    from agent.persist import StateStore
+
+    fleet = load_fleet(args.fleet)
+    servers, password = fleet_login(fleet, args.out)
+    victoria = VictoriaMetrics(args.victoria_metrics)
+    victoria.check_deduplicates()
+    log_to_journal()
+    log = logging.getLogger("hearth.fleet")
+    store = StateStore(args.state_dir)
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        if args.duration is not None:
+            loop.call_later(args.duration, stopping.set)
+        connection = await nats.connect(servers, user=FLEET_USER, password=password)
+        jetstream = connection.jetstream(domain=HUB_DOMAIN)
+        feeds = []
+        for site in fleet.sites:
+            feed = MetricsFeed(jetstream, site.name, store, victoria)
+            try:
+                await feed.start()
+            except FeedStateDamaged as error:
+                log.error("%s", error)
+                continue
+            feeds.append(feed)
+
+        async def follow(feed: MetricsFeed) -> None:
+            while not stopping.is_set():
+                try:
+                    await feed.pump(max_messages=FOLLOW_BATCH)
+                except MetricsStoreError as error:
+                    log.warning("fleet metrics %s: %s; the batch is sent again in %g s",
+                                feed.site, error, RETRY_S)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), RETRY_S)
+
+        await asyncio.gather(*(follow(feed) for feed in feeds))
+        await connection.close()
+        for feed in feeds:
+            log.info("fleet metrics %s: %d samples sent, %d leader states rejected",
+                     feed.site, feed.samples_sent, feed.series.rejected_messages)
 
     asyncio.run(main())
     return 0

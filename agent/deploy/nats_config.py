@@ -17,7 +17,8 @@ from pathlib import Path
 from agent.deploy.broker_config import (UPLINK_USER, InventoryError, _subject_alt_name, openssl,
                                         sign_certificate, write_atomic)
 from agent.errors import ConfigFileError
-from agent.fleet.subjects import HUB_DOMAIN, site_domain
+from agent.fleet.streams import source_deliver_prefix
+from agent.fleet.subjects import HUB_DOMAIN, site_domain, site_subjects
 from agent.identity import IDENTITY_FIELDS
 from agent.schema import Field
 from agent.tables import ABSENT, TableCheck
@@ -147,13 +148,30 @@ def fleet_login(fleet: Fleet, out: Path) -> tuple[list[str], str]:
     return [f"nats://{hub.host}:{hub.client_port}" for hub in fleet.hubs], password
 
 
+def leaf_permissions(site: LeafSite) -> str:
+    """What a site's leaf login may do at the hub: what the hub's sourcing of its stream needs
+    and no more, so one site can neither read nor write another's. At the hub a leaf login's
+    `publish` is what the leaf may send in and `subscribe` what it may take out.
+
+    In: its own subjects, what its stream delivers (`deliver.<site>`), the replies to the
+    hub's JetStream requests (`$JSC.R.<token>`: the hub subscribes only while a request of its
+    own waits, with a token no site sees) and the servers' loop detection (`$LDS`). Out: its
+    own subjects and the hub's requests to its JetStream domain."""
+    publish = [site_subjects(site.name), f"{source_deliver_prefix(site.name)}.>", "$JSC.R.>",
+               "$LDS.>"]
+    subscribe = [site_subjects(site.name), f"$JS.{site_domain(site.name)}.API.>"]
+    return (f"{{publish: {{allow: [{', '.join(map(_quoted, publish))}]}}, "
+            f"subscribe: {{allow: [{', '.join(map(_quoted, subscribe))}]}}}}")
+
+
 def hub_conf(fleet: Fleet, hub: HubServer, passwords: dict[str, str]) -> str:
     """One hub server: clustered with the other two, JetStream in domain `hub`, leaf nodes
     accepted into the HEARTH account, one login per site's leaf node and one for the centre."""
     routes = ", ".join(_quoted(f"nats-route://{other.host}:{other.cluster_port}")
                        for other in fleet.hubs if other != hub)
     users = [f"      {{user: {_quoted(site.leaf_user)}, "
-             f"password: {_quoted(passwords[site.leaf_user])}}}" for site in fleet.sites]
+             f"password: {_quoted(passwords[site.leaf_user])}, "
+             f"permissions: {leaf_permissions(site)}}}" for site in fleet.sites]
     users.append(f"      {{user: {_quoted(FLEET_USER)}, "
                  f"password: {_quoted(passwords[FLEET_USER])}}}")
     # no_advertise: a leaf node keeps to the addresses it was given, not the cluster's own

@@ -1,0 +1,115 @@
+"""The fleet's acceptance (issue 19) on loopback: each site's leaf login confined to its own
+subjects at the hub, and two simulated sites through a WAN cut, a lost hub server and a
+restart of every role (tests/fleet_sites.py runs the scenario; scripts/fleet-outage runs it
+with a longer cut)."""
+
+import asyncio
+import contextlib
+import time
+
+import nats
+import pytest
+
+from agent.fleet import streams
+from agent.fleet.subjects import MSG_ID_HEADER
+from fleet_sites import SITES, Fleet, leaf_connection, leaf_messages
+
+
+async def publish_at_site(fleet: Fleet, site: str, first: int, count: int) -> None:
+    """`count` messages into the site's stream, as its uplink stores them."""
+    connection = await leaf_connection(fleet, site)
+    jetstream = connection.jetstream(domain=site)
+    await streams.ensure_stream(jetstream, streams.site_stream_config(site, 2**24))
+    for n in range(first, first + count):
+        await jetstream.publish(f"hearth.{site}.m1.b01.event", b'{"v": 1}',
+                                headers={MSG_ID_HEADER: f"boot:{n}:hearth/v1/{site}/m1/b01/event"})
+    await connection.close()
+
+
+def wait_for_hub(fleet: Fleet, expected: dict[str, int]) -> None:
+    deadline = time.monotonic() + 60
+    while (counts := fleet.hub_counts()) != expected:
+        assert time.monotonic() < deadline, f"hub holds {counts}, expected {expected}"
+        time.sleep(0.5)
+
+
+async def probe_from_site(fleet: Fleet, site: str, other: str) -> dict[str, object]:
+    """What a client at `site` gets of `other`'s through the hub: `other`'s JetStream API,
+    its deliveries to the hub and its subjects, and a message slipped into its stream."""
+    found: dict[str, object] = {}
+    connection = await leaf_connection(fleet, site)
+    seen = []
+
+    async def heard(message):
+        seen.append(message.subject)
+
+    await connection.subscribe(f"deliver.{other}.>", cb=heard)
+    await connection.subscribe(f"hearth.{other}.>", cb=heard)
+    try:
+        reply = await connection.request(f"$JS.{other}.API.STREAM.INFO.SITE", b"", timeout=3)
+        found["api"] = reply.data[:60]
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        found["api"] = None
+    await publish_at_site(fleet, other, 100, 3)
+    await asyncio.sleep(2)
+    found["heard"] = list(seen)
+    await connection.publish(f"hearth.{other}.m1.b01.event", b'{"v": 1}',
+                             headers={MSG_ID_HEADER: "intruder:1:x"})
+    await connection.flush()
+    await asyncio.sleep(1)
+    await connection.close()
+    return found
+
+
+async def hub_login_as_leaf(fleet: Fleet, site: str, other: str) -> list[str]:
+    """The site's leaf login used as a client at the hub: the errors it gets for its own
+    subjects and for the other site's."""
+    errors: list[str] = []
+
+    async def error(problem):
+        errors.append(str(problem))
+
+    password = fleet.password(f"leaf.{site}")
+    connection = await nats.connect(fleet.login()[0][0], user=f"leaf.{site}",
+                                    password=password, error_cb=error,
+                                    max_reconnect_attempts=0)
+    await connection.subscribe(f"hearth.{site}.>")
+    await connection.publish(f"hearth.{site}.m1.b01.state", b"{}")
+    await connection.flush()
+    await asyncio.sleep(0.5)
+    own = list(errors)
+    await connection.subscribe(f"hearth.{other}.>")
+    await connection.publish(f"hearth.{other}.m1.b01.event", b"{}")
+    with contextlib.suppress(nats.errors.Error):
+        await connection.flush()
+    await asyncio.sleep(0.5)
+    await connection.close()
+    return own, errors[len(own):]
+
+
+def test_a_sites_leaf_login_reaches_its_own_subjects_and_no_other_sites(tmp_path):
+    """Both sites' streams are sourced through their leaf logins; a client at site A (its
+    leaf node carries A's login to the hub) can neither ask B's JetStream, nor hear B's
+    deliveries or subjects, nor write into B's stream; A's login straight at the hub is refused
+    B's subjects and not its own."""
+    site_a, site_b = SITES
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.start_hubs()
+        fleet.add_sites(with_brokers=False)
+        for site in fleet.sites.values():
+            site.start_leaf()
+        for site in SITES:
+            asyncio.run(publish_at_site(fleet, site, 1, 3))
+        wait_for_hub(fleet, {site_a: 3, site_b: 3})
+        found = asyncio.run(probe_from_site(fleet, site_a, site_b))
+        wait_for_hub(fleet, {site_a: 3, site_b: 6})
+        assert found == {"api": None, "heard": []}
+        assert asyncio.run(leaf_messages(fleet, site_b)) == 6, "site A wrote into B's stream"
+        own, other = asyncio.run(hub_login_as_leaf(fleet, site_a, site_b))
+        assert own == []
+        assert any("subscription" in error and f"hearth.{site_b}" in error
+                   for error in other), other
+        assert any("publish" in error and f"hearth.{site_b}" in error for error in other), other
+    finally:
+        fleet.close()

@@ -30,7 +30,7 @@ from agent.fleet.metrics_feed import (CONSUMER, STATE_VERSION, FeedStateDamaged,
                                       SiteSeries, exposition)
 from agent.fleet.subjects import HUB_DOMAIN, MSG_ID_HEADER, hub_stream, message_id, \
     subject_for_topic
-from agent.fleet.victoria import MetricsStoreError, VictoriaMetrics
+from agent.fleet.victoria import MetricsStoreError, VictoriaMetrics, duration_ms
 from agent.mqtt import envelope
 from agent.persist import StateStore
 from test_broker_config import free_port
@@ -435,6 +435,14 @@ def test_a_replay_is_harmless_only_where_victoria_metrics_deduplicates(tmp_path,
         assert "runs with -dedup.minScrapeInterval not set" in capsys.readouterr().err
     finally:
         plain.close()
+
+
+@pytest.mark.parametrize("text, ms", [("1ms", 1.0), ("1s", 1000.0), ("1m30s", 90000.0),
+                                      ("0.5s", 500.0), ("0s", 0.0), ("", None), ("1d", None),
+                                      ("30 s", None), ("1s junk", None)])
+def test_the_dedup_interval_is_read_as_victoria_metrics_prints_it(text, ms):
+    """What /flags shows, in ms: the feed wants more than 0 and at most a second."""
+    assert duration_ms(text) == ms
 
 
 def test_a_batch_victoria_metrics_did_not_take_is_sent_again(tmp_path, jetstream_server):

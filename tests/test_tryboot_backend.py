@@ -156,6 +156,13 @@ def test_a_damaged_autoboot_txt_fails_every_request_naming_the_file(board):
         result.stderr
 
 
+def test_no_trial_is_armed_where_the_firmware_would_not_try_it(board):
+    board.autoboot.write_text(CONTRACT.replace("tryboot_a_b=1", "tryboot_a_b=0"))
+    result = board.rauc("set-primary", "B")
+    assert result.returncode == 1 and "[all] has no tryboot_a_b=1" in result.stderr
+    assert not (board.state / STATE_FILE).exists()
+
+
 def test_boot_facts_that_are_not_the_firmwares_u32_are_refused(board):
     (board.facts / "partition").write_text("3\n")
     result = board.rauc("get-current")

@@ -157,6 +157,10 @@ class TrybootBackend:
         if bootname == committed:
             self._save(bad, None)
             return
+        if not file.tryboot_a_b:
+            raise BackendError(f"{self.autoboot_file}: [all] has no tryboot_a_b=1, so the "
+                               f"firmware would not boot [tryboot]'s partition for a trial of "
+                               f"{bootname}; rewrite the file from docs/updates.md")
         partition = self.boot_partitions[bootname]
         if file.tryboot_partition != partition:
             autoboot.rewrite_in_place(self.autoboot_file,

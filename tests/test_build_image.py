@@ -1,8 +1,11 @@
 """scripts/build-image on a small synthetic image laid out like Raspberry Pi OS Lite (DOS
 partition table, FAT boot, ext4 root with the account files), run twice, then read back without
-mounting: config lines once, units enabled, package importable, extension an aarch64 ELF,
-owners and modes, and the build's own verification able to catch a broken image."""
+mounting: the A/B layout (autoboot.txt, two boot and root slots, the data partition), config
+lines once, units enabled, package importable, extension an aarch64 ELF, owners and modes, and
+the build's own verification able to catch a broken image."""
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.deploy import image as image_module
-from agent.deploy.disk import Ext4Partition, FatPartition, raspberry_pi_layout
+from agent.deploy.disk import Ext4Partition, FatPartition, raspberry_pi_layout, slot_layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,19 +107,132 @@ def built(tmp_path_factory, wheelhouse):
     sh("xz", "-k", "-1", stock)
     stock = stock.with_name(stock.name + ".xz")
     first, second = directory / "first.img", directory / "second.img"
+    keyring = directory / "update-ca.pem"
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+       "-nodes", "-keyout", directory / "update-ca.key", "-out", keyring, "-days", "30",
+       "-subj", "/CN=test site update CA")
+    identity_table = directory / "identity-table.toml"
+    identity_table.write_text('site = "maple-school"\n')
     runs = []
     for source, output in ((stock, first), (first, second)):
         result = subprocess.run([REPO / "scripts/build-image", source, output,
-                                 "--wheelhouse", wheelhouse], capture_output=True, text=True,
-                                timeout=300)
+                                 "--wheelhouse", wheelhouse, "--release", "1.4.0",
+                                 "--update-keyring", keyring, "--identity-table",
+                                 identity_table], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         runs.append(result)
-    return {"stock": stock, "first": first, "second": second, "runs": runs}
+    return {"stock": stock, "first": first, "second": second, "runs": runs,
+            "keyring": keyring, "identity_table": identity_table}
 
 
 def partitions(image: Path) -> tuple[FatPartition, Ext4Partition]:
     boot, root = raspberry_pi_layout(image)
     return FatPartition(image, boot), Ext4Partition(image, root)
+
+
+def partition_bytes(image: Path, number: int) -> bytes:
+    table = json.loads(sh("sfdisk", "--json", image).stdout)["partitiontable"]
+    part = next(p for p in table["partitions"] if p["node"].endswith(str(number)))
+    with image.open("rb") as handle:
+        handle.seek(part["start"] * 512)
+        return handle.read(part["size"] * 512)
+
+
+def fat_names(image: Path, offset: int) -> list[str]:
+    listing = sh("mdir", "-b", "-i", f"{image}@@{offset}", "::",
+                 env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout.decode()
+    return sorted(line.removeprefix("::/").strip() for line in listing.splitlines())
+
+
+def test_the_image_has_an_autoboot_partition_two_slots_and_a_data_partition(built):
+    table = json.loads(sh("sfdisk", "--json", built["second"]).stdout)["partitiontable"]
+    stock = json.loads(sh("sfdisk", "--json", built["first"].with_name(
+        "raspios-lite-arm64.img")).stdout)["partitiontable"]["partitions"]
+    assert table["id"] == "0x4e639091"                      # PARTUUIDs keep the card's id
+    parts = {int(p["node"][-1]): p for p in table["partitions"]}
+    assert {n: p["type"] for n, p in parts.items()} == {
+        1: "e", 2: "e", 3: "e", 4: "5", 5: "83", 6: "83", 7: "83"}
+    assert parts[2]["size"] == parts[3]["size"] == stock[0]["size"]
+    assert parts[5]["size"] == parts[6]["size"] == stock[1]["size"]
+    extended = range(parts[4]["start"], parts[4]["start"] + parts[4]["size"])
+    for number in (5, 6, 7):
+        assert parts[number]["start"] in extended
+        assert parts[number]["start"] + parts[number]["size"] - 1 in extended
+    ends = sorted((p["start"], p["start"] + p["size"]) for n, p in parts.items() if n != 4)
+    assert all(end <= start for (_, end), (start, _) in zip(ends, ends[1:])), ends
+    layout = slot_layout(built["second"])
+    assert (layout.boot_a.number, layout.root_a.number, layout.data.number) == (2, 5, 7)
+    assert raspberry_pi_layout(built["second"]) == (layout.boot_a, layout.root_a)
+
+
+def test_partition_1_holds_only_autoboot_txt_as_raspberry_pi_documents_it(built):
+    layout = slot_layout(built["second"])
+    assert fat_names(built["second"], layout.autoboot.offset) == ["autoboot.txt"]
+    text = FatPartition(built["second"], layout.autoboot).read("autoboot.txt")
+    assert text == b"[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+    assert len(text) < 512
+
+
+def test_each_boot_partition_names_its_own_root_slot(built):
+    layout = slot_layout(built["second"])
+    boot_a = FatPartition(built["second"], layout.boot_a)
+    boot_b = FatPartition(built["second"], layout.boot_b)
+    cmdline_a = boot_a.read("cmdline.txt").decode().split()
+    cmdline_b = boot_b.read("cmdline.txt").decode().split()
+    assert "root=PARTUUID=4e639091-05" in cmdline_a and "root=PARTUUID=4e639091-06" in cmdline_b
+    assert [a for a in cmdline_a if not a.startswith("root=")] == \
+        [b for b in cmdline_b if not b.startswith("root=")]
+    assert fat_names(built["second"], layout.boot_a.offset) == \
+        fat_names(built["second"], layout.boot_b.offset)
+    assert boot_a.read("config.txt") == boot_b.read("config.txt")
+
+
+def test_slot_b_starts_as_a_byte_copy_of_slot_a(built):
+    digest_a = hashlib.sha256(partition_bytes(built["second"], 5)).digest()
+    assert hashlib.sha256(partition_bytes(built["second"], 6)).digest() == digest_a
+    root_b = Ext4Partition(built["second"], slot_layout(built["second"]).root_b)
+    assert root_b.read("/etc/hearth-release") == b"1.4.0\n"
+
+
+def test_the_data_partition_holds_what_an_update_must_keep(built):
+    layout = slot_layout(built["second"])
+    data = Ext4Partition(built["second"], layout.data)
+    stats = sh("debugfs", "-R", "stats", data.device).stdout.decode()
+    assert "Filesystem volume name:   hearth-data" in stats
+    hearth = next(line.split(":") for line in Ext4Partition(
+        built["second"], layout.root_a).read("/etc/passwd").decode().splitlines()
+        if line.startswith("hearth:"))
+    expected = {"/etc/hearth": (0o755, 0, 0), "/var/lib/hearth": (
+        0o750, int(hearth[2]), int(hearth[3])), "/rauc": (0o755, 0, 0),
+        "/hearth-update": (0o700, 0, 0)}
+    for path, (mode, uid, gid) in expected.items():
+        inode = data.stat(path)
+        assert (inode.kind, inode.mode & 0o7777, inode.uid, inode.gid) == ("dir", mode, uid,
+                                                                             gid), path
+    assert data.read("/etc/hearth/identity-table.toml") == built["identity_table"].read_bytes()
+    root = Ext4Partition(built["second"], layout.root_a)
+    assert root.stat("/etc/hearth/identity-table.toml") is None
+    mounts = [line.split() for line in root.read("/etc/fstab").decode().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ["LABEL=hearth-data", "/data", "ext4"] == mounts[0][:3]
+    assert [m[:4] for m in mounts[1:]] == [
+        ["/data/etc/hearth", "/etc/hearth", "none", "bind,x-systemd.requires-mounts-for=/data"],
+        ["/data/var/lib/hearth", "/var/lib/hearth", "none",
+         "bind,x-systemd.requires-mounts-for=/data"]]
+    for mount_point in ("/data", "/etc/hearth", "/var/lib/hearth"):
+        assert root.stat(mount_point).kind == "dir"
+
+
+def test_rauc_knows_the_slots_and_the_site_keyring(built):
+    root = Ext4Partition(built["second"], slot_layout(built["second"]).root_a)
+    assert root.read("/etc/rauc/keyring.pem") == built["keyring"].read_bytes()
+    system = root.read("/etc/rauc/system.conf").decode()
+    assert "compatible=hearth-rpi" in system and "bootloader=custom" in system
+    assert "statusfile=/data/rauc/status.raucs" in system
+    for slot, number in (("rootfs.0", 5), ("rootfs.1", 6), ("boot.0", 2), ("boot.1", 3)):
+        assert f"[slot.{slot}]" in system and f"-0{number}" in system
+    generator = root.stat("/etc/systemd/system-generators/hearth-boot-partition")
+    assert (generator.kind, generator.mode & 0o7777) == ("file", 0o755)
 
 
 def fragment_lines() -> list[str]:
@@ -149,7 +265,7 @@ def test_cmdline_has_one_serial_console_and_keeps_the_rest(built):
     assert arguments[0] == "console=serial0,115200"
     assert [a for a in arguments if a.startswith("console=")] == [
         "console=serial0,115200", "console=tty1"]
-    assert "root=PARTUUID=4e639091-02" in arguments and "rootwait" in arguments
+    assert "root=PARTUUID=4e639091-05" in arguments and "rootwait" in arguments
     assert "init=/usr/lib/raspberrypi-sys-mods/firstboot" in arguments
 
 
@@ -305,7 +421,9 @@ def test_the_broker_image_carries_mosquitto_and_the_leader_image_its_devices(tmp
     for path in ("/etc/mosquitto/hearth/passwd", "/etc/mosquitto/conf.d/hearth.conf"):
         status = root.stat(path)
         assert (status.mode & 0o7777, status.uid) == (0o640, 0), path
-    assert root.read("/etc/hearth/identity-table.toml") == (out / "identity-table.toml").read_bytes()
+    data = Ext4Partition(broker, slot_layout(broker).data)
+    assert data.read("/etc/hearth/identity-table.toml") == \
+        (out / "identity-table.toml").read_bytes()
 
     devices = tmp_path / "devices.conf"
     devices.write_text("[Service]\nPrivateDevices=no\nDevicePolicy=closed\n"

@@ -7,6 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from agent.deploy.vm_firmware import FirmwareError, autoboot_partition, root_partition_number
+
 REPO = Path(__file__).resolve().parents[1]
 CHECK_LINE = re.compile(r"^vm-test: (?P<name>\S+) +(?P<value>.*?) +(?P<verdict>PASS|FAIL)$")
 RUN_LIMIT_S = 600
@@ -18,6 +22,7 @@ EXPECTED_CHECKS = {
     "agent-reads-i2c", "sandbox-devices", "sandbox-read-only", "sandbox-writable-paths", "leader-reads-oil",
     "leader-devices",
     "journald-runtime", "journald-system", "security-exposure",
+    "slot-a-booted", "boot-partition-mounted", "data-partition",
     "aarch64-extension-loads", "aarch64-pid-agrees",
 }
 
@@ -39,3 +44,31 @@ def test_vm_test_boots_the_golden_image_and_every_check_passes():
     assert not failed, f"failed checks: {failed}\n{report}"
     assert result.returncode == 0, report
     assert elapsed_s < RUN_LIMIT_S, f"vm-test took {elapsed_s:.0f} s, over {RUN_LIMIT_S} s"
+
+
+AUTOBOOT = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+
+
+def test_the_harness_reads_autoboot_txt_as_the_firmware_does():
+    """[all] always, [tryboot] only on the boot after a tryboot reboot, the last setting that
+    applies wins, other filters (Pi models) never apply in the VM, comments ignored."""
+    assert autoboot_partition(AUTOBOOT, tryboot=False) == 2
+    assert autoboot_partition(AUTOBOOT, tryboot=True) == 3
+    committed_b = AUTOBOOT.replace("boot_partition=2", "boot_partition=3").replace(
+        "[tryboot]\nboot_partition=3", "[tryboot]\nboot_partition=2")
+    assert (autoboot_partition(committed_b, False), autoboot_partition(committed_b, True)) == (3, 2)
+    other = "# tryboot A/B\n[pi5]\nboot_partition=7\n[all]\ntryboot_a_b=1 # on\nboot_partition=3\n"
+    assert autoboot_partition(other, tryboot=True) == 3
+    with pytest.raises(FirmwareError, match="tryboot_a_b"):
+        autoboot_partition("[all]\nboot_partition=2\n", tryboot=False)
+    with pytest.raises(FirmwareError, match="boot_partition="):
+        autoboot_partition("[all]\ntryboot_a_b=1\nboot_partition=two\n", tryboot=False)
+    with pytest.raises(FirmwareError, match="line 2"):
+        autoboot_partition("[all]\ngarbage\n", tryboot=False)
+
+
+def test_the_harness_takes_the_root_slot_from_cmdline_txt_on_this_disk_only():
+    assert root_partition_number("console=ttyS0 root=PARTUUID=4e639091-06 rw", "4e639091") == 6
+    for cmdline in ("root=PARTUUID=deadbeef-05 rw", "root=/dev/vda5", "rw"):
+        with pytest.raises(FirmwareError):
+            root_partition_number(cmdline, "4e639091")

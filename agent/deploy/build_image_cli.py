@@ -1,14 +1,17 @@
-"""Builds the Hearth golden SD image from stock Raspberry Pi OS Lite (arm64), without mounting.
+"""Builds the Hearth golden SD image from stock Raspberry Pi OS Lite (arm64), without mounting,
+in the two-slot layout that updates need.
 
 Usage: scripts/build-image SOURCE.img[.xz] OUTPUT.img [--wheelhouse DIR] [--identity-table
 FILE] [--leader [--leader-devices FILE]] [--broker --mosquitto-debs DIR [--broker-dir DIR]]
-[--site]. See docs/deployment.md."""
+[--site] [--release VERSION] [--update-keyring PEM] [--data-mib N]. See docs/deployment.md
+and docs/updates.md."""
 
 import argparse
 import sys
 from pathlib import Path
 
 from agent.deploy.disk import DiskImageError
+from agent import __version__
 from agent.deploy.image import BuildError, Options, build
 
 
@@ -35,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", action="store_true", help="enable hearth-site.service too")
     parser.add_argument("--identity-table", type=Path,
                         help="identity-table.toml from scripts/provision (serials and slots)")
+    parser.add_argument("--release", default=__version__,
+                        help="the version in /etc/hearth-release, which bundles built from this "
+                        "image carry (default: Hearth's, %(default)s)")
+    parser.add_argument("--update-keyring", type=Path, metavar="PEM",
+                        help="the site's update CA certificate (hearth bundle keygen): RAUC "
+                        "installs only bundles it signed; without it every bundle is refused")
+    parser.add_argument("--data-mib", type=int, default=256,
+                        help="size of the data partition for a new image (default %(default)s)")
     args = parser.parse_args(argv)
     if not args.source.exists():
         print(f"build-image: source image {args.source} does not exist; download Raspberry Pi "
@@ -42,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = Options(args.source, args.output, args.wheelhouse, args.leader, args.site,
                       args.mosquitto_debs, args.broker_dir, args.python_include,
-                      args.identity_table, args.broker, args.leader_devices)
+                      args.identity_table, args.broker, args.leader_devices, args.release,
+                      args.update_keyring, args.data_mib)
     try:
         problems = build(options)
     except (BuildError, DiskImageError) as error:
@@ -54,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    print(f"build-image: {args.output} verified (config.txt, cmdline.txt, files, owners, modes, "
-          "aarch64 extension, file systems)")
+    print(f"build-image: {args.output} verified (slots, autoboot.txt, config.txt, cmdline.txt, "
+          "files, owners, modes, aarch64 extension, file systems)")
     return 0
 
 

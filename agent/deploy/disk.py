@@ -1,5 +1,7 @@
 """Read and write the partitions of a disk image without mounting it (no loop device, no root):
-sfdisk for the partition table, mtools for the FAT boot partition, debugfs for the ext4 root."""
+sfdisk for the partition table, mtools for the FAT boot partitions, debugfs for the ext4 ones,
+dd for whole partitions. Two layouts: Raspberry Pi OS's (FAT boot + ext4 root) and Hearth's A/B
+one (docs/updates.md, "Disk layout")."""
 
 import dataclasses
 import json
@@ -34,22 +36,72 @@ class Partition:
     type: str
 
 
+FAT_TYPES = ("c", "b", "e", "ef")
+EXTENDED_TYPES = ("5", "f", "85")
+
+
+def _partition_table(image: Path) -> dict:
+    return json.loads(run(["sfdisk", "--json", str(image)], text=True).stdout)["partitiontable"]
+
+
 def partitions(image: Path) -> list[Partition]:
-    table = json.loads(run(["sfdisk", "--json", str(image)], text=True).stdout)["partitiontable"]
+    """Numbered as the kernel numbers them (logical partitions from 5), from sfdisk's nodes."""
+    table = _partition_table(image)
     sector = table.get("sectorsize", 512)
-    return [Partition(number, part["start"] * sector, part["size"] * sector, part["type"].lower())
-            for number, part in enumerate(table["partitions"], start=1)]
+    return [Partition(int(re.search(r"(\d+)$", part["node"]).group(1)), part["start"] * sector,
+                      part["size"] * sector, part["type"].lower())
+            for part in table["partitions"]]
+
+
+def disk_id(image: Path) -> str:
+    """The MBR disk identifier as PARTUUID= spells it ('4e639091' for PARTUUID=4e639091-05)."""
+    return f"{int(_partition_table(image)['id'], 16):08x}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotLayout:
+    """Hearth's A/B disk: the autoboot.txt partition, a boot and a root partition per slot,
+    and the data partition that survives updates."""
+
+    autoboot: Partition
+    boot_a: Partition
+    boot_b: Partition
+    root_a: Partition
+    root_b: Partition
+    data: Partition
+
+
+def slot_layout(image: Path) -> SlotLayout | None:
+    """The A/B layout (p1-p3 FAT, p4 extended, p5-p7 Linux), or None if the image has another."""
+    parts = {part.number: part for part in partitions(image)}
+    expected = {1: FAT_TYPES, 2: FAT_TYPES, 3: FAT_TYPES, 4: EXTENDED_TYPES, 5: ("83",),
+                6: ("83",), 7: ("83",)}
+    if set(parts) != set(expected) or any(parts[n].type not in types
+                                          for n, types in expected.items()):
+        return None
+    return SlotLayout(parts[1], parts[2], parts[3], parts[5], parts[6], parts[7])
 
 
 def raspberry_pi_layout(image: Path) -> tuple[Partition, Partition]:
-    """Raspberry Pi OS: partition 1 FAT (boot firmware), partition 2 ext4 (root)."""
+    """Raspberry Pi OS: partition 1 FAT (boot firmware), partition 2 ext4 (root). On Hearth's
+    A/B layout, slot A's boot and root, which a freshly written card boots."""
+    slots = slot_layout(image)
+    if slots is not None:
+        return slots.boot_a, slots.root_a
     parts = partitions(image)
-    if len(parts) < 2 or parts[0].type not in ("c", "b", "e", "ef"):
+    if len(parts) < 2 or parts[0].type not in FAT_TYPES:
         raise DiskImageError(f"{image}: expected a FAT boot partition and a Linux root partition "
                              f"as on Raspberry Pi OS, found {[(p.number, p.type) for p in parts]}")
     if parts[1].type != "83":
         raise DiskImageError(f"{image}: partition 2 has type {parts[1].type}, expected 83 (Linux)")
     return parts[0], parts[1]
+
+
+def copy_partition(source: Path, part: Partition, destination: Path, offset: int) -> None:
+    """The partition's bytes into another image at `offset`, holes kept sparse."""
+    run(["dd", f"if={source}", f"of={destination}", "bs=1M", "conv=notrunc,sparse",
+         f"skip={part.offset}", f"count={part.size}", f"seek={offset}", "status=none",
+         "iflag=skip_bytes,count_bytes", "oflag=seek_bytes"])
 
 
 class FatPartition:
@@ -156,6 +208,12 @@ class Ext4Partition:
             if len(fields) >= 5 and fields[4] not in (".", ".."):
                 names.append(fields[4])
         return names
+
+    def label(self) -> str:
+        """The file system's volume name ('' when it has none)."""
+        match = re.search(r"^Filesystem volume name:\s+(.*)$", self._debugfs("stats"),
+                          re.MULTILINE)
+        return "" if match is None or match.group(1) == "<none>" else match.group(1)
 
     def rdump(self, path: str, destination: Path) -> None:
         run(["debugfs", "-R", f"rdump {path} {destination}", self.device])

@@ -1,7 +1,8 @@
 """Turn a stock Raspberry Pi OS Lite image into a Hearth golden image, offline and without
-mounting: the agent, its wheels and its aarch64 extension in /opt/hearth, the units enabled, the
-hearth user, config.txt and cmdline.txt edited once, and (the site broker's box only) Mosquitto
-with the site's generated configuration."""
+mounting: laid out in two slots for tryboot A/B updates and a data partition (docs/updates.md),
+the agent, its wheels and its aarch64 extension in /opt/hearth, the units enabled, the hearth
+user, config.txt and cmdline.txt edited once, RAUC's slot configuration, and (the site broker's
+box only) Mosquitto with the site's generated configuration."""
 
 import dataclasses
 import hashlib
@@ -18,8 +19,10 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition,
-                               raspberry_pi_layout, run)
+from agent import __version__
+from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition, Partition,
+                               SlotLayout, copy_partition, disk_id, raspberry_pi_layout, run,
+                               slot_layout)
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = "/opt/hearth"
@@ -34,6 +37,50 @@ ELF_MACHINE_AARCH64 = 0xB7
 DEBS_DIR = "/var/lib/hearth-install/debs"
 MASKED_GETTYS = ("serial-getty@ttyAMA0.service", "serial-getty@ttyS0.service",
                  "serial-getty@serial0.service")
+SECTOR = 512
+MIB = 1 << 20
+AUTOBOOT_MIB = 16
+"""FAT16's smallest comfortable size; the partition holds one file under 512 bytes."""
+AUTOBOOT_TXT = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+"""Raspberry Pi's tryboot A/B: [all] is the committed slot's boot partition, [tryboot] the one
+tried once after `reboot "0 tryboot"`; the updater's commit rewrites it in place."""
+ROOT_PARTITION = {"A": 5, "B": 6}
+DATA_LABEL = "hearth-data"
+DATA_MOUNT = "/data"
+PERSISTENT_DIRS = ("/etc/hearth", "/var/lib/hearth")
+"""Config and credentials, and the agent's state (energy counters, latches, outbox): kept on the
+data partition at /data<path> and bind-mounted where the units look for them."""
+FSTAB_BEGIN = "# BEGIN hearth: the data partition, managed by scripts/build-image"
+FSTAB_END = "# END hearth"
+SLOT_DEPENDENT_MOUNTS = ("/", "/boot", "/boot/firmware")
+BOOT_GENERATOR = "/etc/systemd/system-generators/hearth-boot-partition"
+BOOT_GENERATOR_SCRIPT = """#!/bin/sh
+# Mounts the booted slot's boot partition at /boot/firmware. Both root slots hold the same
+# files (an update writes a byte copy), so /etc/fstab cannot name it: root=PARTUUID=<disk>-05
+# (slot A) boots with <disk>-02, <disk>-06 (slot B) with <disk>-03. Written by build-image.
+set -eu
+root=""
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in root=PARTUUID=*) root="${arg#root=PARTUUID=}" ;; esac
+done
+case "$root" in
+  *-05) boot="${root%-05}-02" ;;
+  *-06) boot="${root%-06}-03" ;;
+  *) exit 0 ;;
+esac
+mkdir -p "$1/local-fs.target.wants"
+cat > "$1/boot-firmware.mount" <<EOF
+[Unit]
+Description=The booted slot's boot partition
+Before=local-fs.target
+[Mount]
+What=/dev/disk/by-partuuid/$boot
+Where=/boot/firmware
+Type=vfat
+Options=defaults,noatime
+EOF
+ln -sf ../boot-firmware.mount "$1/local-fs.target.wants/boot-firmware.mount"
+"""
 
 
 class BuildError(RuntimeError):
@@ -53,6 +100,9 @@ class Options:
     identity_table: Path | None = None
     broker: bool = False
     leader_devices: Path | None = None
+    release: str = __version__
+    update_keyring: Path | None = None
+    data_mib: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,10 +433,6 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
         add_dir(destination)
         for dropin in sorted((REPO / "systemd" / dropin_dir).iterdir()):
             files.append(StagedFile(f"{destination}/{dropin.name}", 0o644, source=dropin))
-    add_dir("/etc/hearth")
-    if options.identity_table is not None:
-        files.append(StagedFile("/etc/hearth/identity-table.toml", 0o644,
-                                source=options.identity_table))
     if options.leader_devices is not None:
         add_dir("/etc/systemd/system/hearth-leader.service.d")
         files.append(StagedFile("/etc/systemd/system/hearth-leader.service.d/devices.conf",
@@ -413,6 +459,162 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
                     private = path.name in ("passwd",) or path.suffix == ".key"
                     files.append(StagedFile(destination, 0o640 if private else 0o644,
                                             source=path))
+    return files
+
+
+# ---------------------------------------------------------------- the A/B layout
+
+def _aligned(sector: int) -> int:
+    return -(-sector // 2048) * 2048
+
+
+def unpacked_source(source: Path, output: Path, work: Path) -> Path:
+    """The source as a raw image (Raspberry Pi publishes .img.xz), unpacked into `work`."""
+    if source.resolve() == output.resolve():
+        raise BuildError(f"the output {output} is the source image; give a new file name")
+    if source.suffix != ".xz":
+        return source
+    plain = work / "source.img"
+    with lzma.open(source) as compressed, plain.open("wb") as handle:
+        shutil.copyfileobj(compressed, handle, 4 << 20)
+    return plain
+
+
+def lay_out_slots(source: Path, output: Path, data_mib: int, work: Path) -> SlotLayout:
+    """Write `output` in the A/B layout: p1 autoboot.txt, the source's boot partition as p2 and
+    its root as p5 (p3 and p6 are copied from them once slot A is built), p7 the data: the
+    source's own when it has this layout already (a rebuild keeps it), else an empty one. The
+    disk identifier is the source's, so PARTUUIDs stay what the card's cmdline.txt expects."""
+    boot, root = raspberry_pi_layout(source)
+    previous = slot_layout(source)
+    sizes = {1: AUTOBOOT_MIB * MIB // SECTOR, 2: boot.size // SECTOR, 3: boot.size // SECTOR,
+             5: root.size // SECTOR, 6: root.size // SECTOR,
+             7: (previous.data.size if previous else data_mib * MIB) // SECTOR}
+    starts, next_free = {}, 8192
+    for number in (1, 2, 3, 4, 5, 6, 7):
+        starts[number] = _aligned(next_free)
+        # each logical partition (5-7) is preceded by its extended boot record's sector
+        next_free = starts[number] + (1 if number == 4 else sizes[number] + (number >= 5))
+    sizes[4] = next_free - 1 - starts[4]
+    types = {1: "e", 2: boot.type, 3: boot.type, 4: "5", 5: "83", 6: "83", 7: "83"}
+    table = f"label: dos\nlabel-id: 0x{disk_id(source)}\n" + "".join(
+        f"start={starts[n]}, size={sizes[n]}, type={types[n]}\n" for n in range(1, 8))
+    with output.open("wb") as handle:
+        handle.truncate((starts[4] + sizes[4]) * SECTOR)
+    run(["sfdisk", "--quiet", "--no-reread", str(output)], input=table.encode())
+    autoboot = work / "autoboot.fat"
+    run(["mkfs.vfat", "-C", "-F", "16", "-n", "AUTOBOOT", str(autoboot),
+         str(AUTOBOOT_MIB * 1024)])
+    (work / "autoboot.txt").write_text(AUTOBOOT_TXT)
+    run(["mcopy", "-i", str(autoboot), str(work / "autoboot.txt"), "::autoboot.txt"])
+    data = previous.data if previous else None
+    if data is None:
+        empty = work / "data.ext4"
+        run(["mkfs.ext4", "-q", "-L", DATA_LABEL, str(empty), f"{data_mib}M"])
+        copy_partition(empty, _whole(empty), output, starts[7] * SECTOR)
+    else:
+        copy_partition(source, data, output, starts[7] * SECTOR)
+    copy_partition(autoboot, _whole(autoboot), output, starts[1] * SECTOR)
+    copy_partition(source, boot, output, starts[2] * SECTOR)
+    copy_partition(source, root, output, starts[5] * SECTOR)
+    layout = slot_layout(output)
+    if layout is None:
+        raise BuildError(f"{output}: the new partition table is not the A/B layout; "
+                         "this is a bug in build-image")
+    return layout
+
+
+def _whole(path: Path) -> Partition:
+    """A file holding one file system, as a partition of itself."""
+    return Partition(1, 0, path.stat().st_size, "")
+
+
+def copy_slot_a_to_b(output: Path, layout: SlotLayout, disk: str) -> None:
+    """Slot B starts as a byte copy of slot A, its cmdline.txt naming its own root: a tryboot
+    before the first update boots the same system instead of an empty partition."""
+    copy_partition(output, layout.boot_a, output, layout.boot_b.offset)
+    copy_partition(output, layout.root_a, output, layout.root_b.offset)
+    boot_b = FatPartition(output, layout.boot_b)
+    boot_b.write("cmdline.txt", with_root(boot_b.read("cmdline.txt").decode(), disk,
+                                          "B").encode())
+
+
+def with_root(cmdline: str, disk: str, slot: str) -> str:
+    """cmdline.txt naming the slot's root partition, mounted read-write by the kernel (the
+    slot-independent /etc/fstab has no line for /)."""
+    kept = [arg for arg in cmdline.split() if not arg.startswith("root=")]
+    root = f"root=PARTUUID={disk}-{ROOT_PARTITION[slot]:02d}"
+    rw = [] if {"rw", "ro"} & set(kept) else ["rw"]
+    position = next((i for i, arg in enumerate(cmdline.split()) if arg.startswith("root=")),
+                    len(kept))
+    return " ".join(kept[:position] + [root] + rw + kept[position:]) + "\n"
+
+
+def edit_fstab(text: str) -> str:
+    """Drop the lines that name a slot's partitions (/ and the boot partition: the generator
+    mounts the booted slot's) and put the data partition and its bind mounts in a managed
+    block; re-running leaves the file unchanged."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line == FSTAB_BEGIN:
+            inside = True
+        elif inside:
+            inside = line != FSTAB_END
+        else:
+            fields = line.split()
+            if not (fields and not line.startswith("#") and len(fields) > 1
+                    and fields[1] in SLOT_DEPENDENT_MOUNTS):
+                lines.append(line)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    requires = f"x-systemd.requires-mounts-for={DATA_MOUNT}"
+    block = [FSTAB_BEGIN, f"LABEL={DATA_LABEL} {DATA_MOUNT} ext4 defaults,noatime 0 2"] + [
+        f"{DATA_MOUNT}{path} {path} none bind,{requires} 0 0" for path in PERSISTENT_DIRS]
+    return "\n".join(lines + ([""] if lines else []) + block + [FSTAB_END]) + "\n"
+
+
+def rauc_system_conf(disk: str) -> str:
+    """RAUC's slots for this disk: rootfs.N with its boot partition as a child."""
+    slots = "".join(
+        f"\n[slot.rootfs.{index}]\ndevice=/dev/disk/by-partuuid/{disk}-{root:02d}\ntype=ext4\n"
+        f"bootname={slot}\n\n[slot.boot.{index}]\n"
+        f"device=/dev/disk/by-partuuid/{disk}-{root - 3:02d}\ntype=vfat\n"
+        f"parent=rootfs.{index}\n"
+        for index, (slot, root) in enumerate(ROOT_PARTITION.items()))
+    return ("[system]\ncompatible=hearth-rpi\nbootloader=custom\n"
+            f"statusfile={DATA_MOUNT}/rauc/status.raucs\nbundle-formats=-plain\n\n"
+            f"[handlers]\nbootloader-custom-backend={INSTALL_DIR}/bin/hearth-tryboot-backend\n\n"
+            "[keyring]\npath=/etc/rauc/keyring.pem\n" + slots)
+
+
+def slot_files(options: Options, disk: str, work: Path) -> list[StagedFile]:
+    """What the root needs for two slots: the release, the boot partition's generator, RAUC's
+    configuration and the site's update keyring, and the data partition's mount points."""
+    contents = {"/etc/hearth-release": (f"{options.release}\n", 0o644),
+                BOOT_GENERATOR: (BOOT_GENERATOR_SCRIPT, 0o755),
+                "/etc/rauc/system.conf": (rauc_system_conf(disk), 0o644)}
+    files = [StagedFile(path, 0o755, directory=True) for path in (
+        DATA_MOUNT, "/etc/systemd/system-generators", "/etc/rauc", *PERSISTENT_DIRS)]
+    for path, (text, mode) in contents.items():
+        local = work / path.strip("/").replace("/", "_")
+        local.write_text(text)
+        files.append(StagedFile(path, mode, source=local))
+    if options.update_keyring is not None:
+        files.append(StagedFile("/etc/rauc/keyring.pem", 0o644, source=options.update_keyring))
+    return files
+
+
+def data_files(options: Options, hearth_uid: int, hearth_gid: int) -> list[StagedFile]:
+    """The data partition's tree, paths from its own root (mounted at /data): config and
+    credentials, the agent's state, RAUC's status and the updater's records."""
+    files = [StagedFile(path, 0o755, directory=True) for path in (
+        "/etc", "/etc/hearth", "/var", "/var/lib")]
+    files.append(StagedFile("/var/lib/hearth", 0o750, hearth_uid, hearth_gid, directory=True))
+    files.append(StagedFile("/rauc", 0o755, directory=True))
+    files.append(StagedFile("/hearth-update", 0o700, directory=True))
+    if options.identity_table is not None:
+        files.append(StagedFile("/etc/hearth/identity-table.toml", 0o644,
+                                source=options.identity_table))
     return files
 
 
@@ -549,6 +751,62 @@ def replace_root_file(root: Ext4Partition, path: str, data: bytes, work: Path) -
                      f'sif "{path}" gid {inode.gid}'])
 
 
+def write_root_file(root: Ext4Partition, path: str, data: bytes, work: Path) -> None:
+    """Rewrite a file keeping its owner and mode, or create it root's and 0644."""
+    if root.exists(path):
+        replace_root_file(root, path, data, work)
+        return
+    local = work / Path(path).name
+    local.write_bytes(data)
+    write_root(root, [StagedFile(path, 0o644, source=local)])
+
+
+def verify_slots(image: Path, disk: str, data_files_expected: list[StagedFile]) -> list[str]:
+    """The A/B layout read back: autoboot.txt, each slot's cmdline.txt naming its own root,
+    slot B a copy of slot A, the data partition's label and tree."""
+    layout = slot_layout(image)
+    if layout is None:
+        return [f"{image}: not in the A/B layout (p1-p3 FAT, p4 extended, p5-p7 Linux)"]
+    problems = []
+    autoboot = FatPartition(image, layout.autoboot).read("autoboot.txt").decode()
+    if autoboot != AUTOBOOT_TXT:
+        problems.append(f"autoboot.txt is {autoboot!r}, expected {AUTOBOOT_TXT!r}")
+    for slot, part in (("A", layout.boot_a), ("B", layout.boot_b)):
+        arguments = FatPartition(image, part).read("cmdline.txt").decode().split()
+        expected = f"root=PARTUUID={disk}-{ROOT_PARTITION[slot]:02d}"
+        if [a for a in arguments if a.startswith("root=")] != [expected]:
+            problems.append(f"slot {slot}'s cmdline.txt does not say {expected}: {arguments}")
+    if _partition_digest(image, layout.root_a) != _partition_digest(image, layout.root_b):
+        problems.append("root slot B is not a copy of root slot A")
+    data = Ext4Partition(image, layout.data)
+    if data.label() != DATA_LABEL:
+        problems.append(f"the data partition's label is {data.label()!r}, not {DATA_LABEL}")
+    inodes = data.stat_many([item.path for item in data_files_expected])
+    for item in data_files_expected:
+        inode, _ = inodes[item.path]
+        if inode is None or (inode.mode & 0o7777, inode.uid, inode.gid) != (
+                item.mode, item.uid, item.gid):
+            problems.append(f"data partition {item.path}: {inode}, expected mode "
+                            f"{item.mode:o} {item.uid}:{item.gid}")
+    try:
+        data.check()
+    except DiskImageError as error:
+        problems.append(str(error))
+    return problems
+
+
+def _partition_digest(image: Path, part: Partition) -> str:
+    digest = hashlib.sha256()
+    with image.open("rb") as handle:
+        handle.seek(part.offset)
+        remaining = part.size
+        while remaining:
+            chunk = handle.read(min(remaining, 4 << 20))
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
 def verify(image: Path, options: Options, files: list[StagedFile]) -> list[str]:
     """Read the new image back and list every way it differs from what was asked."""
     problems = []
@@ -608,18 +866,6 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def copy_source(source: Path, output: Path) -> None:
-    if source.resolve() == output.resolve():
-        raise BuildError(f"the output {output} is the source image; give a new file name")
-    partial = output.with_name(output.name + ".partial")
-    if source.suffix == ".xz":
-        with lzma.open(source) as compressed, partial.open("wb") as plain:
-            shutil.copyfileobj(compressed, plain, 4 << 20)
-    else:
-        shutil.copyfile(source, partial)
-    partial.replace(output)
-
-
 def build(options: Options, log=print) -> list[str]:
     """Build options.output from options.source; returns the verification problems (none: ok)."""
     if options.broker and options.mosquitto_debs is None:
@@ -635,14 +881,15 @@ def build(options: Options, log=print) -> list[str]:
         raise BuildError(f"--broker-dir {options.broker_dir} has no mosquitto.conf; give the "
                          "site broker's directory from scripts/provision (out/broker or out/standby)")
     started = time.monotonic()
-    copy_source(options.source, options.output)
-    boot_part, root_part = raspberry_pi_layout(options.output)
-    boot = FatPartition(options.output, boot_part)
-    root = Ext4Partition(options.output, root_part)
-    target = target_python(root)
-    log(f"build-image: target CPython {target[0]}.{target[1]} aarch64")
     with tempfile.TemporaryDirectory(prefix="hearth-image-") as work_name:
         work = Path(work_name)
+        source = unpacked_source(options.source, options.output, work)
+        layout = lay_out_slots(source, options.output, options.data_mib, work)
+        disk = disk_id(options.output)
+        boot = FatPartition(options.output, layout.boot_a)
+        root = Ext4Partition(options.output, layout.root_a)
+        target = target_python(root)
+        log(f"build-image: target CPython {target[0]}.{target[1]} aarch64")
         requirements = [r for r in install_requires()
                         if normalize(requirement_name(r)) not in FROM_DISTRIBUTION]
         wheelhouse = options.wheelhouse or fetch_wheels(requirements, target, work)
@@ -650,7 +897,7 @@ def build(options: Options, log=print) -> list[str]:
         built = build_extensions(options, work / "cext")
         stage = work / "stage"
         stage_install(options, target, wheels, built, stage)
-        files = staged_files(options, target, stage)
+        files = staged_files(options, target, stage) + slot_files(options, disk, work)
         write_root(root, files)
         days = int(time.time() // 86400)
         accounts = add_hearth_user(*(root.read(f"/etc/{name}").decode()
@@ -658,13 +905,20 @@ def build(options: Options, log=print) -> list[str]:
         for name, data in zip(("passwd", "group", "shadow", "gshadow"), accounts):
             if data != root.read(f"/etc/{name}"):
                 replace_root_file(root, f"/etc/{name}", data, work)
+        fstab = root.read("/etc/fstab").decode() if root.exists("/etc/fstab") else ""
+        write_root_file(root, "/etc/fstab", edit_fstab(fstab).encode(), work)
+        hearth = next(entry for entry in _entries(accounts[0].decode()) if entry[0] == "hearth")
+        data = data_files(options, int(hearth[2]), int(hearth[3]))
+        write_root(Ext4Partition(options.output, layout.data), data)
         config = edit_config_txt(boot.read("config.txt").decode(),
                                  (REPO / "hardware" / "config.txt").read_text())
         boot.write("config.txt", config.encode())
         cmdline = edit_cmdline_txt(boot.read("cmdline.txt").decode(),
                                    (REPO / "hardware" / "cmdline.txt").read_text())
-        boot.write("cmdline.txt", cmdline.encode())
-        problems = verify(options.output, options, files)
+        boot.write("cmdline.txt", with_root(cmdline, disk, "A").encode())
+        copy_slot_a_to_b(options.output, layout, disk)
+        problems = verify(options.output, options, files) + verify_slots(
+            options.output, disk, data)
     log(f"build-image: wrote {options.output} in {time.monotonic() - started:.1f} s "
         f"({len(files)} paths, {len(wheels)} wheels, {len(built)} extension(s))")
     return problems

@@ -5,8 +5,9 @@ QEMU with systemd as PID 1, and checked from inside (docs/vm-test.md).
 The Raspberry Pi's own kernel and firmware do not run in QEMU, and a full arm64 root under
 emulation takes longer than the whole run may, so the systemd checks boot an amd64 build of the
 same root (same suite, same packages, same image builder); the aarch64 extension is loaded on
-an emulated aarch64 CPU by agent/deploy/vm_arm64.py. Downloaded packages and the built base
-root are cached, keyed by what went into them, so a second run skips the network."""
+an emulated aarch64 CPU by agent/deploy/vm_arm64.py. Every boot goes through the Pi firmware's
+choice of slot (agent/deploy/vm_firmware.py). Downloaded packages and the built base root are
+cached, keyed by what went into them, so a second run skips the network."""
 
 import dataclasses
 import hashlib
@@ -21,19 +22,21 @@ import time
 from pathlib import Path
 
 from agent.config import load_config
-from agent.deploy.disk import Ext4Partition, raspberry_pi_layout, run
+from agent.deploy.disk import Ext4Partition, disk_id, run, slot_layout
 from agent.deploy.image import (FROM_DISTRIBUTION, INSTALL_DIR, REPO, StagedFile, fetch_wheels,
                                 install_requires, normalize, requirement_name, write_root)
 from agent.deploy.units import leader_devices_dropin
+from agent.deploy.vm_firmware import TRYBOOT_REBOOT, BootPlan, plan_boot
 from agent.drivers.ina2xx import ina219_calibration
 
 SUITE = "trixie"
 """Raspberry Pi OS's current release is built on it (Python 3.13)."""
 TARGET_PYTHON = (3, 13)
 BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64",
-                 "initramfs-tools", "python3", "python3-gpiozero", "i2c-tools")
+                 "initramfs-tools", "python3", "python3-gpiozero", "i2c-tools", "rauc")
 """What Raspberry Pi OS Lite brings that the golden image relies on (systemd, udev, python3,
-its gpiozero), plus a kernel with initramfs for QEMU and i2c-tools for the test's registers."""
+its gpiozero), RAUC for updates, a kernel with initramfs for QEMU and i2c-tools for the test's
+registers."""
 BOOT_PARTITION_MIB = 64
 SECTOR = 512
 FIRST_SECTOR = 8192
@@ -49,6 +52,7 @@ SLICES = tuple(f"/sys/fs/cgroup/hearth.slice/hearth-{name}.slice" for name in ("
                                                                                "heatfill"))
 WORKLOAD_FREEZE = f"{SLICES[0]}/cgroup.freeze"
 CHECK_LINE = re.compile(r"vm-(test|log): .*")
+BOOTLOADER_FACTS_DIR = "/run/hearth/bootloader"
 
 HARDWARE_UNIT = f"""# Test VM only: the board's hardware as far as the kernel can emulate it, laid out before the
 # agent starts (agent/deploy/vm_guest_hardware.py).
@@ -62,6 +66,39 @@ Before=hearth-agent.service hearth-failsafe.service sysinit.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/bin/python3 {GUEST_DIR}/hardware.py
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+BOOTLOADER_SCRIPT = f"""#!/bin/sh
+# Test VM only: the boot facts the Raspberry Pi's firmware leaves in the device tree
+# (/proc/device-tree/chosen/bootloader: partition, tryboot, big-endian 32-bit numbers), which
+# scripts/vm-test, playing the firmware, passes as hearth.bootloader=partition:N,tryboot:0|1.
+set -eu
+mkdir -p {BOOTLOADER_FACTS_DIR}
+facts=""
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in hearth.bootloader=*) facts="${{arg#hearth.bootloader=}}" ;; esac
+done
+IFS=,
+for fact in $facts; do
+  v="${{fact#*:}}"
+  octal="$(printf '\\%03o' $((v >> 24 & 255)) $((v >> 16 & 255)) $((v >> 8 & 255)) $((v & 255)))"
+  printf "$octal" > "{BOOTLOADER_FACTS_DIR}/${{fact%%:*}}"
+done
+"""
+
+BOOTLOADER_UNIT = f"""# Test VM only: the firmware's boot facts as files, before anything reads them.
+[Unit]
+Description=Hearth VM test: the firmware's boot facts
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh {GUEST_DIR}/bootloader-facts.sh
 
 [Install]
 WantedBy=sysinit.target
@@ -127,15 +164,14 @@ def base_root(cache: Path, log) -> Path:
     return tarball
 
 
-def pi_layout_image(tarball: Path, work: Path) -> tuple[Path, Path, Path]:
+def pi_layout_image(tarball: Path, work: Path) -> Path:
     """The base root as a Raspberry Pi OS image: partition 1 FAT with config.txt and
-    cmdline.txt, partition 2 ext4 with the root. Returns (image, kernel, initrd)."""
+    cmdline.txt, partition 2 ext4 with the root (its kernel and initramfs in /boot)."""
     rootfs = work / "rootfs"
     rootfs.mkdir()
     run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(rootfs)])
-    kernel = _only(rootfs.glob("boot/vmlinuz-*"), "kernel")
-    initrd = _only(rootfs.glob("boot/initrd.img-*"), "initramfs")
-    kernel, initrd = shutil.copy(kernel, work / "vmlinuz"), shutil.copy(initrd, work / "initrd")
+    _only(rootfs.glob("boot/vmlinuz-*"), "kernel")
+    _only(rootfs.glob("boot/initrd.img-*"), "initramfs")
     boot = work / "boot.part"
     run(["mkfs.vfat", "-C", "-F", "32", "-n", "bootfs", str(boot),
          str(BOOT_PARTITION_MIB * 1024)])
@@ -164,7 +200,7 @@ def pi_layout_image(tarball: Path, work: Path) -> tuple[Path, Path, Path]:
         run(["dd", f"if={part}", f"of={image}", "bs=1M", "conv=notrunc,sparse",
              f"seek={start * SECTOR}", "oflag=seek_bytes"])
         part.unlink()
-    return image, Path(kernel), Path(initrd)
+    return image
 
 
 def _only(paths, what: str) -> Path:
@@ -278,53 +314,79 @@ def board_files() -> dict[str, str]:
     return {"/etc/hearth/boards/vm-carrier.toml": board, "/etc/hearth/hearth.toml": config}
 
 
-def add_test_bench(image: Path, work: Path) -> None:
-    """The VM-only files, written after the image builder: the agent's config, the hardware
-    helper and the checks with their units. Nothing of the golden image is changed."""
+def add_test_bench(image: Path, work: Path, etc_hearth: dict[str, str] | None = None,
+                   checks_script: Path | None = None) -> None:
+    """The VM-only files, written after the image builder: the board's config (on the data
+    partition, where /etc/hearth lives), the firmware's boot facts, the hardware helper and the
+    checks with their units. Nothing of the golden image is changed."""
     stage = work / "bench"
     stage.mkdir()
+    checks_script = checks_script or Path(__file__).with_name("vm_guest_checks.py")
+    config = {**board_files(), **(etc_hearth or {})}
+    data_files = [StagedFile("/etc/hearth/boards", 0o755, directory=True)]
+    for path, text in config.items():
+        local = stage / path.lstrip("/").replace("/", "_")
+        local.write_text(text)
+        data_files.append(StagedFile(path, 0o644, source=local))
     contents = {
-        **board_files(),
         SETTINGS_PATH: json.dumps(hardware_settings(), indent=1),
+        f"{GUEST_DIR}/bootloader-facts.sh": BOOTLOADER_SCRIPT,
         f"{GUEST_DIR}/hardware.py": Path(__file__).with_name("vm_guest_hardware.py").read_text(),
-        f"{GUEST_DIR}/checks.py": Path(__file__).with_name("vm_guest_checks.py").read_text(),
+        f"{GUEST_DIR}/checks.py": checks_script.read_text(),
+        "/etc/systemd/system/hearth-vm-bootloader.service": BOOTLOADER_UNIT,
         "/etc/systemd/system/hearth-vm-hardware.service": HARDWARE_UNIT,
         "/etc/systemd/system/hearth-vm-checks.service": CHECKS_UNIT,
     }
     files = [StagedFile(d, 0o755, directory=True) for d in (
-        "/etc/hearth/boards", "/etc/hearth-vm", "/usr/local/lib/hearth-vm",
+        "/etc/hearth-vm", "/usr/local/lib/hearth-vm",
         "/etc/systemd/system/sysinit.target.wants")]
     for path, text in contents.items():
         local = stage / path.lstrip("/").replace("/", "_")
         local.write_text(text)
         files.append(StagedFile(path, 0o644, source=local))
-    files.append(StagedFile("/etc/systemd/system/sysinit.target.wants/hearth-vm-hardware.service",
-                            0o777, link_target="/etc/systemd/system/hearth-vm-hardware.service"))
+    for unit in ("hearth-vm-bootloader.service", "hearth-vm-hardware.service"):
+        files.append(StagedFile(f"/etc/systemd/system/sysinit.target.wants/{unit}", 0o777,
+                                link_target=f"/etc/systemd/system/{unit}"))
     files.append(StagedFile("/etc/systemd/system/multi-user.target.wants/hearth-vm-checks.service",
                             0o777, link_target="/etc/systemd/system/hearth-vm-checks.service"))
-    _, root_part = raspberry_pi_layout(image)
-    write_root(Ext4Partition(image, root_part), files)
+    layout = slot_layout(image)
+    for root_part in (layout.root_a, layout.root_b):
+        write_root(Ext4Partition(image, root_part), files)
+    write_root(Ext4Partition(image, layout.data), data_files)
 
 
 # ---------------------------------------------------------------- booting
 
-def kernel_command_line() -> str:
-    """systemd as PID 1 on the serial console. QEMU's SMBus controllers are blacklisted so
-    i2c-stub is bus 0; the technician console's unit is masked, as the VM has no serial0 for
-    it and its restarts would only slow the emulated CPU."""
-    return ("root=/dev/vda2 rw rootfstype=ext4 console=ttyS0,115200 quiet "
+def kernel_command_line(plan: BootPlan) -> str:
+    """The chosen slot's cmdline.txt, then the VM's own settings: systemd as PID 1 on the
+    serial console (the last console= is /dev/console), QEMU's SMBus controllers blacklisted
+    so i2c-stub is bus 0, the technician console's unit masked (the VM has no serial0 for it
+    and its restarts would only slow the emulated CPU), and the firmware's boot facts."""
+    return (f"{plan.cmdline} console=ttyS0,115200 quiet "
             "modprobe.blacklist=i2c_piix4,i2c_i801 systemd.mask=hearth-console.service "
-            "systemd.firstboot=off systemd.show_status=error")
+            "systemd.firstboot=off systemd.show_status=error " + plan.bootloader_argument())
 
 
-def boot(image: Path, kernel: Path, initrd: Path, timeout_s: float, log) -> Outcome:
-    """Boot and relay the checks' lines as they arrive; the VM powers itself off, or is
-    killed at timeout_s."""
+@dataclasses.dataclass(frozen=True)
+class VmRun:
+    """One boot, from the firmware's choice to QEMU's exit: the console's lines and how it
+    ended ('tryboot-reboot', 'reboot', 'poweroff' or 'killed': a timeout or a power cut)."""
+
+    plan: BootPlan
+    lines: list[str]
+    ended: str
+
+
+def run_vm(image: Path, plan: BootPlan, timeout_s: float, log, qemu_extra: tuple = (),
+           power_cut=None) -> VmRun:
+    """Boot once with -no-reboot (a guest reboot ends QEMU, and the firmware plays again);
+    relay the vm-test/vm-log lines. power_cut(line) returning true kills QEMU at once, as
+    pulling the plug would."""
     command = ["qemu-system-x86_64", "-M", "pc", "-m", "1024", "-smp", "2", "-nographic",
-               "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
-               "-append", kernel_command_line(),
-               "-drive", f"file={image},format=raw,if=virtio"]
-    lines, passed, failed = [], 0, 0
+               "-no-reboot", "-kernel", str(plan.kernel), "-initrd", str(plan.initrd),
+               "-append", kernel_command_line(plan),
+               "-drive", f"file={image},format=raw,if=virtio", *qemu_extra]
+    lines, cut = [], False
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace")
     deadline = threading.Timer(timeout_s, process.kill)
@@ -336,20 +398,39 @@ def boot(image: Path, kernel: Path, initrd: Path, timeout_s: float, log) -> Outc
             check = CHECK_LINE.search(line)
             if check:
                 log(check.group(0))
-                done = re.match(r"vm-test: done (\d+) passed, (\d+) failed", check.group(0))
-                if done:
-                    passed, failed = int(done.group(1)), int(done.group(2))
+            if power_cut is not None and power_cut(line):
+                cut = True
+                process.kill()
+                break
         process.wait()
     finally:
         deadline.cancel()
         if process.poll() is None:
             process.kill()
             process.wait()
+    text = "\n".join(lines[-30:])
+    ended = ("killed" if cut or process.returncode == -signal.SIGKILL else
+             "tryboot-reboot" if TRYBOOT_REBOOT in text else
+             "reboot" if "reboot: Restarting system" in text else "poweroff")
+    return VmRun(plan, lines, ended)
+
+
+def boot(image: Path, work: Path, timeout_s: float, log) -> Outcome:
+    """Boot the committed slot as the firmware would and relay the checks' lines as they
+    arrive; the VM powers itself off, or is killed at timeout_s."""
+    plan = plan_boot(image, disk_id(image), False, work)
+    result = run_vm(image, plan, timeout_s, log)
+    passed = failed = 0
+    for line in result.lines:
+        done = re.search(r"vm-test: done (\d+) passed, (\d+) failed", line)
+        if done:
+            passed, failed = int(done.group(1)), int(done.group(2))
     if passed + failed == 0:
-        why = (f"did not finish its checks in {timeout_s:.0f} s"
-               if process.returncode == -signal.SIGKILL else "stopped before its checks ended")
-        raise VmTestError(f"the VM {why}; its console's last lines:\n" + "\n".join(lines[-40:]))
-    return Outcome(passed, failed, lines)
+        why = (f"did not finish its checks in {timeout_s:.0f} s" if result.ended == "killed"
+               else "stopped before its checks ended")
+        raise VmTestError(f"the VM {why}; its console's last lines:\n" +
+                          "\n".join(result.lines[-40:]))
+    return Outcome(passed, failed, result.lines)
 
 
 def leader_dropin(work: Path) -> Path:
@@ -369,15 +450,17 @@ def leader_dropin(work: Path) -> Path:
     return path
 
 
-def build_golden(cache: Path, work: Path, log) -> tuple[Path, Path, Path]:
-    """Base root -> Pi-layout image -> scripts/build-image (a leader board's image) -> the
-    test bench added."""
-    base, kernel, initrd = pi_layout_image(base_root(cache, log), work)
+def build_golden(cache: Path, work: Path, log, build_options: tuple = (),
+                 etc_hearth: dict[str, str] | None = None,
+                 checks_script: Path | None = None) -> Path:
+    """Base root -> Pi-layout image -> scripts/build-image (a leader board's image, in two
+    slots) -> the test bench added."""
+    base = pi_layout_image(base_root(cache, log), work)
     golden = work / "golden.img"
     started = time.monotonic()
     result = subprocess.run([str(REPO / "scripts" / "build-image"), str(base), str(golden),
                              "--wheelhouse", str(wheelhouse(cache)), "--leader",
-                             "--leader-devices", str(leader_dropin(work))],
+                             "--leader-devices", str(leader_dropin(work)), *build_options],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise VmTestError(f"scripts/build-image failed ({result.returncode}):\n"
@@ -385,5 +468,5 @@ def build_golden(cache: Path, work: Path, log) -> tuple[Path, Path, Path]:
     log(f"vm-test: scripts/build-image made the golden image in "
         f"{time.monotonic() - started:.0f} s")
     base.unlink()
-    add_test_bench(golden, work)
-    return golden, kernel, initrd
+    add_test_bench(golden, work, etc_hearth, checks_script)
+    return golden

@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         try:
-            golden, kernel, initrd = build_golden(args.cache, work, print_flush)
+            golden = build_golden(args.cache, work, print_flush)
             print_flush(f"vm-test: booting the golden image under systemd "
                         f"({time.monotonic() - started:.0f} s so far)")
-            outcome = boot(golden, kernel, initrd, BOOT_TIMEOUT_S, print_flush)
+            outcome = boot(golden, work, BOOT_TIMEOUT_S, print_flush)
             print_flush("vm-test: loading the image's extension on an aarch64 CPU")
             arm64 = boot_arm64(golden, args.cache, work, ARM64_TIMEOUT_S, print_flush)
         except (VmTestError, BuildError, DiskImageError) as error:

@@ -383,11 +383,42 @@ def bytecode_is_cached(checks: Checks, settings: dict) -> None:
                   f"{','.join(sorted(owners)) or 'nobody'}")
 
 
+def mount_source(target: str) -> tuple[str, str]:
+    """(source, file system type) of what is mounted at target, as findmnt reports it."""
+    fields = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", target],
+                            capture_output=True, text=True).stdout.split()
+    return (fields[0], fields[1]) if len(fields) == 2 else ("nothing", "")
+
+
+def booted_slot_and_data(checks: Checks, settings: dict) -> None:
+    """The firmware's choice reached the system: slot A's root and boot partition, the boot
+    facts laid out as the device tree has them, and the data partition under what an update
+    must keep."""
+    arguments = Path("/proc/cmdline").read_text().split()
+    root = next((a for a in arguments if a.startswith("root=")), "none")
+    facts = {name: int.from_bytes(Path(f"/run/hearth/bootloader/{name}").read_bytes(), "big")
+             for name in ("partition", "tryboot")
+             if Path(f"/run/hearth/bootloader/{name}").exists()}
+    checks.report("slot-a-booted", root.endswith("-05") and mount_source("/")[0] == "/dev/vda5"
+                  and facts == {"partition": 2, "tryboot": 0},
+                  f"{root} on {mount_source('/')[0]}, firmware facts {facts}")
+    checks.report("boot-partition-mounted", mount_source("/boot/firmware") == ("/dev/vda2", "vfat"),
+                  f"/boot/firmware from {' '.join(mount_source('/boot/firmware'))}")
+    data = mount_source("/data")
+    binds = {path: subprocess.run(["findmnt", "-n", "-o", "SOURCE", path], capture_output=True,
+                                  text=True).stdout.strip() for path in ("/etc/hearth",
+                                                                          "/var/lib/hearth")}
+    checks.report("data-partition", data == ("/dev/vda7", "ext4") and binds == {
+        "/etc/hearth": "/dev/vda7[/etc/hearth]", "/var/lib/hearth": "/dev/vda7[/var/lib/hearth]"},
+                  f"/data from {' '.join(data)}; bind mounts {binds}")
+
+
 def main() -> int:
     settings = json.loads(SETTINGS_FILE.read_text())["checks"]
     with open(CONSOLE, "w") as console:
         checks = Checks(console)
         if agent_running(checks, settings):
+            booted_slot_and_data(checks, settings)
             agent_reads_its_chips(checks, settings)
             agent_user_and_actuator_files(checks, settings)
             bytecode_is_cached(checks, settings)

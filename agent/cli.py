@@ -59,6 +59,10 @@ COMMANDS = (
             "the centre: the fleet ledger, billing CSV and metrics from every site's hub stream"),
     Command("tryboot-backend", "agent.commands.tryboot",
             "RAUC's bootloader backend for the Raspberry Pi's tryboot"),
+    Command("rauc-handler", "agent.commands.rauc_handler",
+            "RAUC's pre-install check on a board: refuse a downgrade"),
+    Command("bundle", "agent.commands.bundle",
+            "make update keys, build and sign RAUC bundles, check a bundle"),
 )
 
 

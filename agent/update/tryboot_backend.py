@@ -120,14 +120,17 @@ class TrybootBackend:
         if read.ok or self.state.path(STATE_FILE).exists():
             problem = read.problem or (f"state file {self.state.path(STATE_FILE)}: holds "
                                        f"{payload!r}, not slot names")
+            closed = {"bad": sorted(set(self.boot_partitions) - {committed}), "trial": None}
             try:
                 aside = f"kept as {self.state.keep_aside(STATE_FILE, self.wall_clock())}"
             except OSError as error:
                 aside = f"could not be kept aside ({error.strerror or error})"
+            else:
+                self._save(set(closed["bad"]), None)  # logged and kept once, not per call
             print(f"tryboot backend: {problem}; {aside}; every slot but the committed "
                   f"{committed} reads bad and no trial is armed until the next install",
                   file=self.log)
-            return {"bad": sorted(set(self.boot_partitions) - {committed}), "trial": None}
+            return closed
         return payload
 
     def _save(self, bad: set[str], trial: str | None) -> None:

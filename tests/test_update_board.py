@@ -5,11 +5,20 @@ import hashlib
 import http.server
 import re
 import threading
+import time
 
 import pytest
 
-from agent.errors import UpdateError, UpdateRefusedError
+from agent.errors import MessageError, UpdateError, UpdateRefusedError
+from agent.mqtt.link import Link, LinkSettings
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.topics import BoardTopics
+from agent.update.health_gate import GateSettings
 from agent.update.slots import Booted, Bundle, SimulatedSlots
+from agent.update.trial_record import TrialRecord, TrialRecords
+from agent.update.updater import NO_VERDICT, Updater, decode_update_args
+from test_mqtt_board import Board
+from test_mqtt_link import Listener, _link
 
 BUNDLE = bytes(range(256)) * 4000  # 1 MB: several Range requests of the default chunk
 
@@ -122,3 +131,292 @@ def test_a_failing_version_crash_loops_its_simulated_agent(bundle_server):
     assert boots == [False]
     assert (facts.active_state, facts.sub_state, facts.restarts) == (
         "activating", "auto-restart", 3)
+
+
+# -- the updater on a real Mosquitto -----------------------------------------------------------
+
+HEALTHY = {"mode": "NORMAL", "setpoint_source": "leader", "faults": [], "soc_c": 55.0,
+           "power_w": 4.2}
+GATE = GateSettings(window_s=30.0, hold_s=5.0, max_restarts=2, state_stale_s=3.0)
+TOPICS = BoardTopics("s1", "m1", "b01")
+
+
+class Rig:
+    """One simulated board's updater on a real broker, with the test playing its agent (the
+    board's `state`), an operator (commands) and the gate's clock (one step, one second)."""
+
+    def __init__(self, broker, tmp_path, failing=(), installed="1.1.0"):
+        self.broker, self.tmp_path = broker, tmp_path
+        self.now_s = 0.0
+        self.agent_state = dict(HEALTHY)
+        """What the simulated agent publishes each step while it runs; None: nothing (it
+        never reaches the broker)."""
+        self.agent_runs = True
+        self.boots = []
+        self.slots = SimulatedSlots(installed, on_boot=self._on_boot, failing_versions=failing,
+                                    clock=lambda: self.now_s)
+        self.listener = Listener(broker, tmp_path, "hearth/#")
+        self.listener.ready("hearth/probe")
+        self.operator = _link(broker, tmp_path, "operator")
+        self.agent = _link(broker, tmp_path, "agent")
+        self.operator.start()
+        self.agent.start()
+        self.listener.wait(lambda: self.operator.connected and self.agent.connected)
+        self.updater = self.new_updater()
+
+    def new_updater(self, name="updater-1"):
+        """The updater process of a (new) boot: its own link, the data partition's records."""
+        link = Link(LinkSettings(self.broker.host, self.broker.port, reconnect_max_s=1),
+                    client_id=name, outbox=Outbox(self.tmp_path / name), boot=name)
+        updater = Updater(self.slots, link, TOPICS, TrialRecords.at(self.tmp_path / "data"),
+                          GATE, self.slots.agent_service, clock=lambda: self.now_s)
+        updater.start()
+        self.listener.wait(lambda: link.connected)
+        time.sleep(0.2)  # its subscriptions go out on connect
+        return updater
+
+    def _on_boot(self, booted, agent_runs):
+        self.boots.append(booted)
+        self.agent_runs = agent_runs
+
+    def command(self, args, command_id="u1", **envelope):
+        self.operator.publish(TOPICS.command("update"), {"id": command_id, "by": "operator",
+                                                         "args": args, **envelope}, qos=1)
+        self.listener.wait(lambda: self.reply(command_id) is not None, step=self.updater.poll)
+        return self.reply(command_id)
+
+    def reply(self, command_id):
+        replies = [r for r in self.listener.on(TOPICS.reply) if r["id"] == command_id]
+        return replies[-1] if replies else None
+
+    def step(self):
+        """One second of the board: the agent's state (when it runs and reaches the broker)
+        seen by the updater, then the updater's poll."""
+        self.listener.wait(lambda: self.updater.record.state != "installing",
+                           step=self.updater.poll)
+        self.now_s += 1.0
+        if self.agent_runs and self.agent_state is not None:
+            sent, boots = self.agent.publish(TOPICS.state, self.agent_state), len(self.boots)
+            self.listener.wait(lambda: len(self.boots) > boots or (
+                self.updater.observed is not None
+                and self.updater.observed.payload["seq"] == sent["seq"]), step=self.updater.poll)
+        self.updater.poll()
+
+    def run_until(self, state, steps=60):
+        for _ in range(steps):
+            if self.updater.record.state == state and self.updater.gate is None:
+                break
+            self.step()
+        self.listener.wait(lambda: self.reported()["state"] == state, step=self.updater.poll)
+        return self.reported()
+
+    def reported(self):
+        """The newest `update` report as it came off the broker."""
+        reports = self.listener.on(TOPICS.update)
+        return reports[-1] if reports else {"state": None}
+
+    def close(self):
+        for link in (self.updater.link, self.operator, self.agent, self.listener.link):
+            link.close()
+
+
+@pytest.fixture
+def rig(mosquitto, tmp_path, bundle_server):
+    rigs = []
+
+    def make(**kwargs):
+        rigs.append(Rig(mosquitto(), tmp_path, **kwargs))
+        return rigs[-1]
+
+    yield make
+    for made in rigs:
+        made.close()
+
+
+def update_args(bundle_server, **more):
+    _, url = bundle_server()
+    return {"url": url, "version": "1.2.0", "sha256": hashlib.sha256(BUNDLE).hexdigest(),
+            "size_bytes": len(BUNDLE), **more}
+
+
+def test_a_good_bundle_is_tried_passes_the_gate_and_is_committed(rig, bundle_server):
+    board = rig()
+    assert board.reported()["state"] is None or board.reported()["state"] == "idle"
+    reply = board.command(update_args(bundle_server))
+    assert reply["status"] == "accepted" and reply["data"]["state"] == "installing"
+    report = board.run_until("committed")
+    assert board.boots == [Booted("B", True, "1.2.0")]
+    assert (report["installed"], report["slot"], report["target"], report["reason"]) == (
+        "1.2.0", "B", "1.2.0", None)
+    states = [r["state"] for r in board.listener.on(TOPICS.update)]
+    assert states[states.index("installing"):] == ["installing"] * (
+        states.count("installing")) + ["trial"] * states.count("trial") + ["committed"]
+    board.slots.reboot()  # the next plain reboot stays on it
+    assert board.slots.booted() == Booted("B", False, "1.2.0")
+    assert TrialRecords.at(board.tmp_path / "data").read().record.state == "committed"
+
+
+@pytest.mark.parametrize("setup, words", [
+    (dict(failing={"1.2.0"}), "crash-loops: restarted 3 times"),
+    (dict(agent_state=None), "has not reached the broker"),
+    (dict(agent_state=dict(HEALTHY, setpoint_source="fallback")), "not the leader"),
+], ids=["crash-loop", "no-broker", "window-runs-out"])
+def test_a_failed_trial_rolls_back_to_the_old_slot_with_its_reason(rig, bundle_server, setup,
+                                                                   words):
+    board = rig(failing=setup.get("failing", ()))
+    if "agent_state" in setup:
+        board.agent_state = setup["agent_state"]
+    board.command(update_args(bundle_server))
+    report = board.run_until("rolled_back")
+    assert board.boots == [Booted("B", True, "1.2.0"), Booted("A", False, "1.1.0")]
+    assert (report["installed"], report["slot"], report["target"]) == ("1.1.0", "A", "1.2.0")
+    assert words in report["reason"]
+    assert board.slots.boot_status["B"] == "bad" and board.slots.primary == "A"
+
+
+def test_a_power_cut_mid_trial_is_reported_as_rolled_back_on_the_next_boot(rig, bundle_server):
+    board = rig()
+    board.agent_state = dict(HEALTHY, mode="SAFE")
+    board.command(update_args(bundle_server))
+    for _ in range(3):
+        board.step()
+    assert board.updater.record.state == "trial" and board.updater.gate is not None
+    board.updater.link.abort()  # the power goes: no verdict, no goodbye
+    board.slots.power_cut()
+    board.updater = board.new_updater("updater-2")
+    report = board.run_until("rolled_back")
+    assert report["reason"] == NO_VERDICT
+    assert (report["installed"], report["slot"]) == ("1.1.0", "A")
+
+
+def test_a_power_cut_mid_install_is_reported_as_failed(rig, bundle_server):
+    board = rig()
+    records = TrialRecords.at(board.tmp_path / "data")
+    records.write(TrialRecord(state="installing", target="1.2.0", from_slot="A"))
+    board.updater.link.close()
+    board.updater = board.new_updater("updater-2")
+    report = board.run_until("failed")
+    assert "was cut short" in report["reason"] and report["slot"] == "A"
+
+
+def test_a_damaged_record_fails_closed_on_a_trial_boot(rig, bundle_server):
+    board = rig()
+    board.command(update_args(bundle_server))
+    board.run_until("trial", steps=2)
+    assert board.slots.booted().tryboot
+    records_dir = board.tmp_path / "data"
+    (records_dir / "update.json").write_text("{ torn")
+    board.updater.link.close()
+    board.updater = board.new_updater("updater-2")  # the same trial boot, started again
+    report = board.run_until("rolled_back")
+    assert "update record" in report["reason"] and "never committed" in report["reason"]
+    assert board.slots.primary == "A" and board.slots.boot_status["B"] == "bad"
+    assert list(records_dir.glob("update.json.damaged-*"))
+
+
+@pytest.mark.parametrize("args, words", [
+    ({"version": "1.2.0"}, "'url' must be"),
+    ({"url": "file:///etc/shadow", "version": "1.2.0"}, "'url' must be"),
+    ({"url": "http://x/ b.raucb", "version": "1.2.0"}, "'url' must be"),
+    ({"url": "http://x/b.raucb", "version": "1.2"}, None),
+    ({"url": "http://x/b.raucb", "version": "1.2.0-rc1"}, "'version' must be"),
+    ({"url": "http://x/b.raucb", "version": 12}, "'version' must be"),
+    ({"url": "http://x/b.raucb", "version": "1.2.0", "force": "yes"}, "'force' must be"),
+    ({"url": "http://x/b.raucb", "version": "1.2.0", "sha256": "abc"}, "'sha256' must be"),
+    ({"url": "http://x/b.raucb", "version": "1.2.0", "size_bytes": -1}, "'size_bytes'"),
+    ({"url": "http://x/b.raucb", "version": "1.2.0", "rm": "-rf"}, "unknown argument 'rm'"),
+    ({"url": "http://x/b.raucb", "version": "1.0.0"}, "older than the installed 1.1.0"),
+    ({"url": "http://x/b.raucb", "version": "1.1.0"}, "already installed"),
+])
+def test_decode_update_args_names_what_is_wrong(args, words):
+    if words is None:
+        assert decode_update_args(args) == (Bundle("http://x/b.raucb", "1.2"), False)
+        return
+    if "installed" in words:
+        return  # decided by the updater against the installed version, below
+    with pytest.raises(MessageError, match=re.escape(words)):
+        decode_update_args(args)
+
+
+def test_hostile_commands_are_rejected_and_change_nothing(rig, bundle_server):
+    board = rig()
+    board.listener.wait(lambda: board.reported()["state"] == "idle", step=board.updater.poll)
+    record_file = board.tmp_path / "data" / "update.json"
+    before = record_file.read_bytes() if record_file.exists() else None
+    hostile = [
+        ({"version": "1.2.0"}, {}, "'url' must be"),
+        ({"url": "http://x/b.raucb", "version": "1.1.0"}, {}, "already installed"),
+        ({"url": "http://x/b.raucb", "version": "1.2.0"}, {"by": "leader2"}, "'by' must be"),
+        ({"url": "http://x/b.raucb", "version": "1.2.0"}, {"hist": True}, "backlog"),
+        ({"url": "http://x/b.raucb", "version": "1.2.0", "force": 1}, {}, "'force' must be"),
+    ]
+    for number, (args, envelope, words) in enumerate(hostile):
+        reply = board.command(args, command_id=f"h{number}", **envelope)
+        assert reply["status"] == "rejected" and words in reply["reason"], reply
+    late = _link(board.broker, board.tmp_path, "late", wall_clock=lambda: time.time() - 120)
+    late.start()
+    board.listener.wait(lambda: late.connected)
+    late.publish(TOPICS.command("update"), {"id": "t1", "by": "operator", "args": {
+        "url": "http://x/b.raucb", "version": "1.2.0"}}, qos=1)
+    board.listener.wait(lambda: board.reply("t1") is not None, step=board.updater.poll)
+    assert "120 s old" in board.reply("t1")["reason"]
+    late.close()
+    board.updater.link.close()  # a retained command waits for the next start
+    board.operator.publish(TOPICS.command("update"), {"id": "r1", "by": "operator", "args": {
+        "url": "http://x/b.raucb", "version": "1.2.0"}}, qos=1, retain=True)
+    board.listener.wait(lambda: board.operator.idle())
+    board.updater = board.new_updater("updater-2")
+    board.listener.wait(lambda: board.reply("r1") is not None, step=board.updater.poll)
+    assert "retained" in board.reply("r1")["reason"]
+    board.operator.assert_retained(TOPICS.command("update"), b"")
+    assert board.updater.record.state == "idle" and board.boots == []
+    assert (record_file.read_bytes() if record_file.exists() else None) == before
+    assert {r["state"] for r in board.listener.on(TOPICS.update)} == {"idle"}
+
+
+def test_a_second_update_waits_and_a_downgrade_is_refused_unless_forced(rig, bundle_server):
+    board = rig(installed="1.3.0")
+    reply = board.command(update_args(bundle_server), command_id="d1")
+    assert reply["status"] == "rejected" and "older than the installed 1.3.0" in reply["reason"]
+    assert board.run_until("refused")["target"] == "1.2.0"
+    reply = board.command(update_args(bundle_server, force=True), command_id="d2")
+    assert reply["status"] == "accepted"
+    reply = board.command(update_args(bundle_server, force=True), command_id="d3")
+    assert reply["status"] == "rejected" and "under way" in reply["reason"]
+    assert board.command(update_args(bundle_server, force=True), command_id="d2") == (
+        board.reply("d2"))  # a retry of d2 is answered again, not run twice
+    assert board.run_until("committed")["installed"] == "1.2.0"
+
+
+def test_the_agent_leaves_cmd_update_to_the_updater(mosquitto, tmp_path, bundle_server):
+    """Both processes of a board hear its cmd/#: exactly one reply, the updater's."""
+    broker = mosquitto()
+    listener = Listener(broker, tmp_path, "hearth/#")
+    listener.ready("hearth/probe")
+    board = Board(broker, tmp_path)  # the board's real (simulated) agent, as in test_mqtt_board
+    listener.wait(lambda: board.link.link.connected, step=board.step)
+    slots = SimulatedSlots("1.1.0")
+    link = _link(broker, tmp_path, "updater")
+    updater = Updater(slots, link, TOPICS, TrialRecords.at(tmp_path / "data"), GATE,
+                      slots.agent_service)
+    updater.start()
+    operator = _link(broker, tmp_path, "operator")
+    operator.start()
+    listener.wait(lambda: link.connected and operator.connected)
+    time.sleep(0.2)
+    operator.publish(TOPICS.command("update"), {"id": "one", "by": "operator",
+                                                "args": update_args(bundle_server)}, qos=1)
+    operator.publish(TOPICS.command("identify"), {"id": "two", "by": "operator",
+                                                  "args": {"seconds": 1.0}}, qos=1)
+
+    def replies():
+        return [(r["id"], r["boot"], r["status"]) for r in listener.on(TOPICS.reply)]
+    listener.wait(lambda: len(replies()) >= 2, step=lambda: (board.step(), updater.poll()))
+    board.step(1.0)
+    updater.poll()
+    time.sleep(0.3)
+    listener.link.poll(0.1)
+    assert sorted(replies()) == [("one", "boot-updater", "accepted"),
+                                 ("two", board.link.link.envelope.boot, "accepted")]
+    for closing in (board.link, link, operator, listener):
+        closing.close()

@@ -28,7 +28,7 @@ import threading
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from agent.energy_meter import EnergyMeter
 from agent.errors import MessageError
@@ -51,6 +51,9 @@ COMMAND_MAX_AGE_S = 60.0
 command waits nowhere on its way (the board's session is clean, a sender's backlog is marked
 `hist`), so an old one is a replay or a retained leftover. A module constant rather than a
 config key: boards keep NTP time, and a minute is far beyond their skew."""
+UPDATE_COMMAND = "update"
+"""Taken by the board's updater (agent/update/updater.py, its own process, as root), which
+answers it itself; the agent leaves it alone so that a command gets one reply."""
 REJECTION_EVENT_S = 60.0
 """At most one event per kind of rejected input in this time (the rest counted in it), so a
 flood of bad messages cannot flood the outbox."""
@@ -92,8 +95,7 @@ class BoardLink:
             collections.OrderedDict())
         """command id -> (what was asked, the reply)"""
         self._replies_lock = threading.Lock()
-        self._deliveries: collections.OrderedDict[tuple[str, str, int], None] = (
-            collections.OrderedDict())
+        self.intake = CommandIntake(link.envelope.wall_clock)
         self._commands_waiting: queue.Queue[Message | None] = queue.Queue(maxsize=100)
         self._command_thread: threading.Thread | None = None
         agent.add_report_listener(self, self._on_report)
@@ -275,6 +277,8 @@ class BoardLink:
             self.agent.set_interlock("")
 
     def _queue_command(self, message: Message) -> None:
+        if message.topic == self.topics.command(UPDATE_COMMAND):
+            return
         if self._command_thread is None:
             self._command_thread = threading.Thread(
                 target=self._run_commands, name=f"mqtt-commands-{self.topics.board}", daemon=True)
@@ -283,7 +287,7 @@ class BoardLink:
             self._commands_waiting.put_nowait(message)
         except queue.Full:
             self.rejected["command"] += 1
-            self.link.publish(self.topics.reply, _reply(
+            self.link.publish(self.topics.reply, command_reply(
                 None, message.topic.rsplit("/", 1)[-1], False,
                 "too many commands waiting on this board; send it again later"), qos=1)
 
@@ -303,9 +307,9 @@ class BoardLink:
         except Exception as error:
             self.rejected["command"] += 1
             self._handler_failed(f"command {printable(name)[:40]}", error, on_loop=False)
-            reply = _reply(_command_id(message), name, False,
-                           f"{name} failed: {type(error).__name__}: {error}; see the board's "
-                           "events and journal")
+            reply = command_reply(command_id_of(message), name, False,
+                                  f"{name} failed: {type(error).__name__}: {error}; see the "
+                                  "board's events and journal")
         if reply is None:
             return
         try:
@@ -315,36 +319,15 @@ class BoardLink:
 
     def _answer(self, name: str, message: Message) -> dict | None:
         """The reply to a command, after running it if it may run; None to drop it."""
-        command_id: str | None = None
         try:
-            data = message.data()
-            raw_id = data.get("id")
-            if isinstance(raw_id, str) and 0 < len(raw_id) <= COMMAND_ID_MAX:
-                command_id = raw_id
-            if not self._first_delivery(message.topic, data):
-                self.duplicates += 1
-                return None
-            if message.retained:
-                raise MessageError("the command was sent retained, and commands are never taken "
-                                   "from retained messages; send it without retain, and clear "
-                                   "the retained one with an empty retained message")
-            if command_id is None:
-                raise MessageError(f"'id' must be a string of 1 to {COMMAND_ID_MAX} characters "
-                                   f"(got {_short(raw_id)})")
-            sender = data.get("by")
-            if sender not in COMMAND_SENDERS:
-                raise MessageError(f"'by' must be one of {', '.join(COMMAND_SENDERS)} "
-                                   f"(got {_short(sender)})")
-            args = data.get("args", {})
-            if not isinstance(args, dict):
-                raise MessageError(f"'args' must be a JSON object (got {_short(args)})")
-            if data.get("hist") is True:
-                raise MessageError("the command waited in a backlog (hist); a command is only "
-                                   "run when it is sent, send it again if it still applies")
-            self._check_age(data.get("ts"))
+            taken = self.intake.take(message)
         except MessageError as error:
             self.rejected["command"] += 1
-            return _reply(command_id, name, False, str(error))
+            return command_reply(command_id_of(message), name, False, str(error))
+        if taken is None:
+            self.duplicates += 1
+            return None
+        command_id, sender, args = taken
         asked = (name, sender, json.dumps(args, sort_keys=True))
         with self._replies_lock:
             remembered = self._replies.get(command_id)
@@ -352,16 +335,18 @@ class BoardLink:
             if remembered[0] == asked:
                 return remembered[1]  # a retry: the first answer again, not a second run
             self.rejected["command"] += 1
-            return _reply(command_id, name, False, "duplicate id: this id was used for another "
-                          "command, so this one is not run; give each command an id of its own")
+            return command_reply(command_id, name, False, "duplicate id: this id was used for "
+                                 "another command, so this one is not run; give each command "
+                                 "an id of its own")
         if self.commands is None:
             self.rejected["command"] += 1
-            return _reply(command_id, name, False, "this board takes no commands over MQTT; "
-                          "use its console")
+            return command_reply(command_id, name, False, "this board takes no commands over "
+                                 "MQTT; use its console")
         result = self.commands.execute(name, args, sender, confirmed=True)
         data = result.data
-        reply = _reply(command_id, name, bool(result.ok), result.reason or "",
-                       dict(data) if isinstance(data, dict) or hasattr(data, "keys") else {})
+        reply = command_reply(command_id, name, bool(result.ok), result.reason or "",
+                              dict(data) if isinstance(data, dict) or hasattr(data, "keys")
+                              else {})
         if not result.ok:
             self.rejected["command"] += 1
         with self._replies_lock:
@@ -369,6 +354,52 @@ class BoardLink:
             while len(self._replies) > REMEMBERED_REPLIES:
                 self._replies.popitem(last=False)
         return reply
+
+
+class TakenCommand(NamedTuple):
+    """A command that may run: its id, the sender's role and its arguments."""
+
+    id: str
+    sender: str
+    args: dict
+
+
+class CommandIntake:
+    """How a board takes a command message (docs/mqtt.md "Commands"), for each process on the
+    board that takes commands (the agent's BoardLink, the updater), so a command is checked
+    the same way whoever runs it: run only as sent, once per (topic, boot, seq)."""
+
+    def __init__(self, wall_clock: Callable[[], float]):
+        self.wall_clock = wall_clock
+        self._deliveries: collections.OrderedDict[tuple[str, str, int], None] = (
+            collections.OrderedDict())
+
+    def take(self, message: Message) -> TakenCommand | None:
+        """The command, None for a second delivery of one already taken, or MessageError
+        saying why it may not run (answer it with command_id_of(message))."""
+        data = message.data()
+        raw_id = data.get("id")
+        if not self._first_delivery(message.topic, data):
+            return None
+        if message.retained:
+            raise MessageError("the command was sent retained, and commands are never taken "
+                               "from retained messages; send it without retain, and clear "
+                               "the retained one with an empty retained message")
+        if not (isinstance(raw_id, str) and 0 < len(raw_id) <= COMMAND_ID_MAX):
+            raise MessageError(f"'id' must be a string of 1 to {COMMAND_ID_MAX} characters "
+                               f"(got {_short(raw_id)})")
+        sender = data.get("by")
+        if sender not in COMMAND_SENDERS:
+            raise MessageError(f"'by' must be one of {', '.join(COMMAND_SENDERS)} "
+                               f"(got {_short(sender)})")
+        args = data.get("args", {})
+        if not isinstance(args, dict):
+            raise MessageError(f"'args' must be a JSON object (got {_short(args)})")
+        if data.get("hist") is True:
+            raise MessageError("the command waited in a backlog (hist); a command is only "
+                               "run when it is sent, send it again if it still applies")
+        self._check_age(data.get("ts"))
+        return TakenCommand(raw_id, sender, args)
 
     def _first_delivery(self, topic: str, data: dict) -> bool:
         """Whether this (topic, boot, seq) is new; MessageError when the envelope lacks them.
@@ -392,7 +423,7 @@ class BoardLink:
             raise MessageError(f"'ts' must be the sender's clock in Unix seconds (got "
                                f"{_short(sent)}); a command without it cannot be told from a "
                                "replay")
-        age_s = self.link.envelope.wall_clock() - sent_s
+        age_s = self.wall_clock() - sent_s
         if age_s > COMMAND_MAX_AGE_S:
             raise MessageError(f"the command is {age_s:.0f} s old (sent at {sent_s:.0f}), older "
                                f"than {COMMAND_MAX_AGE_S:.0f} s, and is not run late; send it "
@@ -404,8 +435,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _reply(command_id: str | None, name: str, accepted: bool, reason: str,
-           data: dict | None = None) -> dict:
+def command_reply(command_id: str | None, name: str, accepted: bool, reason: str,
+                  data: dict | None = None) -> dict:
     """docs/mqtt.md "Commands"; the reason is made printable, as it may quote what came in."""
     return {"id": command_id, "cmd": printable(name[:COMMAND_ID_MAX]),
             "status": "accepted" if accepted else "rejected",
@@ -413,7 +444,7 @@ def _reply(command_id: str | None, name: str, accepted: bool, reason: str,
             "data": data or {}}
 
 
-def _command_id(message: Message) -> str | None:
+def command_id_of(message: Message) -> str | None:
     """The command's id if it has a usable one: to answer a command whose handling failed."""
     try:
         raw_id = message.data().get("id")

@@ -39,6 +39,11 @@ class BoardTopics:
     def reply(self) -> str:
         return f"{self.base}/reply"
 
+    @property
+    def update(self) -> str:
+        """The board updater's report (retained): installed version, slot, update state."""
+        return f"{self.base}/update"
+
     def command(self, name: str) -> str:
         return f"{self.base}/cmd/{name}"
 

@@ -53,6 +53,8 @@ COMMANDS = (
             "record the site's energy ledger, or write a month's public statement"),
     Command("uplink", "agent.commands.uplink",
             "carry the site's telemetry, events and ledgers to the fleet's hub (NATS)"),
+    Command("update-board", "agent.commands.update_board",
+            "the board's updater: take cmd/update, install, try, commit (root)"),
     Command("update", "agent.commands.update",
             "roll a signed update bundle out to the site's boards, module by module"),
     Command("fleet", "agent.commands.fleet",

@@ -1,10 +1,13 @@
 """The health gate's verdicts on a trial boot, driven with plain values: systemd's facts of
 hearth-agent.service, the board's state as it came off the broker, and time."""
 
+import subprocess
+
 import pytest
 
 from agent.errors import ConfigValueError
-from agent.update.health_gate import PASS, GateSettings, HealthGate, ObservedState
+from agent.update.health_gate import (
+    PASS, GateSettings, HealthGate, ObservedState, SystemdService)
 from agent.update.slots import ServiceFacts
 
 RUNNING = ServiceFacts("active", "running", 0)
@@ -82,12 +85,39 @@ def test_a_failed_agent_fails_at_once():
 def test_settings_from_the_file_are_checked_and_named(tmp_path):
     path = tmp_path / "update.toml"
     path.write_text('health_window_s = 45\nhealth_hold_s = 15\nbootloader_dir = "/run/x"\n')
-    assert GateSettings.from_file(path) == GateSettings(45.0, 15.0, 2, 10.0)
+    assert GateSettings.from_file(path) == GateSettings(45.0, 15.0, 2, 10.0, "/run/x")
     assert GateSettings.from_file(tmp_path / "absent.toml") == GateSettings()
     for text, words in (("health_window_s = 5", "health_window_s = 5 must be a number from 30"),
                         ("health_hold_s = 1000", "health_hold_s = 1000 must be"),
                         ("max_agent_restarts = 1.5", "whole number"),
-                        ("health_windw_s = 60", "unknown key 'health_windw_s'")):
+                        ("health_windw_s = 60", "unknown key 'health_windw_s'"),
+                        ('bootloader_dir = "run/x"', "must be an absolute directory path")):
         path.write_text(text)
         with pytest.raises(ConfigValueError, match=words):
             GateSettings.from_file(path)
+
+
+def test_systemd_facts_come_from_systemctl_show(tmp_path):
+    """A stand-in systemctl prints what systemd 252 prints for `show -p ...` (one KEY=value a
+    line, in systemd's own order); a systemctl that fails reads as a failed unit."""
+    calls = []
+
+    def fake(argv, stdout="ActiveState=activating\nSubState=auto-restart\nNRestarts=4\n",
+             code=0):
+        calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, code, stdout, "")
+    facts = SystemdService(run=fake)()
+    assert calls == [["systemctl", "show", "-p", "ActiveState,SubState,NRestarts",
+                      "hearth-agent.service"]]
+    assert facts == ServiceFacts("activating", "auto-restart", 4)
+    broken = SystemdService(run=lambda argv: fake(argv, "", 1))()
+    assert broken.active_state == "failed"
+    assert run_gate(lambda now_s: broken, fresh(HEALTHY))[1] == 0.0
+
+
+def test_systemctl_takes_the_show_line_the_gate_uses():
+    """The real systemctl parses our options (no systemd runs here, so it may only fail to
+    reach it, never reject the arguments)."""
+    result = subprocess.run(["systemctl", "show", "-p", "ActiveState,SubState,NRestarts",
+                             "hearth-agent.service"], capture_output=True, text=True)
+    assert "unrecognized option" not in result.stderr and "Unknown" not in result.stderr

@@ -4,17 +4,21 @@ lines, and the update state machine through every outcome on a real Mosquitto.""
 import hashlib
 import http.server
 import re
+import subprocess
 import threading
 import time
 
 import pytest
+
+import agent
+from agent import cli
 
 from agent.errors import MessageError, UpdateError, UpdateRefusedError
 from agent.mqtt.link import Link, LinkSettings
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.update.health_gate import GateSettings
-from agent.update.slots import Booted, Bundle, SimulatedSlots
+from agent.update.slots import Booted, Bundle, RaucSlots, SimulatedSlots, SlotFacts
 from agent.update.trial_record import TrialRecord, TrialRecords
 from agent.update.updater import NO_VERDICT, Updater, decode_update_args
 from test_mqtt_board import Board
@@ -420,3 +424,112 @@ def test_the_agent_leaves_cmd_update_to_the_updater(mosquitto, tmp_path, bundle_
                                  ("two", board.link.link.envelope.boot, "accepted")]
     for closing in (board.link, link, operator, listener):
         closing.close()
+
+
+# -- RAUC's command lines -------------------------------------------------------------------
+
+FAKE_RAUC = r"""#!/bin/sh
+# Logs its arguments, and answers as RAUC 1.8's client prints (src/main.c: "%3d%% %s").
+echo "$*" >> "{log}"
+[ -e "{flags}/allow-downgrade" ] && echo "allow-downgrade present" >> "{log}"
+case "$1 $2" in
+  "install http://site/good.raucb")
+    printf '  0%% Installing\n 20%% Checking bundle\n 40%% Copying image to rootfs.1\n'
+    printf '100%% Installing done.\nInstalling `http://site/good.raucb` succeeded\n' ;;
+  "install "*)
+    printf '  0%% Installing\nLastError: Failed verifying signature: %s\n' \
+      'signature verification failed'
+    echo "Installing \`$2\` failed" >&2; exit 1 ;;
+  "status --detailed")
+    printf '%s\n' '{json}' ;;
+esac
+"""
+STATUS_JSON = ('{"compatible":"hearth-rpi","variant":"","booted":"A","boot_primary":"rootfs.0",'
+               '"slots":[{"rootfs.0":{"class":"rootfs","bootname":"A","boot_status":"good",'
+               '"slot_status":{"bundle":{"compatible":"hearth-rpi","version":"1.1.0"}}}},'
+               '{"rootfs.1":{"class":"rootfs","bootname":"B","boot_status":"bad",'
+               '"slot_status":{"bundle":{"compatible":"hearth-rpi","version":"1.2.0"}}}},'
+               '{"boot.0":{"class":"boot","bootname":null,"boot_status":null}}]}')
+
+
+def rauc_slots(tmp_path, partition=2, tryboot=0):
+    log, flags, bootloader = tmp_path / "calls.log", tmp_path / "run", tmp_path / "bootloader"
+    bootloader.mkdir()
+    (bootloader / "partition").write_bytes(partition.to_bytes(4, "big"))
+    (bootloader / "tryboot").write_bytes(tryboot.to_bytes(4, "big"))
+    for name in ("rauc", "systemctl"):
+        script = tmp_path / name
+        script.write_text(FAKE_RAUC.format(log=log, flags=flags, json=STATUS_JSON))
+        script.chmod(0o755)
+    slots = RaucSlots("1.1.0", rauc=str(tmp_path / "rauc"),
+                      systemctl=str(tmp_path / "systemctl"), bootloader_dir=bootloader,
+                      flag_dir=flags, reboot_wait_s=0.0, sleep=lambda s: None)
+    return slots, log
+
+
+def test_rauc_slots_install_with_progress_and_mark_as_rauc_1_8_takes_it(tmp_path):
+    slots, log = rauc_slots(tmp_path, partition=3, tryboot=1)
+    assert slots.booted() == Booted("B", True, "1.1.0")
+    progress = []
+    slots.install(Bundle("http://site/good.raucb", "1.2.0"), progress.append,
+                  allow_downgrade=True)
+    assert progress == [0, 20, 40, 100]
+    assert not (tmp_path / "run" / "allow-downgrade").exists()
+    slots.mark_good()
+    slots.mark_bad()
+    with pytest.raises(UpdateError, match="has not rebooted"):
+        slots.reboot_to_trial()
+    calls = log.read_text().splitlines()
+    assert calls == ["install http://site/good.raucb", "allow-downgrade present",
+                     "status mark-good booted", "status mark-bad booted", "reboot 0 tryboot"]
+    for call in (line.split() for line in calls if line.startswith("status")):
+        check_rauc_takes(call)
+    check_rauc_takes(["install", "URL"])
+    check_rauc_takes(["status", "--detailed", "--output-format=json"])
+
+
+def check_rauc_takes(argv):
+    """RAUC 1.8's own help for the subcommand lists each option and status word we use."""
+    help_text = subprocess.run(["rauc", argv[0], "--help"], capture_output=True,
+                               text=True).stdout
+    assert f"rauc [OPTION…] {argv[0]}" in help_text
+    for word in argv[1:]:
+        if word.startswith("--"):
+            assert word.split("=")[0] in help_text, (word, help_text)
+        elif word in ("mark-good", "mark-bad", "booted"):
+            assert f"{argv[1]} [booted | other | <SLOT_NAME>]" in help_text
+
+
+def test_rauc_slots_read_the_other_slot_and_name_a_refusal(tmp_path):
+    slots, log = rauc_slots(tmp_path)
+    assert slots.booted() == Booted("A", False, "1.1.0")
+    assert slots.other() == SlotFacts("B", "1.2.0", "bad")
+    with pytest.raises(UpdateRefusedError, match="signature verification failed"):
+        slots.install(Bundle("http://site/unsigned.raucb", "1.2.0"), lambda pct: None,
+                      allow_downgrade=False)
+    (tmp_path / "bootloader" / "partition").write_bytes((5).to_bytes(4, "big"))
+    with pytest.raises(UpdateError, match="booted partition 5, which is no Hearth slot"):
+        slots.booted()
+
+
+def test_update_board_status_prints_the_record(tmp_path, capsys):
+    bootloader = tmp_path / "bootloader"
+    bootloader.mkdir()
+    (bootloader / "partition").write_bytes((2).to_bytes(4, "big"))
+    (bootloader / "tryboot").write_bytes((0).to_bytes(4, "big"))
+    settings = tmp_path / "update.toml"
+    settings.write_text(f'bootloader_dir = "{bootloader}"\n')
+    TrialRecords.at(tmp_path / "data").write(TrialRecord(
+        state="rolled_back", target="1.2.0", reason=NO_VERDICT, since_ts=1_790_000_000.0,
+        from_slot="A", trial_slot="B", other_slot="B", other_version="1.2.0",
+        other_status="bad"))
+    words = ["update-board", "status", "--settings", str(settings), "--records",
+             str(tmp_path / "data")]
+    assert cli.main(words) == 0
+    out = capsys.readouterr().out
+    assert f"installed {agent.__version__} in slot A\n" in out
+    assert "last update: rolled_back, target 1.2.0, since 2026-09-21" in out
+    assert f"reason: {NO_VERDICT}" in out and "slot B: 1.2.0 (bad)" in out
+    (tmp_path / "data" / "update.json").write_text("[]")
+    assert cli.main(words) == 1
+    assert "is unusable" in capsys.readouterr().out

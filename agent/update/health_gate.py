@@ -13,14 +13,16 @@ tests drive it with plain values.
 """
 
 import dataclasses
+import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from agent.errors import ConfigFileError, ConfigValueError
 from agent.update.slots import ServiceFacts
 
 DEFAULT_SETTINGS_FILE = Path("/etc/hearth/update.toml")
+AGENT_UNIT = "hearth-agent.service"
 WINDOW_FLOOR_S = 30.0
 """No window is shorter: a board needs this long to boot its agent and hear the leader."""
 HEALTHY_MODES = ("NORMAL", "LIMITED")
@@ -29,7 +31,7 @@ PASS = "pass"
 
 @dataclasses.dataclass(frozen=True)
 class GateSettings:
-    """The `/etc/hearth/update.toml` keys the gate reads (bootloader_dir is the backend's)."""
+    """The keys of `/etc/hearth/update.toml`: the gate's, and where the firmware's facts are."""
 
     window_s: float = 900.0
     """From the start of the trial: the board must have been healthy for hold_s by then."""
@@ -39,6 +41,9 @@ class GateSettings:
     """Restarts of hearth-agent.service allowed on the trial boot; one more is a crash loop."""
     state_stale_s: float = 10.0
     """A board state older than this no longer counts as the board reaching the broker."""
+    bootloader_dir: str = ""
+    """Where the firmware's booted partition and tryboot flag are read (the tryboot backend
+    reads the same key); empty: the Pi's device tree. The VM names its own."""
 
     @classmethod
     def from_file(cls, path: Path = DEFAULT_SETTINGS_FILE) -> "GateSettings":
@@ -66,7 +71,12 @@ class GateSettings:
             raise ConfigValueError(f"{where}: max_agent_restarts = {restarts} must be a whole "
                                    "number from 0 to 10")
         stale_s = _number(data, "state_stale_s", cls.state_stale_s, 1.0, 300.0, where)
-        return cls(window_s, hold_s, int(restarts), stale_s)
+        bootloader_dir = data.get("bootloader_dir", "")
+        if not isinstance(bootloader_dir, str) or not bootloader_dir.startswith("/") and (
+                bootloader_dir):
+            raise ConfigValueError(f"{where}: bootloader_dir = {bootloader_dir!r} must be an "
+                                   "absolute directory path, or absent for the Pi's")
+        return cls(window_s, hold_s, int(restarts), stale_s, bootloader_dir)
 
 
 def _number(data: dict[str, Any], key: str, default: float, low: float, high: float,
@@ -160,3 +170,25 @@ class HealthGate:
             return (f"the board's last state on the broker is {age_s:.0f} s old (the agent "
                     "lost the broker)")
         return state_problem(state.payload)
+
+
+class SystemdService:
+    """systemd's facts of a unit, from `systemctl show`: the gate's ServiceFacts on a board.
+    A unit systemd cannot show reads as failed, so the gate never passes on a guess."""
+
+    def __init__(self, unit: str = AGENT_UNIT, systemctl: str = "systemctl",
+                 run: Callable[[Sequence[str]], subprocess.CompletedProcess] | None = None):
+        self.unit = unit
+        self.systemctl = systemctl
+        self.run = run or (lambda argv: subprocess.run(list(argv), capture_output=True,
+                                                       text=True, check=False, timeout=10))
+
+    def __call__(self) -> ServiceFacts:
+        result = self.run([self.systemctl, "show", "-p", "ActiveState,SubState,NRestarts",
+                           self.unit])
+        values = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+        restarts = values.get("NRestarts", "")
+        if result.returncode != 0 or not restarts.isdigit() or "ActiveState" not in values:
+            return ServiceFacts("failed", f"systemctl show {self.unit} gave nothing usable "
+                                f"({result.stderr.strip()[:100]})", 0)
+        return ServiceFacts(values["ActiveState"], values.get("SubState", ""), int(restarts))

@@ -13,6 +13,7 @@ import pytest
 import agent
 from agent import cli
 
+from agent.console.commands import CommandProcessor
 from agent.errors import MessageError, UpdateError, UpdateRefusedError
 from agent.mqtt.link import Link, LinkSettings
 from agent.mqtt.outbox import Outbox
@@ -533,3 +534,35 @@ def test_update_board_status_prints_the_record(tmp_path, capsys):
     (tmp_path / "data" / "update.json").write_text("[]")
     assert cli.main(words) == 1
     assert "is unusable" in capsys.readouterr().out
+
+
+# -- the console --------------------------------------------------------------------------------
+
+def test_console_version_and_update_status_read_the_firmware_and_the_record(tmp_path):
+    root = tmp_path / "root"
+    bootloader = root / "run/hearth/bootloader"  # the VM's, named in update.toml
+    bootloader.mkdir(parents=True)
+    (bootloader / "partition").write_bytes((3).to_bytes(4, "big"))
+    (bootloader / "tryboot").write_bytes((1).to_bytes(4, "big"))
+    (root / "etc/hearth").mkdir(parents=True)
+    (root / "etc/hearth/update.toml").write_text('bootloader_dir = "/run/hearth/bootloader"\n')
+    processor = CommandProcessor.without_agent(tmp_path / "none.toml", board_id="b07", root=root)
+    result, _ = processor.execute_line("update status", "serial")
+    assert result.ok and result.text == "no update on this board yet"
+    TrialRecords.at(root / "data/hearth-update").write(TrialRecord(
+        state="trial", target="1.2.0", since_ts=1_790_000_000.0, from_slot="A",
+        trial_slot="B", other_slot="A", other_version="1.1.0", other_status="good"))
+    result, _ = processor.execute_line("version", "serial")
+    assert result.ok and result.text == (
+        f"Hearth {agent.__version__} in slot B (trial boot: not committed yet)\n"
+        "slot A: 1.1.0 (good)")
+    result, as_json = processor.execute_line("update status --json", "socket")
+    assert as_json and result.data == {"state": "trial", "target": "1.2.0", "reason": None,
+                                       "since_ts": 1_790_000_000.0}
+    assert result.text == "last update: trial, target 1.2.0, since 2026-09-21 14:13:20 UTC"
+    (root / "data/hearth-update/update.json").write_text("{}")
+    result, _ = processor.execute_line("update status", "serial")
+    assert result.ok and "update record" in result.text and "is unusable" in result.text
+    assert "other slot unknown" in processor.execute_line("version", "serial")[0].text
+    refused = processor.execute("version", {}, "operator")
+    assert not refused.ok and "not allowed from 'operator'" in refused.reason

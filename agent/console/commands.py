@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agent.config import DEFAULT_CONFIG_PATH, BoardConfig, load_config
-from agent.console.handlers import calibration, control, diagnostics, faults, info, selftest
+from agent.console.handlers import (
+    calibration, control, diagnostics, faults, info, selftest, update)
 from agent.console.handlers.calibration import FlowCalibration, TuneJob, finish_tune
 from agent.console.handlers.control import TechnicianRequest
 from agent.console.loop import LoopUnavailable
@@ -117,6 +118,10 @@ COMMANDS: tuple[Command, ...] = (
             "through the meter, then `calibrate flow <litres>`.", calibration.calibrate_flow,
             (Arg("litres", float, "the volume that ran through", unit="L", min=0.1,
                  max=10000.0, choices=("start", "cancel")),)),
+    Command("version", "The Hearth version installed, the slot it booted from, and the other "
+            "slot's version and state.", update.version, needs_agent=False),
+    Command("update status", "The board's last update: its state, target version, reason and "
+            "when.", update.update_status, needs_agent=False),
     Command("selftest", "Exercise every sensor and actuator through the agent's drivers; "
             "pass/fail per item.", selftest.selftest),
     Command("reboot", "Put the board in SAFE and reboot it.", faults.reboot,

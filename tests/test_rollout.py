@@ -4,6 +4,7 @@ the acceptance test: a simulated module of 16 boards with the real leader and ev
 real updater on a real Mosquitto, one board failing its health gate."""
 
 import json
+import time
 
 import pytest
 
@@ -331,3 +332,250 @@ def test_a_boards_update_entity_shows_its_update_topic_as_home_assistant_reads_i
     assert ha_rules.update_state_problems(entity) == []
     assert (entity["installed_version"], entity["latest_version"], entity["in_progress"],
             entity["update_percentage"]) == shown
+
+
+# -- the acceptance test: 16 simulated boards, the real leader and updaters, a real Mosquitto --
+
+BOARDS = 16
+FAILING_BOARD = "b10"
+LOSABLE_BOARDS = 3
+"""The budget is set so that the module can lose three boards and still meet it, not four."""
+OLD, NEW = "1.1.0", "1.2.0"
+STEP_WALL_S = 0.5
+"""Wall seconds per simulated second: every clock but the wall's (the boards, leader, health
+gates, simulated slots, rollout) is the simulation's, so it runs twice as fast as real time."""
+
+
+class UpdatableBoard:
+    """A simulated board (its plant, the real BoardAgent and BoardLink) with the real board
+    updater over SimulatedSlots: a simulated boot closes the agent and starts a new one on the
+    same hardware, or none when the slot's version crash-loops."""
+
+    def __init__(self, directory, name, seed, clock, broker, failing_versions):
+        from agent.mqtt.link import Link, LinkSettings
+        from agent.mqtt.outbox import Outbox
+        from agent.mqtt.topics import BoardTopics
+        from agent.sim.board_farm import BOARD_CONFIG, settle_at_idle
+        from agent.sim.harness import SimulatedAgent
+        from agent.update.health_gate import GateSettings
+        from agent.update.slots import SimulatedSlots
+        from agent.update.trial_record import TrialRecords
+        from agent.update.updater import Updater
+        self.directory, self.name, self.broker = directory, name, broker
+        self.topics = BoardTopics(SITE, "m1", name)
+        self.sim = SimulatedAgent(directory / "board", clock, seed=seed,
+                                  extra_config=BOARD_CONFIG)
+        settle_at_idle(self.sim.board.plant, 40.0)
+        self.agent = self.sim.agent
+        self.link = self._connect()
+        self.boots = 0
+        self.slots = SimulatedSlots(OLD, on_boot=self._boot, failing_versions=failing_versions,
+                                    clock=clock)
+        updater_link = Link(LinkSettings(broker.host, broker.port, reconnect_max_s=2),
+                            client_id=self.topics.client_id + "-updater",
+                            outbox=Outbox(directory / "updater-outbox"),
+                            boot=f"updater-{name}")
+        self.updater = Updater(self.slots, updater_link, self.topics,
+                               TrialRecords(StateStore(directory / "data")),
+                               GateSettings(window_s=30.0, hold_s=3.0),
+                               self.slots.agent_service, clock=clock)
+
+    def _connect(self):
+        from agent.mqtt.board_link import BoardConnection, connect_board
+        from agent.mqtt.link import LinkSettings
+        return connect_board(self.agent, BoardConnection(
+            LinkSettings(self.broker.host, self.broker.port, reconnect_max_s=2), self.topics,
+            self.directory / "outbox", time.time))
+
+    def _boot(self, booted, agent_runs: bool) -> None:
+        from agent.board_agent import BoardAgent
+        from agent.config import load_config
+        from agent.safety.events import EventLog
+        self.boots += 1
+        if self.link is not None:
+            self.link.close()
+            self.agent.close()
+        self.agent = self.link = None
+        self.sim.board.smbus.closed = False  # the new boot opens /dev/i2c-1 again
+        if agent_runs:
+            self.agent = BoardAgent(load_config(self.sim.config_path), self.sim.board.hardware,
+                                    events=EventLog(journal=None), run_command=lambda argv: None,
+                                    send_signal=lambda pid, signum: None)
+            self.link = self._connect()
+
+    def step(self) -> None:
+        self.sim.board.plant.water_inlet_c = 40.0
+        self.sim.board.step(1.0)
+        if self.agent is not None:
+            self.agent.tick()
+
+    def close(self) -> None:
+        self.updater.close()
+        if self.link is not None:
+            self.link.close()
+            self.agent.close()
+
+
+def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stops_at_a_failure(
+        mosquitto, tmp_path):
+    """16 simulated boards, each with the real board updater over simulated slots, the real
+    leader and the rollout on a real Mosquitto; the bundle served by the site's bundle server
+    and streamed by every board in Range requests. b10's new version crash-loops its agent:
+    its health gate fails, it boots its old slot again, and the rollout stops there. At every
+    leader period the module could draw its budget (the leader allocated all of it) and never
+    more than three boards were away updating at once."""
+    import uuid
+
+    import ha_rules
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.ha_announce import DiscoveryAnnouncer
+    from agent.leader.role import LeaderRole, LeaderSettings, ModuleReadings, module_topics
+    from agent.mqtt.link import Link, LinkSettings
+    from agent.mqtt.outbox import Outbox
+    from agent.sim.clock import SimClock
+    from agent.update.bundle_server import BundleServer
+
+    broker = mosquitto()
+    clock = SimClock()
+    bundle_path = tmp_path / f"hearth-{NEW}.raucb"
+    bundle_path.write_bytes(bytes(range(256)) * 4096)  # 1 MiB: four Range requests a board
+    boards = [UpdatableBoard(tmp_path / f"b{n:02d}", f"b{n:02d}", n, clock, broker,
+                             {NEW} if f"b{n:02d}" == FAILING_BOARD else set())
+              for n in range(1, BOARDS + 1)]
+    leader_link = Link(LinkSettings(broker.host, broker.port, reconnect_max_s=2),
+                       client_id=f"hearth-{SITE}-m1-leader", outbox=Outbox(tmp_path / "lo"),
+                       boot=str(uuid.uuid4()), status_topic=module_topics(SITE, "m1")["status"],
+                       window=256)
+    leader = LeaderRole(SITE, "m1", leader_link, clock,
+                        LeaderSettings(period_s=2.0, silence_timeout_s=6.0, budget_w=0.0),
+                        lambda: ModuleReadings(), discovery=DiscoveryAnnouncer(leader_link))
+    leader.start()
+    leader_link.start()
+    watched: dict[str, bytes] = {}
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda client, userdata, message: watched.__setitem__(
+        message.topic, bytes(message.payload))
+    watcher.connect(broker.host, broker.port)
+    watcher.subscribe([("homeassistant/device/+/config", 1), (f"hearth/v1/{SITE}/+/+/update", 1),
+                       (f"hearth/v1/{SITE}/update/state", 1)])
+    watcher.loop_start()
+    server = BundleServer([bundle_path], ("127.0.0.1", 0))
+    rollout_link = Link(LinkSettings(broker.host, broker.port, reconnect_max_s=2),
+                        client_id=f"hearth-{SITE}-update", outbox=Outbox(tmp_path / "ro"),
+                        boot=str(uuid.uuid4()))
+    samples, concurrent = [], []
+    rollout = None
+    started = time.monotonic()
+    next_step_s = started
+    next_leader_s = clock()
+
+    def run_for(seconds: float, until=lambda: False) -> None:
+        """Everything on this thread: updaters, leader and rollout polled every 20 ms, the
+        boards stepped one period (1 s of the simulation's clock) every STEP_WALL_S."""
+        nonlocal next_step_s, next_leader_s
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not until():
+            for board in boards:
+                board.updater.poll()
+            leader_link.poll()
+            leader.react(clock())
+            if rollout is not None:
+                rollout_link.poll()
+                rollout.tick()
+                concurrent.append(len(rollout.in_flight()))
+            if time.monotonic() >= next_step_s:
+                next_step_s += STEP_WALL_S
+                clock.advance(1.0)
+                for board in boards:
+                    board.step()
+                if clock() >= next_leader_s:
+                    next_leader_s += 2.0
+                    leader.tick(clock())
+                    if leader.budget_w > 0:
+                        heating_w = sum(view.state["max_w"] for view in leader.tracker.usable())
+                        samples.append({**leader.snapshot, "heating_max_w": heating_w})
+            time.sleep(0.02)
+
+    try:
+        for board in boards:
+            board.updater.start()
+        max_w = boards[0].agent.status().power_max_w  # the configured limit, 6.5 W
+
+        def ramped() -> bool:  # every board heating, its supervisor's ramp up to the limit
+            return leader.snapshot.get("boards_usable") == BOARDS and all(
+                view.state.get("max_w") == max_w for view in leader.tracker.boards.values())
+
+        run_for(30.0, until=ramped)
+        assert ramped(), leader.snapshot
+        leader.budget_w = (BOARDS - LOSABLE_BOARDS) * max_w - 0.5
+        run_for(20.0, until=lambda: (leader.snapshot.get("power_w") or 0.0)
+                >= 0.98 * leader.budget_w)
+        rollout_from = len(samples)
+        url = server.url("127.0.0.1", bundle_path.name)
+        served = server.files[bundle_path.name]
+        bundle = Bundle(bundle_path.name, url, NEW, served.sha256, served.size)
+        waves = plan_waves({"m1": [b.name for b in boards]}, 25.0)
+        store = StateStore(tmp_path / "site-state")
+        rollout = Rollout(SITE, rollout_link, store, new_record(bundle, waves, False, time.time()),
+                          RolloutSettings(board_timeout_s=60.0), clock=clock)
+        rollout.start()
+        rollout_link.start()
+        run_for(60.0, until=lambda: rollout.finished)
+        wall_s = time.monotonic() - started
+        assert rollout.finished, rollout.summary()
+        run_for(2.0)  # the last reports reach the watcher
+    finally:
+        watcher.loop_stop()
+        for board in boards:
+            board.close()
+        leader_link.close()
+        rollout_link.close()
+        server.close()
+
+    summary = rollout.summary()
+    status = {key: entry["status"] for key, entry in summary["boards"].items()}
+    # the rollout stopped at b10, in the third wave, and says why
+    assert summary["state"] == "paused"
+    assert status[f"m1/{FAILING_BOARD}"] == FAILED
+    assert "crash-loops" in summary["boards"][f"m1/{FAILING_BOARD}"]["reason"]
+    assert f"m1/{FAILING_BOARD} failed: rolled_back" in summary["reason"]
+    assert all(status[key] == "done" for key in waves[0] + waves[1])
+    assert any(status[key] == PENDING for key in waves[2]), status  # never sent after it
+    # each board as its slots have it: the updated ones on B at 1.2.0, b10 back on A at 1.1.0
+    by_name = {board.name: board for board in boards}
+    for key, board_status in status.items():
+        slots = by_name[key.split("/")[1]].slots
+        if board_status == "done":
+            assert (slots.booted().slot, slots.booted().version, slots.primary) == ("B", NEW, "B")
+            assert slots.bundle_bytes["B"] == bundle_path.read_bytes()
+        elif board_status == PENDING:
+            assert (slots.booted().slot, slots.booted().version) == ("A", OLD)
+    failed = by_name[FAILING_BOARD].slots
+    assert (failed.booted().slot, failed.booted().version, failed.primary) == ("A", OLD, "A")
+    assert failed.boot_status["B"] == "bad" and by_name[FAILING_BOARD].agent is not None
+    # the budget: at every leader period of the rollout, the boards heating could draw it at
+    # their max_w (the leader's own view of them), and the module drew it on average
+    during = samples[rollout_from:]
+    assert len(during) >= 15
+    assert all(s["heating_max_w"] >= s["budget_w"] == leader.budget_w for s in during), [
+        (round(s["heating_max_w"], 1), s["budget_w"]) for s in during]
+    drawn_w = [s["power_w"] for s in during]
+    assert sum(drawn_w) / len(drawn_w) >= 0.95 * leader.budget_w, drawn_w
+    assert max(concurrent) == LOSABLE_BOARDS  # as many as the budget allows, never more
+    # what is on the wire: each board's update topic, and Home Assistant's update entity on it
+    update_state = json.loads(watched[f"hearth/v1/{SITE}/update/state"])
+    assert update_state["state"] == "paused" and update_state["counts"]["failed"] == 1
+    board_config = watched[f"homeassistant/device/hearth_{SITE}_m1_{FAILING_BOARD}/config"]
+    assert ha_rules.problems(f"homeassistant/device/hearth_{SITE}_m1_{FAILING_BOARD}/config",
+                             board_config) == []
+    component = ha_rules.expanded(json.loads(board_config))["components"]["update"]
+    for name, expected in ((FAILING_BOARD, (OLD, NEW, False)), ("b01", (NEW, NEW, False))):
+        raw = watched[f"hearth/v1/{SITE}/m1/{name}/update"]
+        entity = render_update(component, raw)
+        assert ha_rules.update_state_problems(entity) == []
+        assert (entity["installed_version"], entity["latest_version"],
+                entity["in_progress"]) == expected
+    print(f"rollout test: {wall_s:.0f} s wall, {len(during)} leader periods sampled, "
+          f"at most {max(concurrent)} boards updating at once")

@@ -350,9 +350,9 @@ class Rollout:
     def finished(self) -> bool:
         """Done, or paused with no board still in the middle of its update."""
         state = self.record["state"]
-        return state == "done" or (state == "paused" and not self._in_flight())
+        return state == "done" or (state == "paused" and not self.in_flight())
 
-    def _in_flight(self) -> list[str]:
+    def in_flight(self) -> list[str]:
         return [key for key, entry in self.record["boards"].items() if entry["status"] == SENT]
 
     def _fresh(self, heard: _Heard | None, now: float) -> bool:
@@ -361,7 +361,7 @@ class Rollout:
     def capacity_w(self, module: str, leaving: str | None, now: float) -> float:
         """What the module's boards can draw without `leaving` and the boards being updated:
         the max_w of each board heard recently, heating (NORMAL/LIMITED), without faults."""
-        in_flight = set(self._in_flight()) | {leaving}
+        in_flight = set(self.in_flight()) | {leaving}
         total = 0.0
         for key, heard in self.states.items():
             if key.split("/")[0] != module or key in in_flight or not self._fresh(heard, now):
@@ -386,7 +386,7 @@ class Rollout:
     def tick(self) -> None:
         """Time out silent boards, pause at a failure, send the boards that may go now."""
         now = self.clock()
-        for key in self._in_flight():
+        for key in self.in_flight():
             if now - self._sent_at_s.get(key, now) > self.settings.board_timeout_s:
                 self._finish(key, FAILED, f"silent: no update from the board for "
                              f"{self.settings.board_timeout_s:.0f} s after cmd/update")

@@ -147,8 +147,9 @@ def test_acl_keeps_each_board_to_its_own_topics(tmp_path, inventory):
     assert "user m2.b01\ntopic write hearth/v1/maple-school/m2/b01/status\n" in acl
     assert "user leader.m1\ntopic read hearth/v1/maple-school/m1/#" in acl
     users = [line.split(":")[0] for line in (out / "broker/passwd").read_text().splitlines()]
-    assert users == ["m1.b01", "m1.b02", "m2.b01", "leader.m1", "leader.m2", "site", "operator",
-                     "uplink", "standby"]
+    assert users == ["m1.b01", "m1.b02", "m2.b01", "updater.m1.b01", "updater.m1.b02",
+                     "updater.m2.b01", "leader.m1", "leader.m2", "site", "operator", "uplink",
+                     "standby"]
     assert (out / "standby/passwd").read_text() == (out / "broker/passwd").read_text()
     assert (out / "credentials/m1.b01.toml").stat().st_mode & 0o777 == 0o600
 

@@ -22,6 +22,7 @@ from agent.update.health_gate import GateSettings
 from agent.update.slots import Booted, Bundle, RaucSlots, SimulatedSlots, SlotFacts
 from agent.update.trial_record import TrialRecord, TrialRecords
 from agent.update.updater import NO_VERDICT, Updater, decode_update_args
+from test_broker_config import site  # noqa: F401 (a fixture)
 from test_mqtt_board import Board
 from test_mqtt_link import Listener, _link
 
@@ -566,3 +567,40 @@ def test_console_version_and_update_status_read_the_firmware_and_the_record(tmp_
     assert "other slot unknown" in processor.execute_line("version", "serial")[0].text
     refused = processor.execute("version", {}, "operator")
     assert not refused.ok and "not allowed from 'operator'" in refused.reason
+
+
+# -- the updater's own account on a site's generated broker ------------------------------------
+
+def test_the_updater_logs_in_beside_its_agent_and_reaches_only_its_topics(site):
+    """The broker gives an account one connection, so the updater has its own account,
+    updater.<module>.<board>: the board's agent stays connected, and the updater reads its
+    cmd/update and its board's state and writes its update report and replies, nothing else."""
+    out, _, connect = site
+    root = "hearth/v1/maple-school"
+    operator = connect("operator")
+    assert operator.subscribe("hearth/#")
+    board = connect("m1.b01", client_id="hearth-maple-school-m1-b01")
+    updater = connect("updater.m1.b01", client_id="hearth-maple-school-m1-b01-updater")
+    updater.subscribe(f"{root}/m1/b01/cmd/update")
+    updater.subscribe(f"{root}/m1/b01/state")
+    updater.subscribe(f"{root}/m1/b02/state")
+    updater.subscribe(f"{root}/m1/b01/cmd/setpoint")
+    operator.publish(f"{root}/m1/b01/cmd/setpoint", "not for the updater")
+    operator.publish(f"{root}/m1/b02/state", "another board's")
+    operator.publish(f"{root}/m1/b01/cmd/update", "update me")
+    board.publish(f"{root}/m1/b01/state", "my state")
+    assert updater.received(until="my state") == [(f"{root}/m1/b01/cmd/update", "update me"),
+                                                  (f"{root}/m1/b01/state", "my state")]
+    allowed = [f"{root}/m1/b01/update", f"{root}/m1/b01/reply"]
+    forbidden = [f"{root}/m1/b01/state", f"{root}/m1/b01/status", f"{root}/m1/b01/event",
+                 f"{root}/m1/b02/update", f"{root}/m1/b01/cmd/update",
+                 f"{root}/m1/leader/setpoint/b01"]
+    for number, topic in enumerate(forbidden):
+        updater.publish(topic, f"forbidden {number}")
+        updater.publish(allowed[number % 2], f"allowed {number}")
+    got = [item for item in operator.received(until=f"allowed {len(forbidden) - 1}")
+           if item[1].startswith(("allowed", "forbidden"))]
+    assert got == [(allowed[n % 2], f"allowed {n}") for n in range(len(forbidden))]
+    assert board.disconnects.empty() and updater.disconnects.empty()
+    mqtt_section = (out / "clients/updater.m1.b01/mqtt.toml").read_text()
+    assert 'username = "updater.m1.b01"' in mqtt_section

@@ -125,6 +125,12 @@ class Board:
         password file."""
         return f"{self.identity.module}.{self.identity.board}"
 
+    @property
+    def updater_username(self) -> str:
+        """The board's updater (hearth-updater.service): an account of its own, because an
+        account holds one connection and the board's is the agent's."""
+        return f"updater.{self.identity.module}.{self.identity.board}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Leader:
@@ -389,6 +395,12 @@ def acl_text(inventory: Inventory) -> str:
             f"topic read {module_root}/leader/setpoint/{board.identity.board}",
             f"topic read {module_root}/leader/interlock",
             f"topic read {module_root}/leader/status"]))
+        blocks.append("\n".join([
+            f"user {board.updater_username}",
+            f"topic read {own}/cmd/update",
+            f"topic read {own}/state",
+            f"topic write {own}/update",
+            f"topic write {own}/reply"]))
     for leader in inventory.leaders:
         module_root = f"{site_root}/{leader.module}"
         blocks.append("\n".join([
@@ -654,6 +666,7 @@ def make_tls(out: Path, inventory: Inventory, accounts: list[str], ca_cert: Path
 def site_usernames(inventory: Inventory) -> list[str]:
     """Every account of the site's brokers, in password-file order."""
     names = [board.username for board in inventory.boards]
+    names += [board.updater_username for board in inventory.boards]
     names += [leader.username for leader in inventory.leaders]
     names += [SITE_USER, *inventory.operator_usernames, UPLINK_USER]
     if inventory.standby is not None:

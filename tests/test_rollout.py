@@ -579,3 +579,88 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
                 entity["in_progress"]) == expected
     print(f"rollout test: {wall_s:.0f} s wall, {len(during)} leader periods sampled, "
           f"at most {max(concurrent)} boards updating at once")
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def operator_config(tmp_path, broker) -> str:
+    path = tmp_path / "operator.toml"
+    path.write_text(f'[mqtt]\nbrokers = ["{broker.host}:{broker.port}"]\n')
+    return str(path)
+
+
+def test_update_status_lists_each_boards_version_and_the_rollout_off_the_broker(
+        mosquitto, tmp_path, capsys):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent import cli
+    broker = mosquitto()
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="board")
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    for topic, payload in (
+            ("m1/b01/update", {"installed": "1.2.0", "slot": "B", "state": "committed",
+                               "target": "1.2.0", "progress_pct": None, "reason": None}),
+            ("m1/b02/update", {"installed": "1.1.0", "slot": "A", "state": "rolled_back",
+                               "target": "1.2.0", "progress_pct": None,
+                               "reason": "crash loop"}),
+            ("update/state", {"state": "paused", "version": "1.2.0", "bundle": "x.raucb",
+                              "reason": "m1/b02 failed"})):
+        publisher.publish(f"hearth/v1/{SITE}/{topic}", envelope.encode(
+            {"v": 1, "boot": "x", "seq": 1, "ts": 1.0, **payload}), qos=1,
+            retain=True).wait_for_publish(5)
+    publisher.publish(f"hearth/v1/{SITE}/m2/b03/update", b'{"v":1,"state":"??"}', qos=1,
+                      retain=True).wait_for_publish(5)
+    publisher.loop_stop()
+    publisher.disconnect()
+    status = cli.main(["update", "status", "--config", operator_config(tmp_path, broker),
+                       "--site", SITE, "--state-dir", str(tmp_path), "--wait", "1.5"])
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert out[0] == "rollout of x.raucb (1.2.0): paused: m1/b02 failed"
+    rows = {line.split()[0]: line.split(None, 5)[1:] for line in out[2:]}
+    assert rows["m1/b01"] == ["1.2.0", "B", "committed", "1.2.0"]
+    assert rows["m1/b02"] == ["1.1.0", "A", "rolled_back", "1.2.0", "crash loop"]
+    assert rows["m2/b03"][:3] == ["unreadable", "update", "topic:"]
+
+
+def test_a_rollout_of_another_bundle_waits_for_the_paused_one(tmp_path, capsys):
+    from agent import cli
+    store = StateStore(tmp_path / "state")
+    record = new_record(BUNDLE, [["m1/b01"]], False, 0.0)
+    record["state"] = "paused"
+    store.write(RECORD_NAME, RECORD_VERSION, record)
+    before = store.path(RECORD_NAME).read_bytes()
+    other = tmp_path / "hearth-1.3.0.raucb"
+    other.write_bytes(b"another bundle")
+    config = tmp_path / "operator.toml"
+    config.write_text('[mqtt]\nbrokers = ["127.0.0.1:1"]\n')
+    status = cli.main(["update", "rollout", str(other), "--version", "1.3.0", "--config",
+                       str(config), "--site", SITE, "--state-dir", str(tmp_path / "state"),
+                       "--listen", "127.0.0.1:0"])
+    assert status == 2
+    assert ("a rollout of hearth-1.2.0.raucb (1.2.0) is paused; go on with that bundle, or "
+            f"move {store.path(RECORD_NAME)} aside") in capsys.readouterr().out
+    assert store.path(RECORD_NAME).read_bytes() == before
+
+
+def test_update_serve_serves_its_bundles_until_stopped(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    bundle = tmp_path / "hearth-1.2.0.raucb"
+    bundle.write_bytes(b"0123456789" * 100)
+    server = subprocess.Popen([sys.executable, "-m", "agent.cli", "update", "serve", str(bundle),
+                               "--listen", "127.0.0.1:0", "--advertise", "127.0.0.1"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        announced = json.loads(server.stdout.readline())
+        assert announced["size_bytes"] == 1000 and len(announced["sha256"]) == 64
+        request = urllib.request.Request(announced["url"], headers={"Range": "bytes=10-19"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 206 and response.read() == b"0123456789"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH, load_config
+from agent.config import DEFAULT_CONFIG_PATH, load_connection
 from agent.errors import ConfigValueError, MessageError
 from agent.mqtt.board_link import link_settings
 from agent.mqtt.link import Link
@@ -34,8 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
-                        help=f"config with [identity] (the site) and [mqtt] with an operator "
-                        f"account (default {DEFAULT_CONFIG_PATH})")
+                        help=f"[mqtt] with an operator account (the file `hearth broker-config` "
+                        f"writes for it, or a role config) (default {DEFAULT_CONFIG_PATH})")
+    common.add_argument("--site", metavar="SITE",
+                        help="the site (default: [identity] site of the config)")
     common.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"where the rollout keeps its record (default {DEFAULT_STATE_DIR})")
     serving = argparse.ArgumentParser(add_help=False)
@@ -76,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigValueError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     return host, int(port)
 
@@ -90,12 +92,12 @@ def _advertised(args: argparse.Namespace) -> str:
 
 
 def _site_link(args: argparse.Namespace, name: str) -> tuple[str, Link]:
-    config = load_config(args.config)
-    if config.identity is None or config.mqtt is None:
-        raise ConfigValueError(f"{args.config}: `hearth update` needs [identity] (the site) and "
-                               "[mqtt] with an operator account; see docs/updates.md")
-    site = config.identity.site
-    link = Link(link_settings(config.mqtt), client_id=f"hearth-{site}-{name}",
+    mqtt, identity = load_connection(args.config)
+    site = args.site or (identity.site if identity is not None else None)
+    if site is None:
+        raise ConfigValueError(f"{args.config} has no [identity] site: name the site with "
+                               "--site")
+    link = Link(link_settings(mqtt), client_id=f"hearth-{site}-{name}",
                 outbox=Outbox(args.state_dir / f"{name}-outbox"), boot=str(uuid.uuid4()))
     return site, link
 

@@ -604,3 +604,21 @@ def test_the_updater_logs_in_beside_its_agent_and_reaches_only_its_topics(site):
     assert board.disconnects.empty() and updater.disconnects.empty()
     mqtt_section = (out / "clients/updater.m1.b01/mqtt.toml").read_text()
     assert 'username = "updater.m1.b01"' in mqtt_section
+
+
+def test_an_updater_restarted_on_the_trial_boot_keeps_the_trials_window(rig, bundle_server):
+    """The window counts from the trial boot, not from the updater's start: an updater that
+    crashes and restarts during the trial cannot make it last forever."""
+    board = rig()
+    board.agent_state = dict(HEALTHY, setpoint_source="fallback")
+    board.command(update_args(bundle_server))
+    board.run_until("trial", steps=2)
+    booted_at_s = board.now_s
+    for _ in range(20):
+        board.step()
+    board.updater.link.abort()  # the updater dies; systemd starts it again
+    board.updater = board.new_updater("updater-2")
+    report = board.run_until("rolled_back")
+    assert "window of 30 s ran out" in report["reason"]
+    assert board.boots[-1] == Booted("A", False, "1.1.0")
+    assert board.now_s - booted_at_s <= GATE.window_s + 2

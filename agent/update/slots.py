@@ -62,11 +62,14 @@ class Bundle:
 @dataclasses.dataclass(frozen=True)
 class Booted:
     """What the board runs now: the slot the firmware booted, whether this is the one-time
-    trial boot (the tryboot flag), and the Hearth version in that slot."""
+    trial boot (the tryboot flag), and the Hearth version in that slot. `at_s` is when it
+    booted on the updater's clock, so the health window counts from the trial boot, whenever
+    the updater (re)started."""
 
     slot: str
     tryboot: bool
     version: str
+    at_s: float = dataclasses.field(default=0.0, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +143,8 @@ class RaucSlots:
         if slot is None:
             raise UpdateError(f"the firmware booted partition {partition}, which is no Hearth "
                               f"slot (2 is A, 3 is B); check autoboot.txt on partition 1")
-        return Booted(slot, self._bootloader_u32("tryboot") == 1, self.running_version)
+        # time.monotonic() is Linux's CLOCK_MONOTONIC, which starts at boot: 0 is the boot.
+        return Booted(slot, self._bootloader_u32("tryboot") == 1, self.running_version, 0.0)
 
     def _bootloader_u32(self, name: str) -> int:
         """The firmware's big-endian u32 in device tree's chosen/bootloader/<name>."""
@@ -289,8 +293,7 @@ class SimulatedSlots:
         """The slot the next tryboot boots, set by an install."""
         self.bundle_bytes: dict[str, bytes] = {}
         """slot -> the bytes installed there, for tests."""
-        self._booted = Booted("A", False, installed_version)
-        self._booted_at_s = clock()
+        self._booted = Booted("A", False, installed_version, clock())
         self._lock = threading.Lock()
 
     def booted(self) -> Booted:
@@ -379,8 +382,7 @@ class SimulatedSlots:
             version = self.versions[slot]
             if version is None:
                 raise UpdateError(f"slot {slot} is empty; the firmware would not boot it")
-            self._booted = Booted(slot, tryboot, version)
-            self._booted_at_s = self.clock()
+            self._booted = Booted(slot, tryboot, version, self.clock())
             booted = self._booted
         if self.on_boot is not None:
             self.on_boot(booted, booted.version not in self.failing_versions)
@@ -388,7 +390,8 @@ class SimulatedSlots:
     def agent_service(self) -> ServiceFacts:
         """hearth-agent.service as systemd would show it on this simulated board."""
         with self._lock:
-            booted, since_s = self._booted, self.clock() - self._booted_at_s
+            booted = self._booted
+        since_s = self.clock() - booted.at_s
         if booted.version not in self.failing_versions:
             return ServiceFacts("active", "running", 0)
         return ServiceFacts("activating", "auto-restart", 1 + int(since_s / self.restart_every_s))

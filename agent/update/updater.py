@@ -157,7 +157,7 @@ class Updater:
                 self._fail_trial(record.reason or NO_VERDICT)
             else:
                 self.record = record
-                self.gate = HealthGate(self.gate_settings, self.clock())
+                self.gate = HealthGate(self.gate_settings, booted.at_s)
                 self.log.info("trial boot of slot %s (Hearth %s): health gate started, %.0f s "
                               "window", booted.slot, booted.version,
                               self.gate_settings.window_s)

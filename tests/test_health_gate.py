@@ -111,8 +111,12 @@ def test_systemd_facts_come_from_systemctl_show(tmp_path):
                       "hearth-agent.service"]]
     assert facts == ServiceFacts("activating", "auto-restart", 4)
     broken = SystemdService(run=lambda argv: fake(argv, "", 1))()
-    assert broken.active_state == "failed"
-    assert run_gate(lambda now_s: broken, fresh(HEALTHY))[1] == 0.0
+    verdict, at_s = run_gate(lambda now_s: broken, fresh(HEALTHY))
+    assert at_s == 60.0 and "hearth-agent.service is unknown" in verdict
+
+    def hangs(argv):
+        raise subprocess.TimeoutExpired(argv, 10)
+    assert SystemdService(run=hangs)().active_state == "unknown"
 
 
 def test_systemctl_takes_the_show_line_the_gate_uses():

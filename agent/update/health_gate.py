@@ -174,7 +174,8 @@ class HealthGate:
 
 class SystemdService:
     """systemd's facts of a unit, from `systemctl show`: the gate's ServiceFacts on a board.
-    A unit systemd cannot show reads as failed, so the gate never passes on a guess."""
+    What systemctl cannot tell reads as state "unknown": never healthy, so the gate does not
+    pass on a guess, and not final, so one slow answer does not end a trial."""
 
     def __init__(self, unit: str = AGENT_UNIT, systemctl: str = "systemctl",
                  run: Callable[[Sequence[str]], subprocess.CompletedProcess] | None = None):
@@ -184,11 +185,14 @@ class SystemdService:
                                                        text=True, check=False, timeout=10))
 
     def __call__(self) -> ServiceFacts:
-        result = self.run([self.systemctl, "show", "-p", "ActiveState,SubState,NRestarts",
-                           self.unit])
+        try:
+            result = self.run([self.systemctl, "show", "-p", "ActiveState,SubState,NRestarts",
+                               self.unit])
+        except (OSError, subprocess.SubprocessError) as error:
+            return ServiceFacts("unknown", f"systemctl show {self.unit} failed: {error}", 0)
         values = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
         restarts = values.get("NRestarts", "")
         if result.returncode != 0 or not restarts.isdigit() or "ActiveState" not in values:
-            return ServiceFacts("failed", f"systemctl show {self.unit} gave nothing usable "
+            return ServiceFacts("unknown", f"systemctl show {self.unit} gave nothing usable "
                                 f"({result.stderr.strip()[:100]})", 0)
         return ServiceFacts(values["ActiveState"], values.get("SubState", ""), int(restarts))

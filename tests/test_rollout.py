@@ -664,3 +664,56 @@ def test_update_serve_serves_its_bundles_until_stopped(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 0
+
+
+def test_the_operator_account_may_publish_the_rollout_and_send_cmd_update_a_board_may_not(
+        tmp_path):
+    """On a broker running `hearth broker-config`'s files: the rollout logs in as an operator
+    and its retained update/state and cmd/update go through; a board can write neither."""
+    import uuid
+
+    from test_broker_config import ROOT, Client, generated_site, login
+
+    from agent.mqtt.link import Link, LinkSettings
+    from agent.mqtt.outbox import Outbox
+    out, port, broker = generated_site(tmp_path)
+    clients = []
+
+    def connect(user: str) -> Client:
+        client = Client(port, login(out, user))
+        assert not client.connect().is_failure
+        clients.append(client)
+        return client
+
+    try:
+        watcher = connect("operator.homeassistant")
+        assert watcher.subscribe(f"{ROOT}/#")
+        board = connect("m1.b02")
+        board.publish(f"{ROOT}/update/state", "board: not the rollout", retain=True)
+        board.publish(f"{ROOT}/m1/b01/cmd/update", "board: not a command")
+        account = login(out, "operator")
+        link = Link(LinkSettings("127.0.0.1", port, username=account["username"],
+                                 password=account["password"]), client_id="operator",
+                    outbox=Outbox(tmp_path / "outbox"), boot=str(uuid.uuid4()))
+        rollout = Rollout("maple-school", link, StateStore(tmp_path / "state"),
+                          new_record(BUNDLE, [["m1/b01"]], False, 0.0), RolloutSettings())
+        link.start()
+        link.publish(f"{ROOT}/m1/b01/cmd/update", {"id": "x", "by": "operator", "args": {}},
+                     qos=1)
+        rollout.publish()
+        deadline = time.monotonic() + 10
+        while not link.idle() and time.monotonic() < deadline:
+            link.poll(0.1)
+        link.close()
+        got = [(topic, payload) for topic, payload in watcher.drain(1.0)
+               if "/status" not in topic]
+        assert [topic for topic, _ in got] == [f"{ROOT}/m1/b01/cmd/update",
+                                               f"{ROOT}/update/state"]
+        assert json.loads(got[1][1])["version"] == "1.2.0"
+        late = connect("operator")
+        late.subscribe(f"{ROOT}/update/state")  # retained for whoever looks later
+        assert json.loads(late.messages.get(timeout=5)[1])["state"] == "running"
+    finally:
+        for client in clients:
+            client.close()
+        broker.stop()

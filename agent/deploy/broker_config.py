@@ -423,13 +423,15 @@ def acl_text(inventory: Inventory) -> str:
         f"topic read {HA_STATUS}",
         f"topic write {ha_device_topic(site)}"]))
     # Home Assistant logs in as an operator: it reads everything, announces itself on
-    # homeassistant/status (birth and last will) and sets the site's target and mode.
+    # homeassistant/status (birth and last will) and sets the site's target and mode. An
+    # operator's `hearth update rollout` sends cmd/update and keeps update/state.
     blocks += ["\n".join([
         f"user {operator}",
         f"topic read {site_root}/#",
         f"topic read {HA_PREFIX}/#",
         f"topic write {HA_STATUS}",
         f"topic write {site_root}/+/+/cmd/#",
+        f"topic write {site_root}/update/state",
         f"topic write {site_root}/site/demand",
         f"topic write {site_root}/{TARGET_SET}",
         f"topic write {site_root}/{MODE_SET}"]) for operator in inventory.operator_usernames]

@@ -3,7 +3,9 @@ the pause at the first failure, the record that lets it go on, what it reads at 
 the acceptance test: a simulated module of 16 boards with the real leader and every board's
 real updater on a real Mosquitto, one board failing its health gate."""
 
+import dataclasses
 import json
+import os
 import time
 
 import pytest
@@ -625,22 +627,55 @@ def test_update_status_lists_each_boards_version_and_the_rollout_off_the_broker(
     assert rows["m2/b03"][:3] == ["unreadable", "update", "topic:"]
 
 
-def test_a_rollout_of_another_bundle_waits_for_the_paused_one(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """The site's update keys (`hearth bundle keygen`) and a small bundle of 1.2.0 signed
+    with them, as `hearth bundle build` signs one."""
+    from agent import cli
+    from agent.update.bundle import sign, write_content
+    work = tmp_path_factory.mktemp("signed")
+    assert cli.main(["bundle", "keygen", "--out", str(work / "keys"), "--site", SITE]) == 0
+    boot, root = write_content(work / "content", "1.2.0")
+    boot.write_bytes(os.urandom(65536))  # squashfs wants more than 4 KiB after compression
+    root.write_bytes(os.urandom(65536))
+    bundle = sign(work / "content", work / "keys/signing/signing.crt",
+                  work / "keys/signing/signing.key", work / "hearth-1.2.0.raucb")
+    return {"bundle": bundle, "keyring": work / "keys/ca/ca.crt"}
+
+
+def rollout_command(tmp_path, bundle, keyring) -> list[str]:
+    config = tmp_path / "operator.toml"
+    config.write_text('[mqtt]\nbrokers = ["127.0.0.1:1"]\n')
+    return ["update", "rollout", str(bundle), "--keyring", str(keyring), "--config",
+            str(config), "--site", SITE, "--state-dir", str(tmp_path / "state"),
+            "--listen", "127.0.0.1:0"]
+
+
+def test_a_bundle_a_board_would_refuse_is_refused_before_anything_is_sent(
+        tmp_path, capsys, signed):
+    from agent import cli
+    unsigned = tmp_path / "hearth-1.2.0.raucb"
+    unsigned.write_bytes(b"not a bundle")
+    assert cli.main(rollout_command(tmp_path, unsigned, signed["keyring"])) == 2
+    assert "hearth update: " in capsys.readouterr().err
+    other_ca = tmp_path / "other"
+    assert cli.main(["bundle", "keygen", "--out", str(other_ca), "--site", "other"]) == 0
+    assert cli.main(rollout_command(tmp_path, signed["bundle"], other_ca / "ca/ca.crt")) == 2
+    assert "signature verification failed" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # no record, no outbox: nothing was sent
+
+
+def test_a_rollout_of_another_bundle_waits_for_the_paused_one(tmp_path, capsys, signed):
     from agent import cli
     store = StateStore(tmp_path / "state")
-    record = new_record(BUNDLE, [["m1/b01"]], False, 0.0)
+    record = new_record(dataclasses.replace(BUNDLE, name="hearth-1.1.9.raucb", version="1.1.9"),
+                        [["m1/b01"]], False, 0.0)
     record["state"] = "paused"
     store.write(RECORD_NAME, RECORD_VERSION, record)
     before = store.path(RECORD_NAME).read_bytes()
-    other = tmp_path / "hearth-1.3.0.raucb"
-    other.write_bytes(b"another bundle")
-    config = tmp_path / "operator.toml"
-    config.write_text('[mqtt]\nbrokers = ["127.0.0.1:1"]\n')
-    status = cli.main(["update", "rollout", str(other), "--version", "1.3.0", "--config",
-                       str(config), "--site", SITE, "--state-dir", str(tmp_path / "state"),
-                       "--listen", "127.0.0.1:0"])
+    status = cli.main(rollout_command(tmp_path, signed["bundle"], signed["keyring"]))
     assert status == 2
-    assert ("a rollout of hearth-1.2.0.raucb (1.2.0) is paused; go on with that bundle, or "
+    assert ("a rollout of hearth-1.1.9.raucb (1.1.9) is paused; go on with that bundle, or "
             f"move {store.path(RECORD_NAME)} aside") in capsys.readouterr().out
     assert store.path(RECORD_NAME).read_bytes() == before
 

@@ -15,6 +15,7 @@ from agent.mqtt.link import Link
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import ROOT
 from agent.persist import DEFAULT_STATE_DIR, StateStore
+from agent.update.bundle import check
 from agent.update.bundle_server import BundleServer
 from agent.update.rollout import (RECORD_NAME, Bundle, Rollout, RolloutSettings,
                                   checked_leader_state, checked_update, new_record, plan_waves,
@@ -50,8 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rollout = actions.add_parser("rollout", parents=[common, serving],
                                  help="serve BUNDLE and update every board of the site with it")
     rollout.add_argument("bundle", type=Path, metavar="BUNDLE", help="the signed .raucb")
-    rollout.add_argument("--version", required=True, dest="bundle_version", metavar="VERSION",
-                         help="the Hearth version in the bundle (what the boards report after)")
+    rollout.add_argument("--keyring", type=Path, required=True, metavar="FILE",
+                         help="the site's update CA certificate (`hearth bundle keygen`'s "
+                         "ca/ca.crt): the bundle is checked as a board checks it, and its "
+                         "version read, before any board is sent it")
     rollout.add_argument("--share", type=float, default=25.0, metavar="PCT",
                          help="the second wave: this share of each module (default 25)")
     rollout.add_argument("--board-timeout", type=float, default=2700.0, metavar="S",
@@ -112,12 +115,13 @@ def run_rollout(args: argparse.Namespace) -> int:
     site, link = _site_link(args, "update")
     store = StateStore(args.state_dir)
     record = read_record(store)
+    version = check(args.bundle, args.keyring).version  # BundleError: what a board would say
     settings = RolloutSettings(share_pct=args.share, board_timeout_s=args.board_timeout,
                                force=args.force)
     with BundleServer([args.bundle], _address(args.listen)) as server:
         served = server.files[args.bundle.name]
-        bundle = Bundle(served.name, server.url(_advertised(args), served.name),
-                        args.bundle_version, served.sha256, served.size)
+        bundle = Bundle(served.name, server.url(_advertised(args), served.name), version,
+                        served.sha256, served.size)
         if record is not None and record["state"] != "done":
             if record["bundle"]["sha256"] != bundle.sha256:
                 print(f"hearth update: a rollout of {record['bundle']['name']} "

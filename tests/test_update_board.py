@@ -1,5 +1,6 @@
 """The board's updater: the simulated slots a simulated module updates with, RAUC's command
-lines, and the update state machine through every outcome on a real Mosquitto."""
+lines (and RAUC's own service), the update state machine through every outcome on a real
+Mosquitto, the updater's account on a generated broker config, and the console's view."""
 
 import hashlib
 import http.server
@@ -7,12 +8,12 @@ import re
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import agent
 from agent import cli
-
 from agent.console.commands import CommandProcessor
 from agent.errors import MessageError, UpdateError, UpdateRefusedError
 from agent.mqtt.link import Link, LinkSettings
@@ -622,3 +623,72 @@ def test_an_updater_restarted_on_the_trial_boot_keeps_the_trials_window(rig, bun
     assert "window of 30 s ran out" in report["reason"]
     assert board.boots[-1] == Booted("A", False, "1.1.0")
     assert board.now_s - booted_at_s <= GATE.window_s + 2
+
+
+def test_rauc_slots_mark_and_read_through_the_real_rauc_service(tmp_path):
+    """RaucSlots against RAUC 1.8 itself (its service on a private D-Bus, the generated
+    system.conf and the tryboot backend): the other slot read from RAUC's JSON, and on the
+    trial boot mark_good commits autoboot.txt; on a second trial mark_bad leaves it alone."""
+    from test_bundle import AUTOBOOT, HEARTH, RaucService, hearth
+    from agent.update import autoboot, rauc_system
+    keys = tmp_path / "keys"
+    assert hearth("bundle", "keygen", "--out", keys, "--site", "test").returncode == 0
+    board = tmp_path / "board"
+    for name in ("autoboot", "facts", "data", "bin", "dev"):
+        (board / name).mkdir(parents=True)
+    (board / "autoboot/autoboot.txt").write_text(AUTOBOOT)
+    (board / "update.toml").write_text(f'bootloader_dir = "{board / "facts"}"\n')
+    devices = {name: str(board / "dev" / name)
+               for name in ("rootfs.0", "boot.0", "rootfs.1", "boot.1")}
+    for device in devices.values():
+        Path(device).touch()
+    conf = board / "system.conf"
+    conf.write_text(rauc_system.system_conf(
+        devices, keyring=str(keys / "ca/ca.crt"), status_file=str(board / "data/status.raucs"),
+        handler_dir=str(board / "bin")))
+    for name, text in rauc_system.handler_scripts(HEARTH, backend_options=[
+            "--autoboot", str(board / "autoboot/autoboot.txt"), "--state-dir",
+            str(board / "data"), "--settings", str(board / "update.toml")]).items():
+        (board / "bin" / name).write_text(text)
+        (board / "bin" / name).chmod(0o755)
+
+    def boot(slot, tryboot):
+        (board / "facts/partition").write_bytes({"A": 2, "B": 3}[slot].to_bytes(4, "big"))
+        (board / "facts/tryboot").write_bytes(int(tryboot).to_bytes(4, "big"))
+        service = RaucService(conf, slot, tmp_path / f"rauc-{slot}-{int(tryboot)}.log")
+        slots = RaucSlots("1.1.0", bootloader_dir=board / "facts", run=lambda argv: (
+            subprocess.run(list(argv), env=service.env, capture_output=True, text=True,
+                           timeout=60)))
+        return service, slots
+
+    service, slots = boot("A", tryboot=False)
+    try:
+        assert slots.booted() == Booted("A", False, "1.1.0")
+        assert slots.other() == SlotFacts("B", None, "good")
+        assert service.rauc("status", "mark-active", "other").returncode == 0  # as an install
+    finally:
+        service.stop()
+    service, slots = boot("B", tryboot=True)
+    try:
+        slots.mark_good()
+        assert slots.other() == SlotFacts("A", None, "good")
+    finally:
+        service.stop()
+    committed = autoboot.read(board / "autoboot/autoboot.txt")
+    assert committed.committed_partition == 3
+    service, slots = boot("B", tryboot=False)
+    try:
+        assert service.rauc("status", "mark-active", "other").returncode == 0
+    finally:
+        service.stop()
+    service, slots = boot("A", tryboot=True)
+    try:
+        slots.mark_bad()
+        assert slots.other() == SlotFacts("B", None, "good")
+        status = service.status()
+        assert status["boot_primary"] == "rootfs.1"
+        assert [slot["rootfs.0"]["boot_status"] for slot in status["slots"]
+                if "rootfs.0" in slot] == ["bad"]
+    finally:
+        service.stop()
+    assert autoboot.read(board / "autoboot/autoboot.txt").committed_partition == 3

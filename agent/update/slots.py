@@ -13,6 +13,7 @@ Slots are named as the firmware boots them: A (boot partition 2, root p5) and B 
 
 import dataclasses
 import hashlib
+import json
 import subprocess
 import threading
 import time
@@ -162,7 +163,6 @@ class RaucSlots:
 
     def other(self) -> SlotFacts:
         """From `rauc status --detailed --output-format=json`: the rootfs slot not booted."""
-        import json
         booted = self.booted().slot
         result = self._checked(["status", "--detailed", "--output-format=json"], "read the slots")
         try:

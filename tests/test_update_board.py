@@ -20,7 +20,8 @@ from agent.mqtt.link import Link, LinkSettings
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import BoardTopics
 from agent.update.health_gate import GateSettings
-from agent.update.slots import Booted, Bundle, RaucSlots, SimulatedSlots, SlotFacts
+from agent.update.slots import (
+    Booted, Bundle, RaucSlots, SimulatedSlots, SlotFacts, run_command)
 from agent.update.trial_record import TrialRecord, TrialRecords
 from agent.update.updater import NO_VERDICT, Updater, decode_update_args
 from test_broker_config import site  # noqa: F401 (a fixture)
@@ -692,3 +693,13 @@ def test_rauc_slots_mark_and_read_through_the_real_rauc_service(tmp_path):
     finally:
         service.stop()
     assert autoboot.read(board / "autoboot/autoboot.txt").committed_partition == 3
+
+
+def test_rauc_slots_turn_a_missing_rauc_into_an_update_error(tmp_path):
+    slots, _ = rauc_slots(tmp_path)
+    slots.rauc = str(tmp_path / "no-such-rauc")
+    slots.run = run_command
+    with pytest.raises(UpdateError, match="could not be run"):
+        slots.mark_good()
+    with pytest.raises(UpdateError, match="could not be started"):
+        slots.install(Bundle("http://site/good.raucb", "1.2.0"), lambda pct: None, False)

@@ -112,9 +112,18 @@ class Slots(Protocol):
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
 
 
+COMMAND_TIMEOUT_S = 120.0
+"""rauc status and systemctl answer in seconds; one that hangs (D-Bus) is an UpdateError."""
+
+
 def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess:
-    """Run argv to its end, its output captured as text: the default for RaucSlots."""
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    """Run argv to its end, its output captured as text: the default for RaucSlots. A
+    command that cannot be started or does not end in time is an UpdateError."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                              timeout=COMMAND_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise UpdateError(f"{' '.join(argv)} could not be run: {error}")
 
 
 class RaucSlots:
@@ -192,8 +201,11 @@ class RaucSlots:
 
     def _install(self, url: str, progress: Progress) -> None:
         argv = [self.rauc, "install", url]
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+        try:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+        except OSError as error:
+            raise UpdateError(f"{self.rauc} install could not be started: {error}")
         last_error = ""
         assert process.stdout is not None
         for line in process.stdout:

@@ -270,6 +270,36 @@ def test_a_damaged_record_is_refused_and_nothing_is_sent(tmp_path):
     assert read_record(StateStore(tmp_path / "none")) is None
 
 
+def test_update_state_of_a_500_board_site_is_a_message_every_reader_takes(tmp_path):
+    """Boards pending or done are counted, not listed: a site of 500 boards with long
+    names and reasons still fits the 64 KiB every Hearth receiver takes."""
+    link, clock = WireLink(), Clock()
+    boards = {f"module-{m:02d}": [f"board-{n:03d}" for n in range(50)] for m in range(10)}
+    record = new_record(BUNDLE, plan_waves(boards, 25.0), False, 0.0)
+    for index, entry in enumerate(record["boards"].values()):
+        if index % 50 == 0:
+            entry.update(status=SKIPPED, reason="no state from it in the 30 s before its turn; "
+                         "run the rollout again when it is back")
+    rollout = Rollout(SITE, link, StateStore(tmp_path), record, RolloutSettings(), clock=clock)
+    rollout.start()
+    for key in record["boards"]:
+        module, board = key.split("/")
+        update(link, "x", "idle")  # noise on another board's topic
+        link.deliver(f"hearth/v1/{SITE}/{module}/{board}/update", envelope.encode(
+            {"v": 1, "boot": "u", "seq": 1, "ts": 0.0, "installed": "1.1.0", "slot": "A",
+             "state": "idle", "target": None, "progress_pct": None, "reason": None}))
+    rollout.publish()
+    topic, payload, retained = link.sent[-1]
+    raw = envelope.encode(envelope.Envelope("rollout", lambda: 1.0).stamp(topic, payload))
+    assert len(raw) < envelope.MAX_PAYLOAD_BYTES
+    decoded = envelope.decode(raw)
+    assert decoded["counts"] == {"pending": 490, "sent": 0, "done": 0, "failed": 0,
+                                 "skipped": 10}
+    assert sorted(decoded["boards"]) == sorted(key for key, entry in record["boards"].items()
+                                               if entry["status"] == SKIPPED)
+    assert len(rollout.summary(every_board=True)["boards"]) == 500
+
+
 @pytest.mark.parametrize("change, complaint", [
     ({"state": "dancing"}, "'state' must be one of"),
     ({"progress_pct": 101}, "'progress_pct'"), ({"progress_pct": True}, "'progress_pct'"),
@@ -536,7 +566,7 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
         rollout_link.close()
         server.close()
 
-    summary = rollout.summary()
+    summary = rollout.summary(every_board=True)
     status = {key: entry["status"] for key, entry in summary["boards"].items()}
     # the rollout stopped at b10, in the third wave, and says why
     assert summary["state"] == "paused"

@@ -140,7 +140,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             rollout.start()
             stop = _stop_requested()
             rollout.run(lambda: bool(stop))
-            summary = rollout.summary()
+            summary = rollout.summary(every_board=True)
         finally:
             link.close()
     _print_summary(summary)

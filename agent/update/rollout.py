@@ -481,18 +481,23 @@ class Rollout:
 
     # -- what it says ---------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        """The `update/state` payload: the rollout and each board in it."""
+    def summary(self, every_board: bool = False) -> dict[str, Any]:
+        """The `update/state` payload: the rollout, its counts, and the boards sent, failed
+        or skipped (`every_board`: all of them). Boards pending or done are only counted on
+        the wire, so a site of hundreds of boards fits one message; each board's own `update`
+        topic has its version."""
+        counts = {status: 0 for status in (PENDING, SENT, DONE, FAILED, SKIPPED)}
         boards = {}
         for key, entry in sorted(self.record["boards"].items()):
+            counts[entry["status"]] += 1
+            if not every_board and entry["status"] in (PENDING, DONE):
+                continue
             heard = self.updates.get(key)
             update = heard.value if heard is not None else None
             boards[key] = {"status": entry["status"], "reason": entry["reason"],
                            "installed": update.installed if update else None,
                            "update_state": update.state if update else None,
                            "progress_pct": update.progress_pct if update else None}
-        counts = {status: sum(b["status"] == status for b in boards.values())
-                  for status in (PENDING, SENT, DONE, FAILED, SKIPPED)}
         waves = self.record["waves"]
         wave = next((index for index, keys in enumerate(waves, 1)
                      if any(self.record["boards"][key]["status"] not in FINISHED

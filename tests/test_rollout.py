@@ -449,13 +449,15 @@ class UpdatableBoard:
 
 
 def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stops_at_a_failure(
-        mosquitto, tmp_path):
+        mosquitto, tmp_path, signed):
     """16 simulated boards, each with the real board updater over simulated slots, the real
-    leader and the rollout on a real Mosquitto; the bundle served by the site's bundle server
-    and streamed by every board in Range requests. b10's new version crash-loops its agent:
-    its health gate fails, it boots its old slot again, and the rollout stops there. At every
-    leader period the module could draw its budget (the leader allocated all of it) and never
-    more than three boards were away updating at once."""
+    leader, and `hearth update rollout` run as an operator runs it, on a real Mosquitto: the
+    signed bundle checked, served and streamed by every board in Range requests. b10's new
+    version crash-loops its agent: its health gate fails, it boots its old slot again, and the
+    rollout stops there. At every leader period the boards heating could draw the module's
+    budget, and never more than three boards were away updating at once."""
+    import subprocess
+    import sys
     import uuid
 
     import ha_rules
@@ -467,12 +469,9 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
     from agent.mqtt.link import Link, LinkSettings
     from agent.mqtt.outbox import Outbox
     from agent.sim.clock import SimClock
-    from agent.update.bundle_server import BundleServer
 
     broker = mosquitto()
     clock = SimClock()
-    bundle_path = tmp_path / f"hearth-{NEW}.raucb"
-    bundle_path.write_bytes(bytes(range(256)) * 4096)  # 1 MiB: four Range requests a board
     boards = [UpdatableBoard(tmp_path / f"b{n:02d}", f"b{n:02d}", n, clock, broker,
                              {NEW} if f"b{n:02d}" == FAILING_BOARD else set())
               for n in range(1, BOARDS + 1)]
@@ -486,26 +485,30 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
     leader.start()
     leader_link.start()
     watched: dict[str, bytes] = {}
+    progress: list[dict] = []
+
+    def on_message(client, userdata, message) -> None:
+        watched[message.topic] = bytes(message.payload)
+        if message.topic.endswith("/update/state"):
+            progress.append(json.loads(message.payload))
+
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
-    watcher.on_message = lambda client, userdata, message: watched.__setitem__(
-        message.topic, bytes(message.payload))
+    watcher.on_message = on_message
     watcher.connect(broker.host, broker.port)
     watcher.subscribe([("homeassistant/device/+/config", 1), (f"hearth/v1/{SITE}/+/+/update", 1),
                        (f"hearth/v1/{SITE}/update/state", 1)])
     watcher.loop_start()
-    server = BundleServer([bundle_path], ("127.0.0.1", 0))
-    rollout_link = Link(LinkSettings(broker.host, broker.port, reconnect_max_s=2),
-                        client_id=f"hearth-{SITE}-update", outbox=Outbox(tmp_path / "ro"),
-                        boot=str(uuid.uuid4()))
-    samples, concurrent = [], []
+    config = tmp_path / "operator.toml"
+    config.write_text(f'[mqtt]\nbrokers = ["{broker.host}:{broker.port}"]\n')
+    samples = []
     rollout = None
     started = time.monotonic()
     next_step_s = started
     next_leader_s = clock()
 
     def run_for(seconds: float, until=lambda: False) -> None:
-        """Everything on this thread: updaters, leader and rollout polled every 20 ms, the
-        boards stepped one period (1 s of the simulation's clock) every STEP_WALL_S."""
+        """Everything but the rollout on this thread: updaters and leader polled every 20 ms,
+        the boards stepped one period (1 s of the simulation's clock) every STEP_WALL_S."""
         nonlocal next_step_s, next_leader_s
         end = time.monotonic() + seconds
         while time.monotonic() < end and not until():
@@ -513,10 +516,6 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
                 board.updater.poll()
             leader_link.poll()
             leader.react(clock())
-            if rollout is not None:
-                rollout_link.poll()
-                rollout.tick()
-                concurrent.append(len(rollout.in_flight()))
             if time.monotonic() >= next_step_s:
                 next_step_s += STEP_WALL_S
                 clock.advance(1.0)
@@ -545,34 +544,36 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
         run_for(20.0, until=lambda: (leader.snapshot.get("power_w") or 0.0)
                 >= 0.98 * leader.budget_w)
         rollout_from = len(samples)
-        url = server.url("127.0.0.1", bundle_path.name)
-        served = server.files[bundle_path.name]
-        bundle = Bundle(bundle_path.name, url, NEW, served.sha256, served.size)
-        waves = plan_waves({"m1": [b.name for b in boards]}, 25.0)
-        store = StateStore(tmp_path / "site-state")
-        rollout = Rollout(SITE, rollout_link, store, new_record(bundle, waves, False, time.time()),
-                          RolloutSettings(board_timeout_s=60.0), clock=clock)
-        rollout.start()
-        rollout_link.start()
-        run_for(60.0, until=lambda: rollout.finished)
+        rollout = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "update", "rollout", str(signed["bundle"]),
+             "--keyring", str(signed["keyring"]), "--config", str(config), "--site", SITE,
+             "--state-dir", str(tmp_path / "site-state"), "--listen", "127.0.0.1:0",
+             "--advertise", "127.0.0.1", "--board-timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run_for(75.0, until=lambda: rollout.poll() is not None)
         wall_s = time.monotonic() - started
-        assert rollout.finished, rollout.summary()
-        run_for(2.0)  # the last reports reach the watcher
+        assert rollout.poll() is not None, "the rollout did not end"
+        run_for(1.0)  # the last reports reach the watcher
     finally:
+        if rollout is not None and rollout.poll() is None:
+            rollout.kill()
         watcher.loop_stop()
         for board in boards:
             board.close()
         leader_link.close()
-        rollout_link.close()
-        server.close()
 
-    summary = rollout.summary(every_board=True)
-    status = {key: entry["status"] for key, entry in summary["boards"].items()}
+    out, err = rollout.communicate()
+    assert rollout.returncode == 1, err  # paused
+    record = read_record(StateStore(tmp_path / "site-state"))
+    waves = record["waves"]
+    status = {key: entry["status"] for key, entry in record["boards"].items()}
     # the rollout stopped at b10, in the third wave, and says why
-    assert summary["state"] == "paused"
+    assert waves[0] == ["m1/b01"] and len(waves[1]) == 3 and len(waves[2]) == 12
+    assert record["state"] == "paused"
     assert status[f"m1/{FAILING_BOARD}"] == FAILED
-    assert "crash-loops" in summary["boards"][f"m1/{FAILING_BOARD}"]["reason"]
-    assert f"m1/{FAILING_BOARD} failed: rolled_back" in summary["reason"]
+    assert "crash-loops" in record["boards"][f"m1/{FAILING_BOARD}"]["reason"]
+    assert f"m1/{FAILING_BOARD} failed: rolled_back" in record["reason"]
+    assert out.splitlines()[0] == f"rollout of {signed['bundle'].name} ({NEW}): paused"
     assert all(status[key] == "done" for key in waves[0] + waves[1])
     assert any(status[key] == PENDING for key in waves[2]), status  # never sent after it
     # each board as its slots have it: the updated ones on B at 1.2.0, b10 back on A at 1.1.0
@@ -581,7 +582,7 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
         slots = by_name[key.split("/")[1]].slots
         if board_status == "done":
             assert (slots.booted().slot, slots.booted().version, slots.primary) == ("B", NEW, "B")
-            assert slots.bundle_bytes["B"] == bundle_path.read_bytes()
+            assert slots.bundle_bytes["B"] == signed["bundle"].read_bytes()
         elif board_status == PENDING:
             assert (slots.booted().slot, slots.booted().version) == ("A", OLD)
     failed = by_name[FAILING_BOARD].slots
@@ -595,10 +596,11 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
         (round(s["heating_max_w"], 1), s["budget_w"]) for s in during]
     drawn_w = [s["power_w"] for s in during]
     assert sum(drawn_w) / len(drawn_w) >= 0.95 * leader.budget_w, drawn_w
-    assert max(concurrent) == LOSABLE_BOARDS  # as many as the budget allows, never more
+    # as many boards away at once as the budget allows, never more, read off update/state
+    away = [state["counts"]["sent"] for state in progress]
+    assert max(away) == LOSABLE_BOARDS, away
+    assert progress[-1]["state"] == "paused" and progress[-1]["counts"]["failed"] == 1
     # what is on the wire: each board's update topic, and Home Assistant's update entity on it
-    update_state = json.loads(watched[f"hearth/v1/{SITE}/update/state"])
-    assert update_state["state"] == "paused" and update_state["counts"]["failed"] == 1
     board_config = watched[f"homeassistant/device/hearth_{SITE}_m1_{FAILING_BOARD}/config"]
     assert ha_rules.problems(f"homeassistant/device/hearth_{SITE}_m1_{FAILING_BOARD}/config",
                              board_config) == []
@@ -610,7 +612,7 @@ def test_a_module_of_16_boards_is_rolled_out_in_waves_within_its_budget_and_stop
         assert (entity["installed_version"], entity["latest_version"],
                 entity["in_progress"]) == expected
     print(f"rollout test: {wall_s:.0f} s wall, {len(during)} leader periods sampled, "
-          f"at most {max(concurrent)} boards updating at once")
+          f"at most {max(away)} boards updating at once")
 
 
 # -- the command line ------------------------------------------------------------------------

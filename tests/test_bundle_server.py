@@ -35,6 +35,14 @@ def request(server, method="GET", path="/hearth-1.2.0.raucb", headers=None):
     return response, body
 
 
+def sent_after_a_while(server, name: str, expected: int) -> bool:
+    """The server's thread counts what it wrote after the write: the client may read first."""
+    deadline = time.monotonic() + 5
+    while server.bytes_sent(name) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.bytes_sent(name) == expected
+
+
 def test_the_whole_file_with_a_strong_etag_of_its_content(server):
     response, body = request(server)
     assert response.status == 200 and body == CONTENT
@@ -120,10 +128,7 @@ def test_a_file_replaced_on_disk_is_still_served_as_it_was(tmp_path):
         os.replace(replacement, bundle)
         response, body = request(server, path="/b.raucb", headers={"Range": "bytes=100-199"})
         assert body == CONTENT[100:200]
-        deadline = time.monotonic() + 5  # counted by the server's thread after its write
-        while server.bytes_sent("b.raucb") != 100 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.bytes_sent("b.raucb") == 100
+        assert sent_after_a_while(server, "b.raucb", 100)
 
 
 def test_a_stalled_client_is_dropped_and_others_are_served(server):
@@ -184,3 +189,29 @@ def test_curl_fetches_ranges_and_the_whole_file(server, tmp_path):
     subprocess.run(["curl", "-sSf", "-C", "-", "-o", str(resumed), url], timeout=30,
                    check=True)
     assert resumed.read_bytes() == CONTENT
+
+
+def test_rauc_fetches_a_signed_bundle_from_it_and_verifies_it(tmp_path):
+    """RAUC 1.8 itself, with a board's settings (`hearth bundle check`'s system.conf), takes
+    a bundle signed with `hearth bundle keygen`'s keys from the server by URL."""
+    from agent import cli
+    from agent.update import rauc_system
+    from agent.update.bundle import sign, write_content
+    assert cli.main(["bundle", "keygen", "--out", str(tmp_path / "keys"), "--site", "s"]) == 0
+    boot, root = write_content(tmp_path / "content", "1.2.0")
+    boot.write_bytes(os.urandom(65536))
+    root.write_bytes(os.urandom(65536))
+    bundle = sign(tmp_path / "content", tmp_path / "keys/signing/signing.crt",
+                  tmp_path / "keys/signing/signing.key", tmp_path / "hearth-1.2.0.raucb")
+    conf = tmp_path / "system.conf"
+    conf.write_text(rauc_system.system_conf(rauc_system.partuuid_devices("4e639091"),
+                                            keyring=str(tmp_path / "keys/ca/ca.crt"),
+                                            status_file=str(tmp_path / "status.raucs")))
+    with BundleServer([bundle], ("127.0.0.1", 0)) as server:
+        result = subprocess.run(["rauc", f"--conf={conf}", "info", "--output-format=json",
+                                 server.url("127.0.0.1", bundle.name)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "Verified inline signature by 'CN = Hearth s update signing'" in result.stderr
+        assert sent_after_a_while(server, bundle.name, bundle.stat().st_size)
+    assert '"version":"1.2.0"' in result.stdout

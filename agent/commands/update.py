@@ -22,6 +22,8 @@ from agent.update.rollout import (RECORD_NAME, Bundle, Rollout, RolloutSettings,
                                   read_record, resumed)
 
 DEFAULT_LISTEN = "0.0.0.0:8480"
+FLUSH_S = 5.0
+"""How long a rollout that ends waits for its last messages to reach the broker."""
 LISTEN_S = 15.0
 """How long a new rollout listens for the site's leaders before it plans its waves."""
 
@@ -141,6 +143,9 @@ def run_rollout(args: argparse.Namespace) -> int:
             stop = _stop_requested()
             rollout.run(lambda: bool(stop))
             summary = rollout.summary(every_board=True)
+            deadline = time.monotonic() + FLUSH_S  # the last update/state reaches the broker
+            while not link.idle() and time.monotonic() < deadline:
+                link.poll(timeout_s=0.1)
         finally:
             link.close()
     _print_summary(summary)

@@ -150,6 +150,8 @@ class SiteSender:
         """Message id -> the `ts` it was sent with, for every message JetStream acknowledged."""
         self.jetstream = None
         self.connection = None
+        self.busy = False
+        """A message is on its way to the leaf node and not yet acknowledged."""
 
     async def connect(self, settings: NatsSettings) -> None:
         """As the uplink connects, with the [nats] section nats-config wrote for the site."""
@@ -210,7 +212,11 @@ class SiteSender:
                 next_telemetry += self.traffic.telemetry_period_s
             else:
                 next_event += self.rng.expovariate(event_rate)
-            await self.send(telemetry)
+            self.busy = True
+            try:
+                await self.send(telemetry)
+            finally:
+                self.busy = False
 
     async def close(self) -> None:
         if self.connection is not None:
@@ -373,10 +379,12 @@ class FleetBench:
         return {ident: ts for sender in self.senders for ident, ts in sender.sent.items()}
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait until every acknowledged message has arrived at the hub's reader."""
+        """Wait until no sender has a message on its way and every message acknowledged has
+        arrived at the hub's reader."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if set(self.sent()) <= set(self.reader.arrived):
+            if not any(sender.busy for sender in self.senders) and \
+                    set(self.sent()) <= set(self.reader.arrived):
                 return True
             await asyncio.sleep(0.2)
         return False

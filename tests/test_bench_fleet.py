@@ -67,7 +67,9 @@ def test_a_tiny_fleet_run_reports_consistent_figures(tmp_path):
         assert all(rss > 0 for rss in step["hub_rss_mb"]) and step["leaves_rss_mb"] > 0
     cost = HubCost(**report["cost"])
     last = report["steps"][-1]
-    assert cost.bytes_per_message == last["hub_stream_bytes"] / last["hub_stream_messages"]
+    assert cost.bytes_per_message == max(last["hub_stream_files_bytes"]) / last[
+        "hub_stream_messages"]
+    assert len(last["hub_stream_files_bytes"]) == 3 and min(last["hub_stream_files_bytes"]) > 0
     for name, need in report["fleet"].items():
         assert need == projection(cost, 10, need["messages_per_site_s"],
                                   HUB_MAX_AGE_S / DAY_S), name

@@ -29,7 +29,8 @@ import nats
 from nats.errors import Error as NatsError
 from nats.js.api import DeliverPolicy
 
-from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet, write_nats_configs
+from agent.deploy.nats_config import (ACCOUNT, FLEET_USER, fleet_login, load_fleet,
+                                      write_nats_configs)
 from agent.fleet import streams
 from agent.fleet.uplink import NatsSettings, load_nats_settings
 from agent.fleet.subjects import (HUB_DOMAIN, MSG_ID_HEADER, hub_stream, message_id,
@@ -108,6 +109,11 @@ def process_rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def files_bytes(directory: Path) -> int:
+    """The files' sizes under a directory (what they hold, not the blocks they take)."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
 def machine_busy_s() -> float:
@@ -428,6 +434,8 @@ class FleetBench:
         read_ms = [(read - sent_s) * 1e3 for sent_s, _, read in in_window]
         stored_ms = [(stored - sent_s) * 1e3 for sent_s, stored, _ in in_window]
         hub_messages, hub_bytes = await self.hub_stream_totals()
+        stream_files = [files_bytes(self.work / "store" / hub / "jetstream" / ACCOUNT / "streams")
+                        for hub in self.hubs]
         return {
             "sites": len(self.senders), "idle_s": after_idle.monotonic_s
             - before_idle.monotonic_s, "window_s": after.monotonic_s - before.monotonic_s,
@@ -444,6 +452,7 @@ class FleetBench:
             "machine_busy_pct": _share(after.machine_busy_s - before.machine_busy_s, before,
                                        after),
             "hub_stream_messages": hub_messages, "hub_stream_bytes": hub_bytes,
+            "hub_stream_files_bytes": stream_files,
             "messages_total": len(self.sent()),
             "load_average": os.getloadavg()[0]}
 
@@ -515,7 +524,9 @@ class HubCost:
     base_rss_mb: float
     rss_mb_per_site: float
     bytes_per_message: float
-    """One replica of one message as JetStream counts its stream's bytes."""
+    """One replica of one message on a server's disk: its streams' files (blocks, indexes,
+    per-subject state) over the messages in them. The raft logs beside them are compacted, so
+    they do not grow with the streams."""
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -539,7 +550,7 @@ def hub_cost(steps: list[dict]) -> HubCost:
     base_rss, rss_per_site = fit_line(sites, [sum(step["hub_rss_mb"]) for step in steps])
     last = steps[-1]
     return HubCost(base_cpu, per_site, per_message, base_rss, rss_per_site,
-                   last["hub_stream_bytes"] / last["hub_stream_messages"])
+                   max(last["hub_stream_files_bytes"]) / last["hub_stream_messages"])
 
 
 def projection(cost: HubCost, sites: int, messages_per_site_s: float,

@@ -485,7 +485,8 @@ def test_rauc_slots_install_with_progress_and_mark_as_rauc_1_8_takes_it(tmp_path
         slots.reboot_to_trial()
     calls = log.read_text().splitlines()
     assert calls == ["install http://site/good.raucb", "allow-downgrade present",
-                     "status mark-good booted", "status mark-bad booted", "reboot 0 tryboot"]
+                     "status mark-good booted", "status mark-bad booted",
+                     "reboot --reboot-argument=0 tryboot"]
     for call in (line.split() for line in calls if line.startswith("status")):
         check_rauc_takes(call)
     check_rauc_takes(["install", "URL"])

@@ -224,7 +224,8 @@ class RaucSlots:
             raise UpdateError(reason + "; see `journalctl -u rauc` on the board")
 
     def reboot_to_trial(self) -> None:
-        self._reboot(["reboot", "0 tryboot"])
+        # systemd 254 dropped the positional reboot argument ("Too many arguments.")
+        self._reboot(["reboot", "--reboot-argument=0 tryboot"])
 
     def reboot(self) -> None:
         self._reboot(["reboot"])

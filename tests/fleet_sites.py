@@ -18,8 +18,9 @@ import datetime
 import json
 import queue
 import signal
+import socket
 import subprocess
-import sys
+import threading
 import time
 import tomllib
 import uuid
@@ -32,12 +33,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.cli import main as hearth
 from agent.deploy.broker_config import CLIENT_ETC
 from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet
+from agent.fleet.centre import CONSUMER
 from agent.fleet.ledger_file import LedgerFile
 from agent.fleet.subjects import HUB_DOMAIN, MSG_ID_HEADER, SITE_STREAM, hub_stream
 from agent.mqtt import envelope
 from test_broker_config import Mosquitto, free_port, login
 from test_deployed_site import BOARD_BASE, Roles
-from test_fleet_uplink import Wan, hub_streams_made, start_nats
 
 SITES = ("maple-school", "oak-pool")
 MODULE = "m1"
@@ -50,6 +51,101 @@ TOGGLE_S = 2.0
 """How often the operator switches one board between `mode safe` and `mode auto` (each an
 event of the board's)."""
 WAIT_S = 60.0
+
+
+NATS_SERVER = "/usr/sbin/nats-server"
+NOWHERE = "127.0.0.1:9"
+"""Where each hub server says its leaf listener is (a port nothing listens on): a hub tells a
+leaf node its own leaf address even with no_advertise, and on loopback that address would
+reach the hub without the WAN relay, so a cut would not cut."""
+
+
+class Wan:
+    """The site's internet: a TCP relay per hub server between the leaf node and the hub, that
+    the test can cut (every connection closed, new ones refused) and restore."""
+
+    def __init__(self, targets: dict[int, int]):
+        self.targets = targets  # local port -> hub leaf port
+        self.up = threading.Event()
+        self.up.set()
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        for local, target in targets.items():
+            listener = socket.create_server(("127.0.0.1", local))
+            threading.Thread(target=self._accept, args=(listener, target), daemon=True).start()
+
+    def _accept(self, listener: socket.socket, target: int) -> None:
+        while True:
+            inside, _ = listener.accept()
+            if not self.up.is_set():
+                inside.close()
+                continue
+            try:
+                outside = socket.create_connection(("127.0.0.1", target), timeout=2)
+            except OSError:
+                inside.close()
+                continue
+            outside.settimeout(None)  # the timeout was for connecting: a quiet link stays up
+            with self.lock:
+                self.sockets += [inside, outside]
+            for a, b in ((inside, outside), (outside, inside)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self.lock:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self.sockets = []
+
+    def restore(self) -> None:
+        self.up.set()
+
+
+def hub_streams_made(fleet: Path, nats_out: Path) -> bool:
+    """`hearth uplink hub-streams`, False while the hub's cluster is still forming."""
+    try:
+        return hearth(["uplink", "hub-streams", "--fleet", str(fleet), "--out",
+                       str(nats_out)]) == 0
+    except (OSError, nats.errors.Error, asyncio.TimeoutError):
+        return False
+
+
+def start_nats(config: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([NATS_SERVER, "-c", str(config)], stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def advertise_nowhere(nats_out: Path) -> None:
+    """Each hub server's config, as generated, with its leaf listener's address said to be
+    NOWHERE: a site reaches the hub only through the addresses it was given, as over a WAN."""
+    for config in nats_out.glob("hub/*/nats.conf"):
+        text = config.read_text()
+        assert "  no_advertise: true\n" in text
+        config.write_text(text.replace("  no_advertise: true\n", "  no_advertise: true\n"
+                                       f"  advertise: \"{NOWHERE}\"\n"))
+
+
+def leaf_behind_wan(leaf_conf: Path, hub_leaf_ports: list[int]) -> "Wan":
+    """The site's leaf node config, as generated, reaching each hub server through a relay of
+    the returned WAN instead of directly."""
+    relay = {free_port(): target for target in hub_leaf_ports}
+    text = leaf_conf.read_text()
+    for local, target in relay.items():
+        assert f"@127.0.0.1:{target}\"" in text
+        text = text.replace(f"@127.0.0.1:{target}\"", f"@127.0.0.1:{local}\"")
+    leaf_conf.write_text(text)
+    return Wan(relay)
 
 
 def site_inventory(site: str, port: int) -> str:
@@ -163,13 +259,8 @@ class Site:
         self.leaf: subprocess.Popen | None = None
         self.broker: Mosquitto | None = None
         self.operator: Operator | None = None
-        relay = {free_port(): target for target in hub_leaf_ports}
         self.leaf_conf = nats_out / "site" / name / "nats.conf"
-        text = self.leaf_conf.read_text()
-        for local, target in relay.items():  # the leaf reaches the hub through the WAN relay
-            text = text.replace(f"@127.0.0.1:{target}\"", f"@127.0.0.1:{local}\"")
-        self.leaf_conf.write_text(text)
-        self.wan = Wan(relay)
+        self.wan = leaf_behind_wan(self.leaf_conf, hub_leaf_ports)
         self.configs = directory / "configs"
         if with_broker:
             inventory = directory / "site.toml"
@@ -190,10 +281,10 @@ class Site:
         identity = f'[identity]\nsite = "{self.name}"\nmodule = "{MODULE}"\n'
         (self.configs / "leader.toml").write_text(
             BOARD_BASE + identity + 'board = "b01"\n' + self._mqtt(f"leader.{MODULE}")
-            + "[leader]\nperiod_s = 1.0\n")
+            + "[leader]\nperiod_s = 1.0\nmetrics_port = 0\n")
         (self.configs / "site.toml").write_text(
             BOARD_BASE + identity + 'board = "b01"\n' + self._mqtt("site")
-            + "[site]\nperiod_s = 1.0\ntarget_c = 55.0\n")
+            + "[site]\nperiod_s = 1.0\ntarget_c = 55.0\nmetrics_port = 0\n")
         for board in BOARDS:
             (self.configs / f"{board}.toml").write_text(
                 identity + f'board = "{board}"\n' + self._mqtt(f"{MODULE}.{board}"))
@@ -246,12 +337,14 @@ class Fleet:
         self.nats_out = directory / "nats"
         assert hearth(["uplink", "nats-config", "--fleet", str(self.inventory), "--out",
                        str(self.nats_out)]) == 0
+        advertise_nowhere(self.nats_out)
         self.logs = directory / "logs"
         self.logs.mkdir()
         self.hubs: dict[int, subprocess.Popen] = {}
         self.sites: dict[str, Site] = {}
         self.ledger_dir = directory / "fleet-ledger"
         self.ledger_roles = Roles(self.logs)
+        self.unsettled: str | None = None
 
     def start_hubs(self) -> None:
         for n in (1, 2, 3):
@@ -295,10 +388,20 @@ class Fleet:
         """Messages in each site's hub stream (-1 while the hub cannot say)."""
         return asyncio.run(_hub_counts(*self.login()))
 
-    def hub_records(self, site: str) -> list[tuple[str, int, str]]:
-        """(boot, seq, topic) of every message in the site's hub stream, in stream order; each
-        message's id checked against its envelope."""
-        return asyncio.run(_hub_records(*self.login(), site))
+    def hub_settled(self) -> bool:
+        """Every site's stream and its `ledger` consumer have a leader and all three replicas
+        current: the point at which an operator restarts the next hub server."""
+        self.unsettled = asyncio.run(_hub_settled(*self.login()))
+        return self.unsettled is None
+
+    def hub_records(self, site: str) -> list[tuple[str, int, str]] | None:
+        """(boot, seq, topic) of every message in the site's hub stream, in stream order, each
+        message's id checked against its envelope; None while the hub cannot say (a server
+        lost, its cluster electing a leader)."""
+        try:
+            return asyncio.run(_hub_records(*self.login(), site))
+        except (nats.errors.Error, asyncio.TimeoutError):
+            return None
 
     def ledger_rows(self, site: str) -> list[dict]:
         rows = []
@@ -335,21 +438,44 @@ async def _hub_counts(servers: list[str], password: str) -> dict[str, int]:
     return counts
 
 
-async def _hub_records(servers: list[str], password: str, site: str):
-    connection = await nats.connect(servers, user=FLEET_USER, password=password)
+async def _hub_settled(servers: list[str], password: str) -> str | None:
+    """None when settled, else what is not."""
+    connection = await nats.connect(servers, user=FLEET_USER, password=password,
+                                    max_reconnect_attempts=2)
     jetstream = connection.jetstream(domain=HUB_DOMAIN)
-    subscription = await jetstream.subscribe(f"hearth.{site}.>", stream=hub_stream(site),
-                                             ordered_consumer=True)
-    count = (await jetstream.stream_info(hub_stream(site))).state.messages
-    records = []
-    while len(records) < count:
-        message = await subscription.next_msg(timeout=10)
-        data = envelope.decode(message.data)
-        topic = "hearth/v1/" + message.subject.split(".", 1)[1].replace(".", "/")
-        assert message.headers[MSG_ID_HEADER] == f"{data['boot']}:{data['seq']}:{topic}"
-        records.append((data["boot"], data["seq"], topic))
-    await connection.close()
-    return records
+    try:
+        for site in SITES:
+            for info in (await jetstream.stream_info(hub_stream(site)),
+                         await jetstream.consumer_info(hub_stream(site), CONSUMER)):
+                replicas = info.cluster.replicas or []
+                if info.cluster.leader is None or len(replicas) != 2 or not all(
+                        replica.current for replica in replicas):
+                    return f"{site}: {info.cluster}"
+        return None
+    except (nats.errors.Error, asyncio.TimeoutError) as error:
+        return repr(error)
+    finally:
+        await connection.close()
+
+
+async def _hub_records(servers: list[str], password: str, site: str):
+    connection = await nats.connect(servers, user=FLEET_USER, password=password,
+                                    max_reconnect_attempts=2)
+    try:
+        jetstream = connection.jetstream(domain=HUB_DOMAIN)
+        subscription = await jetstream.subscribe(f"hearth.{site}.>", stream=hub_stream(site),
+                                                 ordered_consumer=True)
+        count = (await jetstream.stream_info(hub_stream(site))).state.messages
+        records = []
+        while len(records) < count:
+            message = await subscription.next_msg(timeout=10)
+            data = envelope.decode(message.data)
+            topic = "hearth/v1/" + message.subject.split(".", 1)[1].replace(".", "/")
+            assert message.headers[MSG_ID_HEADER] == f"{data['boot']}:{data['seq']}:{topic}"
+            records.append((data["boot"], data["seq"], topic))
+        return records
+    finally:
+        await connection.close()
 
 
 def in_order(records: list[tuple[str, int, str]]) -> bool:
@@ -413,3 +539,169 @@ async def leaf_messages(fleet: "Fleet", site: str) -> int:
         return (await connection.jetstream(domain=site).stream_info(SITE_STREAM)).state.messages
     finally:
         await connection.close()
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the scenario found, for the test's asserts and the script's report."""
+
+    cut_s: float
+    queued_at_site: int = 0
+    """Messages the cut site's leaf node stored that the hub had not got when the link came
+    back."""
+    drain_s: float = 0.0
+    """From the link's return until the hub held all of them."""
+    during_cut: list[Verdict] = dataclasses.field(default_factory=list)
+    """Events and leader states up to the end of the cut and the lost hub server."""
+    whole_run: list[Verdict] = dataclasses.field(default_factory=list)
+    """Events over the whole run, every role restarted (leader states are QoS 0: those sent
+    while an uplink restarted are not queued for it)."""
+    ledger: dict[str, tuple[float, float, float]] = dataclasses.field(default_factory=dict)
+    """Site -> (the fleet ledger's electricity in Wh, its leader's own, the difference in %)."""
+    rows: dict[str, int] = dataclasses.field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def keep_running(fleet: Fleet, seconds: float) -> None:
+    """The operator's work at every site for `seconds`: demand kept, a board's mode switched
+    every TOGGLE_S; every process must stay up."""
+    deadline = time.monotonic() + seconds
+    next_toggle_s = time.monotonic()
+    while time.monotonic() < deadline:
+        for site in fleet.sites.values():
+            site.roles.check_alive()
+            site.operator.keep_demand()
+            site.operator.pump()
+            if time.monotonic() >= next_toggle_s:
+                site.operator.toggle()
+        if time.monotonic() >= next_toggle_s:
+            next_toggle_s += TOGGLE_S
+        fleet.ledger_roles.check_alive()
+        time.sleep(0.2)
+
+
+def wait_until(what: str, condition, timeout_s: float = WAIT_S, step=None, detail=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:g} s ({detail()})"
+        if step is not None:
+            step()
+        time.sleep(0.5)
+    return value
+
+
+def verdicts(fleet: Fleet, with_states: bool) -> list[Verdict]:
+    """Each site's hub stream against what its broker carried until now (waiting, up to
+    WAIT_S, for the hub to catch up)."""
+    found = []
+    for name, site in fleet.sites.items():
+        events = site.operator.carried("event")
+        states = site.operator.carried("state") if with_states else []
+        def complete(name=name, events=events, states=states) -> Verdict | None:
+            records = fleet.hub_records(name)
+            found = records is not None and verdict(name, events, states, records)
+            return found if found and found.missing == 0 else None
+
+        held = wait_until(f"{name}'s hub stream holding what its broker carried", complete,
+                          step=lambda: keep_running(fleet, 0.5))
+        found.append(held)
+    return found
+
+
+def run_outage(directory: Path, cut_s: float, say=print) -> Outcome:
+    """The acceptance scenario: two sites heating into a three-server hub; the first site's
+    WAN cut for `cut_s` while its boards raise events and count energy, a hub server SIGKILLed
+    as the link returns; then every role at both sites and at the centre restarted in turn."""
+    started_s = time.monotonic()
+    outcome = Outcome(cut_s)
+    fleet = Fleet(directory)
+    try:
+        fleet.start_hubs()
+        fleet.add_sites()
+        for site in fleet.sites.values():
+            site.start_leaf()
+            site.start_role("uplink")
+        for site in fleet.sites.values():  # its session exists before anyone speaks
+            wait_until(f"{site.name}'s uplink reading its broker", site.uplink_session_ready)
+        fleet.start_ledger()
+        for site in fleet.sites.values():
+            for role in ("site", "leader", *BOARDS):
+                site.start_role(role)
+        for site in fleet.sites.values():
+            wait_until(f"{site.name}'s leader counting energy", lambda site=site: (
+                lambda totals: len(totals) > 2 and totals[-1][1] > totals[0][1])(
+                site.operator.leader_totals()), step=lambda: keep_running(fleet, 1.0))
+        say(f"fleet-outage: two sites heating, {len(BOARDS)} boards each "
+            f"({time.monotonic() - started_s:.0f} s)")
+        keep_running(fleet, 5.0)
+
+        cut = fleet.sites[SITES[0]]
+        cut.wan.cut()
+        say(f"fleet-outage: {cut.name}'s link to the hub cut for {cut_s:g} s")
+        keep_running(fleet, cut_s)
+        at_site = asyncio.run(leaf_messages(fleet, cut.name))
+        outcome.queued_at_site = at_site - fleet.hub_counts()[cut.name]
+        cut.wan.restore()
+        restored_s = time.monotonic()
+        keep_running(fleet, 2.0)
+        fleet.stop_hub(2, signal.SIGKILL)
+        say(f"fleet-outage: link back, {outcome.queued_at_site} messages queued at the site; "
+            "hub2 killed (SIGKILL)")
+        wait_until("the hub holding what the cut site stored", lambda: (
+            fleet.hub_counts()[cut.name] >= at_site), step=lambda: keep_running(fleet, 0.5))
+        outcome.drain_s = time.monotonic() - restored_s
+        keep_running(fleet, 3.0)
+        outcome.during_cut = verdicts(fleet, with_states=True)
+
+        fleet.start_hub(2)
+        wait_until("hub2 back in the cluster and current", fleet.hub_settled,
+                   step=lambda: keep_running(fleet, 0.5), detail=lambda: fleet.unsettled)
+        for site in fleet.sites.values():
+            for role in ("leader", *BOARDS, "site", "uplink"):
+                site.restart_role(role)
+                keep_running(fleet, 1.0)
+            site.stop_leaf()
+            site.start_leaf()
+            keep_running(fleet, 2.0)
+        for n in (1, 2, 3):  # one by one: two of three keep the streams' quorum
+            fleet.stop_hub(n)
+            fleet.start_hub(n)
+            keep_running(fleet, 3.0)
+            wait_until(f"hub{n} back in the cluster and current", fleet.hub_settled,
+                       step=lambda: keep_running(fleet, 0.5), detail=lambda: fleet.unsettled)
+        fleet.stop_ledger()
+        fleet.start_ledger()
+        say("fleet-outage: every role at both sites and at the centre restarted")
+        keep_running(fleet, 3 * ROW_S)
+        outcome.whole_run = verdicts(fleet, with_states=False)
+        keep_running(fleet, ROW_S)  # the ledger's rows close on the next states
+        fleet.stop_ledger()
+        for name, site in fleet.sites.items():
+            rows = fleet.ledger_rows(name)
+            outcome.rows[name] = len(rows)
+            if rows:
+                outcome.ledger[name] = ledger_against_leaders(rows,
+                                                              site.operator.leader_totals())
+    finally:
+        fleet.close()
+    outcome.wall_s = time.monotonic() - started_s
+    return outcome
+
+
+def report(outcome: Outcome) -> str:
+    """The scenario's findings, a few lines a person reads at a glance."""
+    lines = [f"WAN cut: {outcome.cut_s:g} s; messages queued at the site during the cut: "
+             f"{outcome.queued_at_site}; hub held them all {outcome.drain_s:.1f} s after the "
+             "link returned (one hub server SIGKILLed 2 s after)"]
+    for title, found in (("cut and lost hub server", outcome.during_cut),
+                         ("every role restarted", outcome.whole_run)):
+        for v in found:
+            lines.append(f"{title}: {v.site}: {v.events} events, {v.states} leader states "
+                         f"carried; missing {v.missing}, twice {v.doubled}, in order "
+                         f"{'yes' if v.in_order else 'NO'}: "
+                         f"{'exactly once' if v.exactly_once else 'FAILED'}")
+    for site, (fleet_wh, leader_wh, percent) in outcome.ledger.items():
+        lines.append(f"fleet ledger {site}: {fleet_wh:.3f} Wh in {outcome.rows[site]} rows, "
+                     f"its leader's {leader_wh:.3f} Wh: {percent:.4f} % apart")
+    lines.append(f"run took {outcome.wall_s:.0f} s")
+    return "\n".join(lines)

@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from agent.deploy.broker_config import CLIENT_ETC
 from agent.fleet import subjects
 from agent.fleet.subjects import HUB_DOMAIN, MSG_ID_HEADER, hub_stream
 from agent.mqtt import envelope
+from fleet_sites import advertise_nowhere, hub_streams_made, leaf_behind_wan, start_nats
 from test_broker_config import INVENTORY, Mosquitto, free_port, login
 
 
@@ -99,57 +99,6 @@ def test_nats_config_is_accepted_by_nats_server(tmp_path, tls):
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
-class Wan:
-    """The site's internet: a TCP relay per hub server between the leaf node and the hub, that
-    the test can cut (every connection closed, new ones refused) and restore."""
-
-    def __init__(self, targets: dict[int, int]):
-        self.targets = targets  # local port -> hub leaf port
-        self.up = threading.Event()
-        self.up.set()
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        for local, target in targets.items():
-            listener = socket.create_server(("127.0.0.1", local))
-            threading.Thread(target=self._accept, args=(listener, target), daemon=True).start()
-
-    def _accept(self, listener: socket.socket, target: int) -> None:
-        while True:
-            inside, _ = listener.accept()
-            if not self.up.is_set():
-                inside.close()
-                continue
-            try:
-                outside = socket.create_connection(("127.0.0.1", target), timeout=2)
-            except OSError:
-                inside.close()
-                continue
-            with self.lock:
-                self.sockets += [inside, outside]
-            for a, b in ((inside, outside), (outside, inside)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up.clear()
-        with self.lock:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self.sockets = []
-
-    def restore(self) -> None:
-        self.up.set()
-
-
 class Boards:
     """Boards raising events on the site broker with the real envelope, QoS 1, each with its
     own account, at EVENTS_PER_S each, until stopped: what they sent, by (boot, seq, topic)."""
@@ -182,20 +131,6 @@ class Boards:
         self.stopping.set()
         for thread in self.threads:
             thread.join(10)
-
-
-def hub_streams_made(fleet: Path, nats_out: Path) -> bool:
-    """`hearth uplink hub-streams`, False while the hub's cluster is still forming."""
-    try:
-        return hearth(["uplink", "hub-streams", "--fleet", str(fleet), "--out",
-                       str(nats_out)]) == 0
-    except (OSError, nats.errors.Error, asyncio.TimeoutError):
-        return False
-
-
-def start_nats(config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([NATS_SERVER, "-c", str(config)], stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
 
 
 def start_uplink(out: Path, nats_out: Path, log: Path) -> subprocess.Popen:
@@ -238,13 +173,9 @@ def test_every_event_reaches_the_hub_once_in_order_across_a_cut_a_dead_hub_and_a
     fleet, ports = fleet_inventory(tmp_path)
     nats_out = tmp_path / "nats"
     assert hearth(["uplink", "nats-config", "--fleet", str(fleet), "--out", str(nats_out)]) == 0
-    relay = {free_port(): ports[f"hub{n}l"] for n in (1, 2, 3)}
+    advertise_nowhere(nats_out)
     leaf_conf = nats_out / "site" / SITE / "nats.conf"
-    text = leaf_conf.read_text()
-    for local, target in relay.items():  # the leaf reaches the hub through the WAN relay
-        text = text.replace(f"@127.0.0.1:{target}\"", f"@127.0.0.1:{local}\"")
-    leaf_conf.write_text(text)
-    wan = Wan(relay)
+    wan = leaf_behind_wan(leaf_conf, [ports[f"hub{n}l"] for n in (1, 2, 3)])
     logs = tmp_path / "logs"
     logs.mkdir()
     processes = {f"hub{n}": start_nats(nats_out / "hub" / f"hub{n}" / "nats.conf",

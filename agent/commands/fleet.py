@@ -112,7 +112,17 @@ def ledger(args: argparse.Namespace) -> int:
             while not stopping.is_set():
                 await consumer.pump(max_messages=FOLLOW_BATCH)
 
-        await asyncio.gather(*(follow(consumer) for consumer in consumers))
+        following = asyncio.gather(*(follow(consumer) for consumer in consumers))
+        stopped = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait((following, stopped), return_when=asyncio.FIRST_COMPLETED)
+        # A pump waits for FOLLOW_BATCH messages, so a site that sends a few a second would
+        # hold the stop for minutes: stopped anywhere, it is what a crash leaves, which the
+        # ledger is made for (acknowledged only up to rows on disk).
+        following.cancel()
+        try:
+            await following
+        except asyncio.CancelledError:
+            pass
         await connection.close()
         for consumer in consumers:
             log.info("fleet ledger %s: %d rows written, %d messages rejected",

@@ -231,8 +231,34 @@ def test_rauc_knows_the_slots_and_the_site_keyring(built):
     assert "statusfile=/data/rauc/status.raucs" in system
     for slot, number in (("rootfs.0", 5), ("rootfs.1", 6), ("boot.0", 2), ("boot.1", 3)):
         assert f"[slot.{slot}]" in system and f"-0{number}" in system
+    assert "bundle-formats=verity" in system
+    for name in ("hearth-tryboot-backend", "hearth-rauc-pre-install"):
+        assert f"/opt/hearth/bin/{name}" in system
+        script = root.stat(f"/opt/hearth/bin/{name}")
+        assert (script.kind, script.mode & 0o7777, script.uid) == ("file", 0o755, 0)
+        assert root.read(f"/opt/hearth/bin/{name}").startswith(b"#!/bin/sh\n")
+    assert b'__version__ = "1.4.0"' in root.read(f"{SITE_PACKAGES}/agent/__init__.py")
+
+
+def test_the_generator_mounts_the_booted_slots_boot_partition_and_autoboot(built, tmp_path):
+    """Run as systemd runs a generator, with the kernel command line of a slot B boot."""
+    root = Ext4Partition(built["second"], slot_layout(built["second"]).root_a)
     generator = root.stat("/etc/systemd/system-generators/hearth-boot-partition")
     assert (generator.kind, generator.mode & 0o7777) == ("file", 0o755)
+    script = root.read("/etc/systemd/system-generators/hearth-boot-partition").decode()
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 root=PARTUUID=4e639091-06 rw rootwait\n")
+    (tmp_path / "gen").write_text(script.replace("/proc/cmdline", str(cmdline)))
+    out = tmp_path / "units"
+    out.mkdir()
+    sh("sh", tmp_path / "gen", out)
+    units = {path.name: path.read_text() for path in out.glob("*.mount")}
+    assert "What=/dev/disk/by-partuuid/4e639091-03\nWhere=/boot/firmware\n" in units[
+        "boot-firmware.mount"]
+    assert "What=/dev/disk/by-partuuid/4e639091-01\nWhere=/boot/autoboot\n" in units[
+        "boot-autoboot.mount"]
+    assert sorted(p.name for p in (out / "local-fs.target.wants").iterdir()) == [
+        "boot-autoboot.mount", "boot-firmware.mount"]
 
 
 def fragment_lines() -> list[str]:
@@ -272,8 +298,9 @@ def test_cmdline_has_one_serial_console_and_keeps_the_rest(built):
 def test_units_are_installed_and_enabled_like_systemctl_enable(built):
     _, root = partitions(built["second"])
     wants = "/etc/systemd/system/multi-user.target.wants"
-    assert sorted(root.listdir(wants)) == ["hearth-agent.service", "hearth-console.service"]
-    for unit in ("hearth-agent.service", "hearth-console.service"):
+    assert sorted(root.listdir(wants)) == ["hearth-agent.service", "hearth-console.service",
+                                           "hearth-updater.service"]
+    for unit in ("hearth-agent.service", "hearth-console.service", "hearth-updater.service"):
         assert root.readlink(f"{wants}/{unit}") == f"/etc/systemd/system/{unit}"
         installed = root.read(f"/etc/systemd/system/{unit}")
         assert installed == (REPO / "systemd" / unit).read_bytes()
@@ -413,7 +440,8 @@ def test_the_broker_image_carries_mosquitto_and_the_leader_image_its_devices(tmp
     assert result.returncode == 0, result.stderr
     _, root = partitions(broker)
     assert sorted(root.listdir("/etc/systemd/system/multi-user.target.wants")) == [
-        "hearth-agent.service", "hearth-console.service", "hearth-install-debs.service"]
+        "hearth-agent.service", "hearth-console.service", "hearth-install-debs.service",
+        "hearth-updater.service"]
     assert root.read("/var/lib/hearth-install/debs/mosquitto_2.0.21-1_arm64.deb") == \
         (debs / "mosquitto_2.0.21-1_arm64.deb").read_bytes()
     assert b"password_file /etc/mosquitto/hearth/passwd" in root.read(
@@ -435,7 +463,8 @@ def test_the_broker_image_carries_mosquitto_and_the_leader_image_its_devices(tmp
     assert result.returncode == 0, result.stderr
     _, root = partitions(leader)
     assert sorted(root.listdir("/etc/systemd/system/multi-user.target.wants")) == [
-        "hearth-agent.service", "hearth-console.service", "hearth-leader.service"]
+        "hearth-agent.service", "hearth-console.service", "hearth-leader.service",
+        "hearth-updater.service"]
     assert root.read("/etc/systemd/system/hearth-leader.service.d/devices.conf") == \
         devices.read_bytes()
     assert root.stat("/etc/mosquitto/conf.d/hearth.conf") is None

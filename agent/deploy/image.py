@@ -23,6 +23,7 @@ from agent import __version__
 from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition, Partition,
                                SlotLayout, copy_partition, disk_id, raspberry_pi_layout, run,
                                slot_layout)
+from agent.update.rauc_system import handler_scripts, partuuid_devices, system_conf
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = "/opt/hearth"
@@ -55,9 +56,10 @@ FSTAB_END = "# END hearth"
 SLOT_DEPENDENT_MOUNTS = ("/", "/boot", "/boot/firmware")
 BOOT_GENERATOR = "/etc/systemd/system-generators/hearth-boot-partition"
 BOOT_GENERATOR_SCRIPT = """#!/bin/sh
-# Mounts the booted slot's boot partition at /boot/firmware. Both root slots hold the same
-# files (an update writes a byte copy), so /etc/fstab cannot name it: root=PARTUUID=<disk>-05
-# (slot A) boots with <disk>-02, <disk>-06 (slot B) with <disk>-03. Written by build-image.
+# Mounts the booted slot's boot partition at /boot/firmware and partition 1 (autoboot.txt) at
+# /boot/autoboot. Both root slots hold the same files (an update writes a byte copy), so
+# /etc/fstab cannot name them: root=PARTUUID=<disk>-05 (slot A) boots with <disk>-02, <disk>-06
+# (slot B) with <disk>-03; the disk is the one booted from. Written by build-image.
 set -eu
 root=""
 for arg in $(cat /proc/cmdline); do
@@ -69,17 +71,21 @@ case "$root" in
   *) exit 0 ;;
 esac
 mkdir -p "$1/local-fs.target.wants"
-cat > "$1/boot-firmware.mount" <<EOF
+mount_unit() {
+  cat > "$1/$2.mount" <<EOF
 [Unit]
-Description=The booted slot's boot partition
+Description=$4
 Before=local-fs.target
 [Mount]
-What=/dev/disk/by-partuuid/$boot
-Where=/boot/firmware
+What=/dev/disk/by-partuuid/$3
+Where=/$(echo "$2" | tr - /)
 Type=vfat
 Options=defaults,noatime
 EOF
-ln -sf ../boot-firmware.mount "$1/local-fs.target.wants/boot-firmware.mount"
+  ln -sf "../$2.mount" "$1/local-fs.target.wants/$2.mount"
+}
+mount_unit "$1" boot-firmware "$boot" "The booted slot's boot partition"
+mount_unit "$1" boot-autoboot "${root%-0[56]}-01" "autoboot.txt's partition (tryboot A/B)"
 """
 
 
@@ -368,6 +374,8 @@ def stage_install(options: Options, target: tuple[int, int], wheels: list[Path],
             destination = site_packages / source.relative_to(REPO)
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, destination)
+    package = site_packages / "agent" / "__init__.py"
+    package.write_text(with_version(package.read_text(), options.release))
     boards = site_packages / "agent" / "boards"     # setup.py: package_dir agent.boards
     boards.mkdir(parents=True, exist_ok=True)
     for source in sorted((REPO / "hardware" / "boards").iterdir()):
@@ -387,6 +395,16 @@ def stage_install(options: Options, target: tuple[int, int], wheels: list[Path],
     for doc in (REPO / "docs" / "deployment.md", REPO / "hardware" / "wiring.md"):
         if doc.exists():
             shutil.copyfile(doc, docs / doc.name)
+
+
+def with_version(init_py: str, release: str) -> str:
+    """agent/__init__.py saying `release`: the image's Hearth reports the version that
+    /etc/hearth-release and bundles built from the image carry."""
+    text, count = re.subn(r'^__version__ = ".*"$', f'__version__ = "{release}"', init_py,
+                          flags=re.MULTILINE)
+    if count != 1:
+        raise BuildError("agent/__init__.py has no single __version__ line to set the release in")
+    return text
 
 
 def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list[StagedFile]:
@@ -412,7 +430,7 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
     files.append(StagedFile(f"{INSTALL_DIR}/bin/python", 0o777, link_target="python3"))
 
     units = sorted(p for p in (REPO / "systemd").iterdir() if p.suffix in (".service", ".slice"))
-    enabled = ["hearth-agent.service", "hearth-console.service"]
+    enabled = ["hearth-agent.service", "hearth-console.service", "hearth-updater.service"]
     if options.leader:
         enabled.append("hearth-leader.service")
     if options.broker:
@@ -573,26 +591,14 @@ def edit_fstab(text: str) -> str:
     return "\n".join(lines + ([""] if lines else []) + block + [FSTAB_END]) + "\n"
 
 
-def rauc_system_conf(disk: str) -> str:
-    """RAUC's slots for this disk: rootfs.N with its boot partition as a child."""
-    slots = "".join(
-        f"\n[slot.rootfs.{index}]\ndevice=/dev/disk/by-partuuid/{disk}-{root:02d}\ntype=ext4\n"
-        f"bootname={slot}\n\n[slot.boot.{index}]\n"
-        f"device=/dev/disk/by-partuuid/{disk}-{root - 3:02d}\ntype=vfat\n"
-        f"parent=rootfs.{index}\n"
-        for index, (slot, root) in enumerate(ROOT_PARTITION.items()))
-    return ("[system]\ncompatible=hearth-rpi\nbootloader=custom\n"
-            f"statusfile={DATA_MOUNT}/rauc/status.raucs\nbundle-formats=-plain\n\n"
-            f"[handlers]\nbootloader-custom-backend={INSTALL_DIR}/bin/hearth-tryboot-backend\n\n"
-            "[keyring]\npath=/etc/rauc/keyring.pem\n" + slots)
-
-
 def slot_files(options: Options, disk: str, work: Path) -> list[StagedFile]:
     """What the root needs for two slots: the release, the boot partition's generator, RAUC's
     configuration and the site's update keyring, and the data partition's mount points."""
     contents = {"/etc/hearth-release": (f"{options.release}\n", 0o644),
                 BOOT_GENERATOR: (BOOT_GENERATOR_SCRIPT, 0o755),
-                "/etc/rauc/system.conf": (rauc_system_conf(disk), 0o644)}
+                "/etc/rauc/system.conf": (system_conf(partuuid_devices(disk)), 0o644)}
+    contents.update({f"{INSTALL_DIR}/bin/{name}": (text, 0o755)
+                     for name, text in handler_scripts().items()})
     files = [StagedFile(path, 0o755, directory=True) for path in (
         DATA_MOUNT, "/etc/systemd/system-generators", "/etc/rauc", *PERSISTENT_DIRS)]
     for path, (text, mode) in contents.items():

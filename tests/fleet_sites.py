@@ -647,8 +647,11 @@ def run_outage(directory: Path, cut_s: float, say=print) -> Outcome:
         fleet.stop_hub(2, signal.SIGKILL)
         say(f"fleet-outage: link back, {outcome.queued_at_site} messages queued at the site; "
             "hub2 killed (SIGKILL)")
+        # The hub's source retries a site it cannot reach less often the longer it is away,
+        # so after a long cut it may take minutes to notice the link is back.
         wait_until("the hub holding what the cut site stored", lambda: (
-            fleet.hub_counts()[cut.name] >= at_site), step=lambda: keep_running(fleet, 0.5))
+            fleet.hub_counts()[cut.name] >= at_site), timeout_s=max(WAIT_S, cut_s),
+            step=lambda: keep_running(fleet, 0.5))
         outcome.drain_s = time.monotonic() - restored_s
         keep_running(fleet, 3.0)
         outcome.during_cut = verdicts(fleet, with_states=True)

@@ -14,13 +14,14 @@ from agent.fleet.subjects import MSG_ID_HEADER
 from fleet_sites import SITES, Fleet, leaf_connection, leaf_messages, report, run_outage
 
 
-async def publish_at_site(fleet: Fleet, site: str, first: int, count: int) -> None:
+async def publish_at_site(fleet: Fleet, site: str, first: int, count: int,
+                          payload: bytes = b'{"v": 1}') -> None:
     """`count` messages into the site's stream, as its uplink stores them."""
     connection = await leaf_connection(fleet, site)
     jetstream = connection.jetstream(domain=site)
-    await streams.ensure_stream(jetstream, streams.site_stream_config(site, 2**24))
+    await streams.ensure_stream(jetstream, streams.site_stream_config(site, 2**26))
     for n in range(first, first + count):
-        await jetstream.publish(f"hearth.{site}.m1.b01.event", b'{"v": 1}',
+        await jetstream.publish(f"hearth.{site}.m1.b01.event", payload,
                                 headers={MSG_ID_HEADER: f"boot:{n}:hearth/v1/{site}/m1/b01/event"})
     await connection.close()
 
@@ -86,11 +87,16 @@ async def hub_login_as_leaf(fleet: Fleet, site: str, other: str) -> list[str]:
     return own, errors[len(own):]
 
 
+BACKLOG = 4000
+"""Messages of 2 kB queued at a site: 8 MB, far past what the hub's source takes before it
+must answer the site's flow control."""
+
+
 def test_a_sites_leaf_login_reaches_its_own_subjects_and_no_other_sites(tmp_path):
     """Both sites' streams are sourced through their leaf logins; a client at site A (its
     leaf node carries A's login to the hub) can neither ask B's JetStream, nor hear B's
-    deliveries or subjects, nor write into B's stream; A's login straight at the hub is refused
-    B's subjects and not its own."""
+    deliveries or subjects, nor write into B's stream; a backlog of megabytes at A still
+    reaches the hub; A's login straight at the hub is refused B's subjects and not its own."""
     site_a, site_b = SITES
     fleet = Fleet(tmp_path)
     try:
@@ -105,6 +111,12 @@ def test_a_sites_leaf_login_reaches_its_own_subjects_and_no_other_sites(tmp_path
         wait_for_hub(fleet, {site_a: 3, site_b: 6})
         assert found == {"api": None, "heard": []}
         assert asyncio.run(leaf_messages(fleet, site_b)) == 6, "site A wrote into B's stream"
+        # A backlog of megabytes, as a long cut leaves: the source's flow control must pass.
+        fleet.sites[site_a].wan.cut()
+        asyncio.run(publish_at_site(fleet, site_a, 10, BACKLOG, b'{"v": 1, "x": "%s"}' % (
+            b"y" * 2000)))
+        fleet.sites[site_a].wan.restore()
+        wait_for_hub(fleet, {site_a: 3 + BACKLOG, site_b: 6})
         own, other = asyncio.run(hub_login_as_leaf(fleet, site_a, site_b))
         assert own == []
         assert any("subscription" in error and f"hearth.{site_b}" in error

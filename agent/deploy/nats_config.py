@@ -18,7 +18,7 @@ from agent.deploy.broker_config import (UPLINK_USER, InventoryError, _subject_al
                                         sign_certificate, write_atomic)
 from agent.errors import ConfigFileError
 from agent.fleet.streams import source_deliver_prefix
-from agent.fleet.subjects import HUB_DOMAIN, site_domain, site_subjects
+from agent.fleet.subjects import HUB_DOMAIN, SITE_STREAM, site_domain, site_subjects
 from agent.identity import IDENTITY_FIELDS
 from agent.schema import Field
 from agent.tables import ABSENT, TableCheck
@@ -156,10 +156,14 @@ def leaf_permissions(site: LeafSite) -> str:
     In: its own subjects, what its stream delivers (`deliver.<site>`), the replies to the
     hub's JetStream requests (`$JSC.R.<token>`: the hub subscribes only while a request of its
     own waits, with a token no site sees) and the servers' loop detection (`$LDS`). Out: its
-    own subjects and the hub's requests to its JetStream domain."""
+    own subjects, the hub's requests to its JetStream domain, and the hub's answers to its
+    stream's flow control (`$JS.FC.SITE.<consumer>`; without them a backlog stops after its
+    first few megabytes). Every site's stream is named SITE, so a site could ask for another's
+    flow-control answers too: empty messages that carry nothing of the other site's."""
     publish = [site_subjects(site.name), f"{source_deliver_prefix(site.name)}.>", "$JSC.R.>",
                "$LDS.>"]
-    subscribe = [site_subjects(site.name), f"$JS.{site_domain(site.name)}.API.>"]
+    subscribe = [site_subjects(site.name), f"$JS.{site_domain(site.name)}.API.>",
+                 f"$JS.FC.{SITE_STREAM}.>"]
     return (f"{{publish: {{allow: [{', '.join(map(_quoted, publish))}]}}, "
             f"subscribe: {{allow: [{', '.join(map(_quoted, subscribe))}]}}}}")
 

@@ -33,7 +33,8 @@ SUITE = "trixie"
 """Raspberry Pi OS's current release is built on it (Python 3.13)."""
 TARGET_PYTHON = (3, 13)
 BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64",
-                 "initramfs-tools", "python3", "python3-gpiozero", "i2c-tools", "rauc")
+                 "initramfs-tools", "python3", "python3-gpiozero", "i2c-tools", "rauc",
+                 "rauc-service")
 """What Raspberry Pi OS Lite brings that the golden image relies on (systemd, udev, python3,
 its gpiozero), RAUC for updates, a kernel with initramfs for QEMU and i2c-tools for the test's
 registers."""
@@ -89,7 +90,7 @@ for fact in $facts; do
 done
 """
 
-BOOTLOADER_UNIT = f"""# Test VM only: the firmware's boot facts as files, before anything reads them.
+BOOTLOADER_UNIT = f"""# Test VM only: the firmware's boot facts as files, before anything reads them
 [Unit]
 Description=Hearth VM test: the firmware's boot facts
 DefaultDependencies=no
@@ -303,7 +304,7 @@ def board_files() -> dict[str, str]:
     bus; the flow meter stays measured but has no role, since Debian's kernels build neither
     gpio-sim nor gpio-mockup and a flow role that never reads would hold the board SAFE. The
     board is its module's leader too, its TMP117 the module's oil; the site broker is not in
-    the VM, so both roles' links retry."""
+    the VM, so the links of both roles and of the updater (its own login) retry."""
     carrier = (REPO / "hardware" / "boards" / "oil-carrier.toml").read_text()
     board = re.sub(r"^bus = 1$", f"bus = {I2C_BUS}", carrier, flags=re.MULTILINE)
     board = board.replace('role = "flow"\n', "")
@@ -311,17 +312,20 @@ def board_files() -> dict[str, str]:
               f'board = "b01"\n\n[[sensor]]\nname = "water_in"\nid = "{DS18B20_IDS[0]}"\n\n'
               f'[[sensor]]\nname = "water_out"\nid = "{DS18B20_IDS[1]}"\n\n'
               '[mqtt]\nbrokers = ["127.0.0.1"]\n\n[leader]\noil_reading = "oil"\n')
-    return {"/etc/hearth/boards/vm-carrier.toml": board, "/etc/hearth/hearth.toml": config}
+    return {"/etc/hearth/boards/vm-carrier.toml": board, "/etc/hearth/hearth.toml": config,
+            "/etc/hearth/updater-mqtt.toml": '[mqtt]\nbrokers = ["127.0.0.1"]\n'}
 
 
 def add_test_bench(image: Path, work: Path, etc_hearth: dict[str, str] | None = None,
-                   checks_script: Path | None = None) -> None:
-    """The VM-only files, written after the image builder: the board's config (on the data
-    partition, where /etc/hearth lives), the firmware's boot facts, the hardware helper and the
-    checks with their units. Nothing of the golden image is changed."""
+                   checks: tuple[str, str] | None = None) -> None:
+    """The VM-only files, written after the image builder into both root slots: the board's
+    config (on the data partition, where /etc/hearth lives), the firmware's boot facts, the
+    hardware helper, and the checks (script, unit: vm_guest_checks.py by default). Nothing of
+    the golden image is changed."""
     stage = work / "bench"
     stage.mkdir()
-    checks_script = checks_script or Path(__file__).with_name("vm_guest_checks.py")
+    checks_text, checks_unit = checks or (
+        Path(__file__).with_name("vm_guest_checks.py").read_text(), CHECKS_UNIT)
     config = {**board_files(), **(etc_hearth or {})}
     data_files = [StagedFile("/etc/hearth/boards", 0o755, directory=True)]
     for path, text in config.items():
@@ -332,10 +336,10 @@ def add_test_bench(image: Path, work: Path, etc_hearth: dict[str, str] | None = 
         SETTINGS_PATH: json.dumps(hardware_settings(), indent=1),
         f"{GUEST_DIR}/bootloader-facts.sh": BOOTLOADER_SCRIPT,
         f"{GUEST_DIR}/hardware.py": Path(__file__).with_name("vm_guest_hardware.py").read_text(),
-        f"{GUEST_DIR}/checks.py": checks_script.read_text(),
+        f"{GUEST_DIR}/checks.py": checks_text,
         "/etc/systemd/system/hearth-vm-bootloader.service": BOOTLOADER_UNIT,
         "/etc/systemd/system/hearth-vm-hardware.service": HARDWARE_UNIT,
-        "/etc/systemd/system/hearth-vm-checks.service": CHECKS_UNIT,
+        "/etc/systemd/system/hearth-vm-checks.service": checks_unit,
     }
     files = [StagedFile(d, 0o755, directory=True) for d in (
         "/etc/hearth-vm", "/usr/local/lib/hearth-vm",
@@ -378,19 +382,27 @@ class VmRun:
 
 
 def run_vm(image: Path, plan: BootPlan, timeout_s: float, log, qemu_extra: tuple = (),
-           power_cut=None) -> VmRun:
+           on_line=None, power_cut: threading.Event | None = None) -> VmRun:
     """Boot once with -no-reboot (a guest reboot ends QEMU, and the firmware plays again);
-    relay the vm-test/vm-log lines. power_cut(line) returning true kills QEMU at once, as
-    pulling the plug would."""
+    relay the vm-test/vm-log lines and hand every console line to on_line. Setting power_cut
+    kills QEMU at once, as pulling the plug would."""
     command = ["qemu-system-x86_64", "-M", "pc", "-m", "1024", "-smp", "2", "-nographic",
                "-no-reboot", "-kernel", str(plan.kernel), "-initrd", str(plan.initrd),
                "-append", kernel_command_line(plan),
                "-drive", f"file={image},format=raw,if=virtio", *qemu_extra]
-    lines, cut = [], False
+    lines, ended_event = [], threading.Event()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace")
     deadline = threading.Timer(timeout_s, process.kill)
     deadline.start()
+
+    def plug() -> None:
+        while not ended_event.wait(0.1):
+            if power_cut is not None and power_cut.is_set():
+                process.kill()
+                return
+
+    threading.Thread(target=plug, daemon=True).start()
     try:
         for raw in process.stdout:
             line = raw.strip()
@@ -398,18 +410,17 @@ def run_vm(image: Path, plan: BootPlan, timeout_s: float, log, qemu_extra: tuple
             check = CHECK_LINE.search(line)
             if check:
                 log(check.group(0))
-            if power_cut is not None and power_cut(line):
-                cut = True
-                process.kill()
-                break
+            if on_line is not None:
+                on_line(line)
         process.wait()
     finally:
         deadline.cancel()
         if process.poll() is None:
             process.kill()
             process.wait()
+        ended_event.set()
     text = "\n".join(lines[-30:])
-    ended = ("killed" if cut or process.returncode == -signal.SIGKILL else
+    ended = ("killed" if process.returncode == -signal.SIGKILL else
              "tryboot-reboot" if TRYBOOT_REBOOT in text else
              "reboot" if "reboot: Restarting system" in text else "poweroff")
     return VmRun(plan, lines, ended)
@@ -452,7 +463,7 @@ def leader_dropin(work: Path) -> Path:
 
 def build_golden(cache: Path, work: Path, log, build_options: tuple = (),
                  etc_hearth: dict[str, str] | None = None,
-                 checks_script: Path | None = None) -> Path:
+                 checks: tuple[str, str] | None = None) -> Path:
     """Base root -> Pi-layout image -> scripts/build-image (a leader board's image, in two
     slots) -> the test bench added."""
     base = pi_layout_image(base_root(cache, log), work)
@@ -468,5 +479,5 @@ def build_golden(cache: Path, work: Path, log, build_options: tuple = (),
     log(f"vm-test: scripts/build-image made the golden image in "
         f"{time.monotonic() - started:.0f} s")
     base.unlink()
-    add_test_bench(golden, work, etc_hearth, checks_script)
+    add_test_bench(golden, work, etc_hearth, checks)
     return golden

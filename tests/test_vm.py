@@ -46,32 +46,6 @@ def test_vm_test_boots_the_golden_image_and_every_check_passes():
     assert elapsed_s < RUN_LIMIT_S, f"vm-test took {elapsed_s:.0f} s, over {RUN_LIMIT_S} s"
 
 
-UPDATE_CHECKS = {"update-good-committed", "update-good-stays", "update-good-autoboot",
-                 "update-good-data"}
-UPDATES_LIMIT_S = 720
-
-
-def test_a_good_bundle_is_tried_committed_and_kept_in_the_vm():
-    """The suite runs the first update scenario (issue 18: a good bundle through the board's
-    own updater, RAUC, the tryboot backend and the health gate, with the host playing the
-    firmware); `scripts/vm-test --updates` runs them all (docs/vm-test.md), which takes longer
-    than the suite may."""
-    started = time.monotonic()
-    result = subprocess.run([str(REPO / "scripts" / "vm-test"), "--no-checks", "--updates",
-                             "good"], capture_output=True, text=True,
-                            timeout=UPDATES_LIMIT_S + 120)
-    elapsed_s = time.monotonic() - started
-    checks = {match["name"]: (match["value"], match["verdict"])
-              for match in map(CHECK_LINE.match, result.stdout.splitlines()) if match}
-    report = result.stdout[-6000:] + result.stderr[-3000:]
-    assert UPDATE_CHECKS <= set(checks), f"checks never reported: " \
-        f"{sorted(UPDATE_CHECKS - set(checks))}\n{report}"
-    failed = {name: value for name, (value, verdict) in checks.items() if verdict == "FAIL"}
-    assert not failed, f"failed checks: {failed}\n{report}"
-    assert result.returncode == 0, report
-    assert elapsed_s < UPDATES_LIMIT_S, f"vm-test --updates good took {elapsed_s:.0f} s"
-
-
 AUTOBOOT = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
 
 

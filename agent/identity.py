@@ -1,8 +1,9 @@
 """Who this board is (site, module, board), learned at boot so one golden image serves every board.
 
 Sources, in order of precedence (DESIGN.md §6): the identity file that scripts/flash writes to the
-boot partition, the carrier's slot-ID straps read on GPIO, and the SoC serial number. The straps
-and the serial number only give a number; the identity table that scripts/provision generates
+card's first partition (autoboot.txt's on an A/B image, which no update rewrites), the carrier's
+slot-ID straps read on GPIO, and the SoC serial number. The straps and the serial number only
+give a number; the identity table that scripts/provision generates
 (/etc/hearth/identity-table.toml) turns it into names. Every source that can answer is read, so a
 disagreement is caught instead of silently won by the first source: a conflict, an unreadable
 source or no identity at all leaves the board in SAFE, and `Resolution.message` tells the
@@ -20,7 +21,11 @@ from agent.tables import ABSENT, TableCheck
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,31}"
 NAME_RULE = "lower-case letters, digits, '-' or '_', at most 32, starting with a letter or digit"
-IDENTITY_FILE = "/boot/firmware/hearth-identity.toml"
+IDENTITY_FILE = "/boot/autoboot/hearth-identity.toml"
+"""Partition 1 of an A/B image, mounted by the boot-partition generator; an update rewrites
+only the other slot's boot partition, so the file outlives every update."""
+SINGLE_SLOT_IDENTITY_FILE = "/boot/firmware/hearth-identity.toml"
+"""Where a single-slot image (and an A/B card flashed before the file moved) has it."""
 IDENTITY_TABLE = "/etc/hearth/identity-table.toml"
 CPUINFO = "/proc/cpuinfo"
 DEVICETREE_SERIAL = "/sys/firmware/devicetree/base/serial-number"
@@ -145,10 +150,14 @@ def _one_line(error: ConfigError) -> str:
 
 
 def from_boot_file(root: Path) -> SourceResult:
-    path = root / IDENTITY_FILE.lstrip("/")
-    source = f"boot file {IDENTITY_FILE}"
-    if not path.exists():
-        return SourceResult(source, ABSENT, "not present")
+    for name in (IDENTITY_FILE, SINGLE_SLOT_IDENTITY_FILE):
+        path = root / name.lstrip("/")
+        if path.exists():
+            break
+    else:
+        return SourceResult(f"boot file {IDENTITY_FILE}", ABSENT,
+                            f"not present (nor {SINGLE_SLOT_IDENTITY_FILE})")
+    source = f"boot file {name}"
     check = TableCheck()
     identity = None
     document = check.read_toml(path)

@@ -10,7 +10,7 @@ import pytest
 
 from test_build_image import make_raspberry_pi_os_image
 
-from agent.deploy.disk import FatPartition, raspberry_pi_layout
+from agent.deploy.disk import FatPartition, raspberry_pi_layout, slot_layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,3 +125,57 @@ def test_a_bad_identity_is_refused_before_anything_is_written(tmp_path, image):
     result = flash(image, target, "--to-file", "--identity", "Maple School/m1/b07")
     assert result.returncode == 2 and '--identity: site = "Maple School"' in result.stderr
     assert not target.exists()
+
+
+@pytest.fixture(scope="module")
+def slots_image(tmp_path_factory, image) -> Path:
+    """The stock image laid out in two slots by build-image's own layout step (p1 autoboot.txt,
+    p2/p3 boot, p5/p6 root, p7 data), without the wheels and extension of a full build."""
+    from agent.deploy.image import copy_slot_a_to_b, lay_out_slots
+
+    work = tmp_path_factory.mktemp("slots")
+    output = work / "golden.img"
+    layout = lay_out_slots(image, output, 8, work)
+    copy_slot_a_to_b(output, layout, "4e639091")
+    return output
+
+
+def board_root_as_mounted(image: Path, boot_partition: int, tmp_path: Path) -> Path:
+    """The files a booted board sees, read back with mtools: the booted slot's boot partition at
+    /boot/firmware and partition 1 at /boot/autoboot (the boot-partition generator's mounts)."""
+    layout = slot_layout(image)
+    root = tmp_path / "board-root"
+    for mount_point, partition in (("boot/firmware", {2: layout.boot_a, 3: layout.boot_b}[
+            boot_partition]), ("boot/autoboot", layout.autoboot)):
+        (root / mount_point).mkdir(parents=True)
+        fat = FatPartition(image, partition)
+        if fat.exists("hearth-identity.toml"):
+            (root / mount_point / "hearth-identity.toml").write_bytes(
+                fat.read("hearth-identity.toml"))
+    return root
+
+
+def test_the_identity_survives_an_update_that_rewrites_the_other_boot_partition(
+        tmp_path, slots_image):
+    """An update writes slot B's boot partition from the bundle's boot image (slot A's p2 of the
+    golden image, which never held an identity) and commits slot B: the board, booting p3,
+    still finds who it is, because flash put the identity on partition 1, which no update
+    rewrites."""
+    from agent.identity import Identity, resolve
+
+    target = tmp_path / "board.img"
+    result = flash(slots_image, target, "--to-file", "--identity", "maple-school/m3/b12")
+    assert result.returncode == 0, result.stderr
+    layout = slot_layout(target)
+    assert len(FatPartition(target, layout.autoboot).read("autoboot.txt")) < 512
+    bundle_boot_image = tmp_path / "boot.vfat"
+    with slots_image.open("rb") as handle:
+        handle.seek(layout.boot_a.offset)
+        bundle_boot_image.write_bytes(handle.read(layout.boot_a.size))
+    with target.open("r+b") as handle:
+        handle.seek(layout.boot_b.offset)
+        handle.write(bundle_boot_image.read_bytes())
+    assert not FatPartition(target, layout.boot_b).exists("hearth-identity.toml")
+    resolution = resolve(board_root_as_mounted(target, 3, tmp_path))
+    assert resolution.identity == Identity("maple-school", "m3", "b12"), resolution.message
+    assert "boot file /boot/autoboot/hearth-identity.toml" in resolution.message

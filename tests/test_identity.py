@@ -192,3 +192,16 @@ def test_straps_are_read_through_the_factory_passed_in_and_released(root, pins):
     from gpiozero import InputDevice
     for gpio in SLOT_GPIOS:
         InputDevice(gpio, pin_factory=pins).close()
+
+
+def test_partition_1s_file_comes_first_and_the_boot_partitions_still_counts(root, pins):
+    """An A/B card keeps its identity on partition 1 (/boot/autoboot), which updates never
+    rewrite; a single-slot card, or one flashed before, has it on the boot partition."""
+    write_boot_file(root, board="b07")
+    assert resolve(root, pins).identity == Identity("maple-school", "m1", "b07")
+    (root / "boot/autoboot").mkdir()
+    (root / "boot/autoboot/hearth-identity.toml").write_text(
+        '[identity]\nsite = "maple-school"\nmodule = "m2"\nboard = "b08"\n')
+    resolution = resolve(root, pins)
+    assert resolution.identity == Identity("maple-school", "m2", "b08")
+    assert "boot file /boot/autoboot/hearth-identity.toml" in resolution.message

@@ -1,6 +1,11 @@
 """Write a Hearth image to an SD card or eMMC reader, check it by reading it back, and put the
 board's identity file on its boot partition. It refuses any disk it should not touch: one the
-kernel does not call removable, one with a mounted partition, or the disk holding /."""
+kernel does not call removable, one with a mounted partition, or the disk holding /.
+
+The identity file goes to partition 1: on Hearth's A/B image that is autoboot.txt's partition,
+which an update never rewrites (it writes the other slot's boot partition from the bundle), so
+the board keeps its identity across updates; on a single-slot image it is the boot partition.
+The firmware reads only autoboot.txt there and ignores other files."""
 
 import dataclasses
 import hashlib
@@ -10,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.deploy.disk import FatPartition, raspberry_pi_layout
+from agent.deploy.disk import FAT_TYPES, FatPartition, partitions
 
 CHUNK = 4 << 20
 IDENTITY_NAME = "hearth-identity.toml"
@@ -141,8 +146,11 @@ def identity_text(site: str, module: str, board: str) -> str:
 
 
 def write_identity(target: Path, text: str) -> None:
-    boot_partition, _ = raspberry_pi_layout(target)
-    boot = FatPartition(target, boot_partition)
+    first = next((part for part in partitions(target) if part.number == 1), None)
+    if first is None or first.type not in FAT_TYPES:
+        raise FlashRefused(f"{target} has no FAT partition 1 to hold the identity file "
+                           f"({IDENTITY_NAME}); is it an image from scripts/build-image?")
+    boot = FatPartition(target, first)
     boot.write(IDENTITY_NAME, text.encode())
     if boot.read(IDENTITY_NAME).decode() != text:
         raise FlashRefused(f"the identity file on {target} did not read back as written; "

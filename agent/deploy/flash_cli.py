@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flash", description=__doc__.split("\n")[0])
     parser.add_argument("image", type=Path, help="the image from scripts/build-image")
     parser.add_argument("target", type=Path, help="the whole device, e.g. /dev/sdb")
-    parser.add_argument("--identity", help="SITE/MODULE/BOARD to write to the boot partition")
+    parser.add_argument("--identity",
+                        help="SITE/MODULE/BOARD to write to partition 1 (kept by updates)")
     parser.add_argument("--identity-file", type=Path,
                         help="an identity file from scripts/provision (boards/*.toml)")
     parser.add_argument("--to-file", action="store_true",
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if identity is not None:
             write_identity(args.target, identity_text(identity.site, identity.module,
                                                       identity.board))
-            print(f"flash: identity {identity} written to the boot partition", file=sys.stderr)
+            print(f"flash: identity {identity} written to partition 1 (hearth-identity.toml)",
+                  file=sys.stderr)
         else:
             print("flash: no identity written; the board will use its slot straps or serial "
                   "number", file=sys.stderr)

@@ -704,3 +704,34 @@ def test_rauc_slots_turn_a_missing_rauc_into_an_update_error(tmp_path):
         slots.mark_good()
     with pytest.raises(UpdateError, match="could not be started"):
         slots.install(Bundle("http://site/good.raucb", "1.2.0"), lambda pct: None, False)
+
+
+STREAM_RACE_RAUC = r"""#!/bin/sh
+# RAUC 1.13's streamed install as it fails when udev closes the new nbd device before
+# dm-verity takes it (fixed in RAUC 1.15): the mount fails, nothing is written.
+echo "$*" >> "{log}"
+if [ ! -e "{tries}" ] || [ "$(wc -l < "{tries}")" -lt {failures} ]; then
+  echo try >> "{tries}"
+  printf '  0%% Installing\n 20%% Checking bundle\n'
+  printf 'LastError: Failed mounting bundle: Failed to load dm table: Argument list too long\n'
+  echo "Installing \`$2\` failed" >&2; exit 1
+fi
+printf '  0%% Installing\n 40%% Copying image to rootfs.1\n100%% Installing done.\n'
+"""
+
+
+@pytest.mark.parametrize("failures, installs", [(1, 2), (2, 2)])
+def test_rauc_slots_retry_a_streamed_install_once_after_its_bundle_failed_to_mount(
+        tmp_path, caplog, failures, installs):
+    slots, log = rauc_slots(tmp_path)
+    (tmp_path / "rauc").write_text(STREAM_RACE_RAUC.format(
+        log=log, tries=tmp_path / "tries", failures=failures))
+    bundle = Bundle("http://site/good.raucb", "1.2.0")
+    with caplog.at_level("WARNING", logger="hearth.update"):
+        if failures == 1:
+            slots.install(bundle, lambda pct: None, allow_downgrade=False)
+        else:
+            with pytest.raises(UpdateError, match="Failed to load dm table"):
+                slots.install(bundle, lambda pct: None, allow_downgrade=False)
+    assert log.read_text().splitlines() == ["install http://site/good.raucb"] * installs
+    assert "nothing was written; trying the install once more" in caplog.text

@@ -14,6 +14,7 @@ Slots are named as the firmware boots them: A (boot partition 2, root p5) and B 
 import dataclasses
 import hashlib
 import json
+import logging
 import subprocess
 import threading
 import time
@@ -33,6 +34,12 @@ ALLOW_DOWNGRADE = "allow-downgrade"
 forced install runs."""
 REFUSAL_WORDS = ("signature", "verif", "keyring", "certificate", "compatible", "downgrade")
 """Words in RAUC's last error that mean the bundle was refused, not that the install broke."""
+MOUNT_FAILED = "Failed mounting bundle"
+"""RAUC's last error when the bundle could not be mounted, which comes before any slot is
+written. RAUC before 1.15 (Debian trixie has 1.13) loses a race with udev when it streams: it
+creates the network block device with disconnect-on-close, udev opens and closes it before
+dm-verity takes it, the kernel disconnects it, and dm-verity finds it empty ("Hash device is
+too small"). RAUC 1.15 keeps the device open while it sets it up (its pull request 1741)."""
 
 Progress = Callable[[int], None]
 """Called with 0-100 as the install goes on."""
@@ -137,8 +144,10 @@ class RaucSlots:
                  systemctl: str = "systemctl",
                  bootloader_dir: Path = DEFAULT_BOOTLOADER_DIR,
                  flag_dir: Path = DEFAULT_FLAG_DIR, run: Runner = run_command,
-                 reboot_wait_s: float = 300.0, sleep: Callable[[float], None] = time.sleep):
+                 reboot_wait_s: float = 300.0, sleep: Callable[[float], None] = time.sleep,
+                 log: logging.Logger | None = None):
         self.running_version = running_version
+        self.log = log or logging.getLogger("hearth.update")
         self.rauc = rauc
         self.systemctl = systemctl
         self.bootloader_dir = Path(bootloader_dir)
@@ -195,7 +204,15 @@ class RaucSlots:
             self.flag_dir.mkdir(parents=True, exist_ok=True)
             flag.touch()
         try:
-            self._install(bundle.url, progress)
+            try:
+                self._install(bundle.url, progress)
+            except UpdateError as error:
+                if MOUNT_FAILED not in str(error) or isinstance(error, UpdateRefusedError):
+                    raise
+                self.log.warning("%s; nothing was written; trying the install once more (RAUC "
+                                 "before 1.15 can lose its streamed bundle's device to udev)",
+                                 error)
+                self._install(bundle.url, progress)
         finally:
             flag.unlink(missing_ok=True)
 

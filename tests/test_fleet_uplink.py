@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli import main as hearth
 from agent.deploy.broker_config import CLIENT_ETC
-from agent.fleet import subjects
+from agent.fleet import subjects, uplink
 from agent.fleet.subjects import HUB_DOMAIN, MSG_ID_HEADER, hub_stream
 from agent.mqtt import envelope
 from fleet_sites import advertise_nowhere, hub_streams_made, leaf_behind_wan, start_nats
@@ -44,6 +44,16 @@ def test_topics_become_subjects_and_back(topic, subject):
 ])
 def test_a_topic_no_subject_can_hold_is_refused(topic):
     assert subjects.subject_for_topic(topic) is None
+
+
+@pytest.mark.parametrize("topic, goes_up", [
+    ("hearth/v1/s/m1/b01/event", True), ("hearth/v1/s/m1/leader/state", True),
+    ("hearth/v1/s/site/state", True), ("hearth/v1/s/m1/b01/update", True),
+    ("hearth/v1/s/m1/b01/state", False), ("hearth/v1/s/m1/b01/cmd/mode", False),
+    ("hearth/v1/s/m1/leader/setpoint/b01", False),
+])
+def test_the_record_goes_up_and_control_and_board_telemetry_stay(topic, goes_up):
+    assert uplink.carried(topic) is goes_up
 
 
 def test_stream_names_and_message_ids():

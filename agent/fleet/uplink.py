@@ -32,7 +32,7 @@ from agent.fleet import streams
 from agent.fleet.subjects import MSG_ID_HEADER, message_id, site_domain, subject_for_topic
 from agent.mqtt import envelope
 from agent.mqtt.link import LinkSettings
-from agent.mqtt.topics import site_prefix
+from agent.mqtt.topics import LEADER, site_prefix
 
 SKIPPED_LEVELS = ("cmd", "setpoint")
 """Commands into the site and the leader's per-board setpoints (a heartbeat every period) are
@@ -76,8 +76,15 @@ def load_nats_settings(path: Path) -> NatsSettings:
 
 
 def carried(topic: str) -> bool:
-    """Whether a topic of the site goes up: everything but commands and setpoints."""
-    return not any(level in SKIPPED_LEVELS for level in topic.split("/")[3:])
+    """Whether a topic of the site goes up: everything but commands, setpoints and the boards'
+    own `state`. A board's state is its telemetry once a second: 512 boards send 512 messages a
+    second, some 140 times all else the site sends, and the centre's ledger and metrics read the
+    leaders' states, which sum their boards (docs/benchmarks.md "Fleet hub"); it stays at the
+    site, where Prometheus and Home Assistant read it."""
+    levels = topic.split("/")[3:]
+    if any(level in SKIPPED_LEVELS for level in levels):
+        return False
+    return not (len(levels) == 3 and levels[1] != LEADER and levels[2] == "state")
 
 
 class Uplink:

@@ -62,7 +62,8 @@ COMMANDS = (
     Command("tryboot-backend", "agent.commands.tryboot",
             "RAUC's bootloader backend for the Raspberry Pi's tryboot"),
     Command("rauc-handler", "agent.commands.rauc_handler",
-            "RAUC's pre-install check on a board: refuse a downgrade"),
+            "RAUC's pre-install check on a board: refuse a downgrade or an image larger than "
+            "its slot"),
     Command("bundle", "agent.commands.bundle",
             "make update keys, build and sign RAUC bundles, check a bundle"),
 )

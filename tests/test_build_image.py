@@ -153,7 +153,8 @@ def test_the_image_has_an_autoboot_partition_two_slots_and_a_data_partition(buil
     assert {n: p["type"] for n, p in parts.items()} == {
         1: "e", 2: "e", 3: "e", 4: "5", 5: "83", 6: "83", 7: "83"}
     assert parts[2]["size"] == parts[3]["size"] == stock[0]["size"]
-    assert parts[5]["size"] == parts[6]["size"] == stock[1]["size"]
+    slot = image_module.default_slot_mib(stock[1]["size"] * 512) * MIB // 512
+    assert parts[5]["size"] == parts[6]["size"] == slot > stock[1]["size"] * 1.5
     extended = range(parts[4]["start"], parts[4]["start"] + parts[4]["size"])
     for number in (5, 6, 7):
         assert parts[number]["start"] in extended
@@ -163,6 +164,36 @@ def test_the_image_has_an_autoboot_partition_two_slots_and_a_data_partition(buil
     layout = slot_layout(built["second"])
     assert (layout.boot_a.number, layout.root_a.number, layout.data.number) == (2, 5, 7)
     assert raspberry_pi_layout(built["second"]) == (layout.boot_a, layout.root_a)
+
+
+def test_root_slots_have_headroom_filled_by_the_root_file_system(built):
+    """The stock root is 47 MiB: each slot is 47 x 1.5 rounded up to 64 MiB = 128 MiB, the root
+    file system grown to fill it, and a rebuild from a Hearth image keeps its slots' size."""
+    for name in ("first", "second"):
+        layout = slot_layout(built[name])
+        assert layout.root_a.size == layout.root_b.size == 128 * MIB, name
+        root = Ext4Partition(built[name], layout.root_a)
+        assert root.size() == 128 * MIB
+        root.check()
+        assert root.read("/etc/hearth-release") == b"1.4.0\n"
+
+
+def test_a_slot_size_is_taken_and_one_smaller_than_the_root_is_refused(tmp_path):
+    stock = make_raspberry_pi_os_image(tmp_path)
+    output = tmp_path / "slots.img"
+    layout = image_module.lay_out_slots(stock, output, 8, tmp_path, slot_mib=192)
+    assert layout.root_a.size == 192 * MIB and layout.data.offset > layout.root_b.offset
+    root = Ext4Partition(output, layout.root_a)
+    assert root.size() == 192 * MIB and root.read("/etc/passwd") == ACCOUNTS["passwd"].encode()
+    root.check()
+    refused = tmp_path / "refused.img"
+    result = subprocess.run([REPO / "scripts/build-image", stock, refused, "--wheelhouse",
+                             tmp_path, "--slot-size", "40"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "build-image: --slot-size 40 MiB is smaller than the source's root file system " \
+        "(46 MiB); give at least that, or leave it out for the default (128 MiB)" in \
+        result.stderr
+    assert not refused.exists()
 
 
 def test_partition_1_holds_only_autoboot_txt_as_raspberry_pi_documents_it(built):

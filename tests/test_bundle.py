@@ -250,6 +250,39 @@ def test_the_pre_install_handler_refuses_when_it_cannot_tell(tmp_path):
     assert result.returncode == 1 and "is not dotted numbers" in result.stdout
 
 
+def test_the_pre_install_handler_refuses_a_root_image_larger_than_its_slot(site, tmp_path):
+    """Run as RAUC 1.8 runs it on a board booted from slot A, with RAUC's handler variables:
+    the bundle's 8 MiB root image into a 6 MiB slot B is refused before anything is written
+    (RAUC 1.8 itself would write until the slot ends); into an 8 MiB slot it is accepted."""
+    content = tmp_path / "bundle"
+    sh(*site["rauc"], "extract", site["bundle"], content)
+    release = tmp_path / "hearth-release"
+    release.write_text("1.2.0\n")
+    script = pre_install_script(tmp_path, release, tmp_path / "allow-downgrade")
+    devices = {name: tmp_path / name for name in ("rootfs.0", "boot.0", "rootfs.1", "boot.1")}
+    sizes = {"rootfs.0": 8 * MIB, "boot.0": 16 * MIB, "rootfs.1": 6 * MIB, "boot.1": 16 * MIB}
+    for name, device in devices.items():
+        device.write_bytes(b"\xa5" * sizes[name])
+    env = {**os.environ, "RAUC_BUNDLE_MOUNT_POINT": str(content), "RAUC_TARGET_SLOTS": "3 4",
+           "RAUC_SLOTS": "1 2 3 4", "RAUC_CURRENT_BOOTNAME": "A"}
+    for number, name in enumerate(devices, start=1):
+        env[f"RAUC_SLOT_NAME_{number}"] = name
+        env[f"RAUC_SLOT_DEVICE_{number}"] = str(devices[name])
+    env.update({"RAUC_IMAGE_NAME_3": "rootfs.ext4", "RAUC_IMAGE_NAME_4": "boot.vfat"})
+    result = subprocess.run([script, ""], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.startswith(
+        f"<< error image rootfs.ext4 is {8 * MIB} bytes, larger than slot rootfs.1 "
+        f"({devices['rootfs.1']}, {6 * MIB} bytes). This board's root slots are smaller than "
+        "the release: build its golden image with the --slot-size")
+    assert all(device.read_bytes() == b"\xa5" * sizes[name] for name, device in devices.items())
+    with devices["rootfs.1"].open("ab") as handle:
+        handle.write(b"\xa5" * 2 * MIB)
+    result = subprocess.run([script, ""], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bundle 1.2.0 accepted" in result.stdout
+
+
 def run_hook(tmp_path: Path, bootname: str, proc_cmdline: str) -> subprocess.CompletedProcess:
     hook = tmp_path / "hook.sh"
     hook.write_text(HOOK_SCRIPT)

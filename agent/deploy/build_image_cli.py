@@ -3,8 +3,8 @@ in the two-slot layout that updates need.
 
 Usage: scripts/build-image SOURCE.img[.xz] OUTPUT.img [--wheelhouse DIR] [--identity-table
 FILE] [--leader [--leader-devices FILE]] [--broker --mosquitto-debs DIR [--broker-dir DIR]]
-[--site] [--release VERSION] [--update-keyring PEM] [--data-mib N]. See docs/deployment.md
-and docs/updates.md."""
+[--site] [--release VERSION] [--update-keyring PEM] [--data-mib N] [--slot-size MIB]. See
+docs/deployment.md and docs/updates.md."""
 
 import argparse
 import sys
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                         "installs only bundles it signed; without it every bundle is refused")
     parser.add_argument("--data-mib", type=int, default=256,
                         help="size of the data partition for a new image (default %(default)s)")
+    parser.add_argument("--slot-size", type=int, metavar="MIB",
+                        help="size of each root slot; every later release must fit it, so keep "
+                        "one size for a site's boards (default: the source's root + 50 %%, "
+                        "rounded up to 64 MiB; a Hearth image's own slots when rebuilding one)")
     args = parser.parse_args(argv)
     if not args.source.exists():
         print(f"build-image: source image {args.source} does not exist; download Raspberry Pi "
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(args.source, args.output, args.wheelhouse, args.leader, args.site,
                       args.mosquitto_debs, args.broker_dir, args.python_include,
                       args.identity_table, args.broker, args.leader_devices, args.release,
-                      args.update_keyring, args.data_mib)
+                      args.update_keyring, args.data_mib, args.slot_size)
     try:
         problems = build(options)
     except (BuildError, DiskImageError) as error:

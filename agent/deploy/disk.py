@@ -209,6 +209,16 @@ class Ext4Partition:
                 names.append(fields[4])
         return names
 
+    def size(self) -> int:
+        """The file system's size in bytes (block count x block size), which may be less than
+        its partition's."""
+        stats = self._debugfs("stats")
+        count = re.search(r"^Block count:\s+(\d+)$", stats, re.MULTILINE)
+        block = re.search(r"^Block size:\s+(\d+)$", stats, re.MULTILINE)
+        if count is None or block is None:
+            raise DiskImageError(f"{self.device}: debugfs shows no ext4 block count and size")
+        return int(count.group(1)) * int(block.group(1))
+
     def label(self) -> str:
         """The file system's volume name ('' when it has none)."""
         match = re.search(r"^Filesystem volume name:\s+(.*)$", self._debugfs("stats"),

@@ -46,6 +46,13 @@ AUTOBOOT_TXT = "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partitio
 """Raspberry Pi's tryboot A/B: [all] is the committed slot's boot partition, [tryboot] the one
 tried once after `reboot "0 tryboot"`; the updater's commit rewrites it in place."""
 ROOT_PARTITION = {"A": 5, "B": 6}
+SLOT_HEADROOM = 1.5
+SLOT_ROUNDING_MIB = 64
+"""A new image's root slots default to the source's root + 50 %, rounded up to 64 MiB: a slot
+is sized once, when the card is flashed, and every later release must fit it, so it gets room
+for a release half again as large as today's (Raspberry Pi OS Lite's ~2.2 GB root becomes two
+3.3 GB slots, which with the data partition fit a 16 GB card; an 8 GB eMMC needs a smaller
+--slot-size). 64 MiB keeps the size a round number an operator can repeat for every release."""
 DATA_LABEL = "hearth-data"
 DATA_MOUNT = "/data"
 PERSISTENT_DIRS = ("/etc/hearth", "/var/lib/hearth")
@@ -109,6 +116,7 @@ class Options:
     release: str = __version__
     update_keyring: Path | None = None
     data_mib: int = 256
+    slot_mib: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,15 +506,38 @@ def unpacked_source(source: Path, output: Path, work: Path) -> Path:
     return plain
 
 
-def lay_out_slots(source: Path, output: Path, data_mib: int, work: Path) -> SlotLayout:
+def default_slot_mib(root_bytes: int) -> int:
+    """The source's root + 50 %, rounded up to 64 MiB (SLOT_HEADROOM says why)."""
+    return -(-int(root_bytes * SLOT_HEADROOM) // (SLOT_ROUNDING_MIB * MIB)) * SLOT_ROUNDING_MIB
+
+
+def slot_bytes(source: Path, slot_mib: int | None) -> int:
+    """The size of each root slot: `slot_mib`, else the source's own slots when it is a Hearth
+    image already (a rebuild must fit the cards flashed from it), else default_slot_mib."""
+    _, root = raspberry_pi_layout(source)
+    previous = slot_layout(source)
+    if slot_mib is None:
+        return previous.root_a.size if previous else default_slot_mib(root.size) * MIB
+    filesystem = Ext4Partition(source, root).size()
+    if slot_mib * MIB < filesystem:
+        raise BuildError(f"--slot-size {slot_mib} MiB is smaller than the source's root file "
+                         f"system ({-(-filesystem // MIB)} MiB); give at least that, or leave "
+                         f"it out for the default ({default_slot_mib(root.size)} MiB)")
+    return slot_mib * MIB
+
+
+def lay_out_slots(source: Path, output: Path, data_mib: int, work: Path,
+                  slot_mib: int | None = None) -> SlotLayout:
     """Write `output` in the A/B layout: p1 autoboot.txt, the source's boot partition as p2 and
-    its root as p5 (p3 and p6 are copied from them once slot A is built), p7 the data: the
-    source's own when it has this layout already (a rebuild keeps it), else an empty one. The
-    disk identifier is the source's, so PARTUUIDs stay what the card's cmdline.txt expects."""
+    its root as p5, grown to fill the slot (p3 and p6 are copied from them once slot A is
+    built), p7 the data: the source's own when it has this layout already (a rebuild keeps it),
+    else an empty one. The disk identifier is the source's, so PARTUUIDs stay what the card's
+    cmdline.txt expects."""
     boot, root = raspberry_pi_layout(source)
     previous = slot_layout(source)
+    slot = slot_bytes(source, slot_mib)
     sizes = {1: AUTOBOOT_MIB * MIB // SECTOR, 2: boot.size // SECTOR, 3: boot.size // SECTOR,
-             5: root.size // SECTOR, 6: root.size // SECTOR,
+             5: slot // SECTOR, 6: slot // SECTOR,
              7: (previous.data.size if previous else data_mib * MIB) // SECTOR}
     starts, next_free = {}, 8192
     for number in (1, 2, 3, 4, 5, 6, 7):
@@ -534,7 +565,8 @@ def lay_out_slots(source: Path, output: Path, data_mib: int, work: Path) -> Slot
         copy_partition(source, data, output, starts[7] * SECTOR)
     copy_partition(autoboot, _whole(autoboot), output, starts[1] * SECTOR)
     copy_partition(source, boot, output, starts[2] * SECTOR)
-    copy_partition(source, root, output, starts[5] * SECTOR)
+    copy_partition(grown_root(source, root, slot, work), _whole_up_to(slot), output,
+                   starts[5] * SECTOR)
     layout = slot_layout(output)
     if layout is None:
         raise BuildError(f"{output}: the new partition table is not the A/B layout; "
@@ -545,6 +577,25 @@ def lay_out_slots(source: Path, output: Path, data_mib: int, work: Path) -> Slot
 def _whole(path: Path) -> Partition:
     """A file holding one file system, as a partition of itself."""
     return Partition(1, 0, path.stat().st_size, "")
+
+
+def _whole_up_to(size: int) -> Partition:
+    return Partition(1, 0, size, "")
+
+
+def grown_root(source: Path, root: Partition, slot: int, work: Path) -> Path:
+    """The source's root file system in a file of the slot's size, grown to fill it (e2fsck
+    first, as resize2fs demands), so the board has the slot's room from its first boot."""
+    grown = work / "root.ext4"
+    copy_partition(source, root, grown, 0)
+    with grown.open("r+b") as handle:
+        handle.truncate(slot)
+    checked = subprocess.run(["e2fsck", "-fy", str(grown)], capture_output=True, text=True)
+    if checked.returncode not in (0, 1):       # 1: errors found and corrected
+        raise BuildError(f"the source's root file system fails e2fsck ({checked.returncode}): "
+                         f"{checked.stdout.strip()[-500:]}; check the source image")
+    run(["resize2fs", str(grown), f"{slot // 1024}K"])
+    return grown
 
 
 def copy_slot_a_to_b(output: Path, layout: SlotLayout, disk: str) -> None:
@@ -782,6 +833,13 @@ def verify_slots(image: Path, disk: str, data_files_expected: list[StagedFile]) 
         expected = f"root=PARTUUID={disk}-{ROOT_PARTITION[slot]:02d}"
         if [a for a in arguments if a.startswith("root=")] != [expected]:
             problems.append(f"slot {slot}'s cmdline.txt does not say {expected}: {arguments}")
+    if layout.root_a.size != layout.root_b.size:
+        problems.append(f"the root slots differ in size: A {layout.root_a.size} bytes, "
+                        f"B {layout.root_b.size}")
+    filesystem = Ext4Partition(image, layout.root_a).size()
+    if filesystem != layout.root_a.size:
+        problems.append(f"slot A's root file system is {filesystem} bytes, its slot "
+                        f"{layout.root_a.size}: it was not grown to fill the slot")
     if _partition_digest(image, layout.root_a) != _partition_digest(image, layout.root_b):
         problems.append("root slot B is not a copy of root slot A")
     data = Ext4Partition(image, layout.data)
@@ -890,7 +948,8 @@ def build(options: Options, log=print) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="hearth-image-") as work_name:
         work = Path(work_name)
         source = unpacked_source(options.source, options.output, work)
-        layout = lay_out_slots(source, options.output, options.data_mib, work)
+        layout = lay_out_slots(source, options.output, options.data_mib, work,
+                               options.slot_mib)
         disk = disk_id(options.output)
         boot = FatPartition(options.output, layout.boot_a)
         root = Ext4Partition(options.output, layout.root_a)

@@ -1,5 +1,5 @@
 """RAUC on a Hearth board: its system.conf, the scripts its handlers name, and the pre-install
-check that refuses a downgrade (docs/updates.md).
+check that refuses a downgrade or an image larger than its slot (docs/updates.md).
 
 Why generated: the slots are named by PARTUUID (`/dev/disk/by-partuuid/<disk id>-05`), which
 is the same on a Pi's SD card (mmcblk0p5) and a VM's virtio disk (vda5) and which the kernel's
@@ -10,6 +10,7 @@ arguments of our choosing, so each handler is a two-line script that hands over 
 
 import configparser
 import dataclasses
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,9 +113,45 @@ def downgrade_refusal(bundle_version: str, installed_version: str, forced: bool)
     return None
 
 
+def device_size(path: Path) -> int:
+    """Bytes of a block device (its end, as lseek finds it) or of a regular file."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(descriptor, 0, os.SEEK_END)
+    finally:
+        os.close(descriptor)
+
+
+def oversized_images(bundle_mount: Path, environ: Mapping[str, str]) -> list[str]:
+    """Each image the bundle would write into a target slot smaller than it, from the
+    variables RAUC gives its handlers (RAUC_TARGET_SLOTS, RAUC_IMAGE_NAME_<n>,
+    RAUC_SLOT_DEVICE_<n>). RAUC 1.8 (Debian bookworm's) writes an oversized image until the
+    slot ends, and later releases check only as they reach that image, after writing the
+    images before it, so the check is made here, before any slot is written."""
+    problems = []
+    for number in environ.get("RAUC_TARGET_SLOTS", "").split():
+        image = environ.get(f"RAUC_IMAGE_NAME_{number}")
+        if not image:
+            continue
+        slot = environ.get(f"RAUC_SLOT_NAME_{number}", f"slot {number}")
+        device = Path(environ.get(f"RAUC_SLOT_DEVICE_{number}", ""))
+        try:
+            image_bytes = (bundle_mount / image).stat().st_size
+            slot_bytes = device_size(device)
+        except OSError as error:
+            problems.append(f"cannot compare image {image} with slot {slot} ({device}): {error}")
+            continue
+        if image_bytes > slot_bytes:
+            problems.append(f"image {image} is {image_bytes} bytes, larger than slot {slot} "
+                            f"({device}, {slot_bytes} bytes)")
+    return problems
+
+
 def pre_install(bundle_mount: Path, release_file: Path = RELEASE_FILE,
-                allow_downgrade_flag: Path = ALLOW_DOWNGRADE_FLAG) -> Manifest:
-    """The check RAUC runs before writing any slot; raises RefusedBundle with the reason."""
+                allow_downgrade_flag: Path = ALLOW_DOWNGRADE_FLAG,
+                environ: Mapping[str, str] | None = None) -> Manifest:
+    """The check RAUC runs before writing any slot; raises RefusedBundle with the reason.
+    `environ` holds RAUC's handler variables (None: none, so no slot sizes are checked)."""
     manifest = read_manifest(bundle_mount / "manifest.raucm")
     try:
         installed = release_file.read_text(encoding="utf-8").strip()
@@ -124,4 +161,9 @@ def pre_install(bundle_mount: Path, release_file: Path = RELEASE_FILE,
     reason = downgrade_refusal(manifest.version, installed, allow_downgrade_flag.exists())
     if reason is not None:
         raise RefusedBundle(reason)
+    oversized = oversized_images(bundle_mount, environ or {})
+    if oversized:
+        raise RefusedBundle(f"{'; '.join(oversized)}. This board's root slots are smaller than "
+                            "the release: build its golden image with the --slot-size the "
+                            "board was flashed with, then the bundle from it")
     return manifest

@@ -485,3 +485,35 @@ def test_a_batch_victoria_metrics_did_not_take_is_sent_again(tmp_path, jetstream
         await connection.close()
 
     asyncio.run(run())
+
+
+def test_the_fleet_ledger_waits_for_a_stream_not_made_yet_then_follows_it(tmp_path, hub):
+    """Started before `hearth uplink hub-streams` made the sites' streams (or while the hub
+    elects their leaders), `hearth fleet ledger` waits and says why instead of exiting with a
+    traceback, and follows each stream once it is there."""
+    fleet, out, servers, password = hub
+    ledger_dir = tmp_path / "ledger"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "fleet", "ledger", "--fleet", str(fleet), "--out",
+         str(out), "--ledger-dir", str(ledger_dir), "--leader-timeout", str(LEADER_TIMEOUT_S)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3.0)
+        assert process.poll() is None, process.stdout.read()
+        end_s = day_end_s()
+        asyncio.run(fill_streams(servers, password, {
+            site: site_messages(site, scale, end_s - 3 * 3600.0, end_s)
+            for site, scale in SITES.items()}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+                any(path.stat().st_size for path in ledger_dir.glob(f"{site}-*.jsonl"))
+                for site in SITES):
+            time.sleep(0.5)
+    finally:
+        process.terminate()
+        status = process.wait(timeout=20)
+    output = process.stdout.read()
+    assert status == 0, output
+    for site in SITES:
+        assert f"fleet ledger {site}: the hub did not take its consumer" in output, output
+        assert any(path.stat().st_size for path in ledger_dir.glob(f"{site}-*.jsonl")), output

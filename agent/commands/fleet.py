@@ -21,6 +21,8 @@ RETRY_S = 10.0
 """How long a site's feed waits before it sends again a batch VictoriaMetrics did not take."""
 FOLLOW_BATCH = 5000
 """Messages a site's consumer takes before it looks whether to stop."""
+START_RETRY_MIN_S = 1.0
+START_RETRY_MAX_S = 30.0
 HELP = "the centre: the fleet ledger, billing CSV and metrics from every site's hub stream"
 
 
@@ -69,6 +71,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     metrics_parser.set_defaults(run=metrics)
 
 
+async def started(start, what: str, stopping: asyncio.Event, log: logging.Logger) -> bool:
+    """Await `start()` until the hub answers it; False when stopped first. A hub electing its
+    stream's leader refuses or times out for seconds, and a site's stream may not be made yet
+    (`hearth uplink hub-streams`): the site waits and says so, rather than the command exiting
+    with a traceback."""
+    import nats.errors
+
+    wait_s = START_RETRY_MIN_S
+    while not stopping.is_set():
+        try:
+            await start()
+            return True
+        except (nats.errors.Error, asyncio.TimeoutError) as error:
+            log.warning("%s: the hub did not take its consumer: %s; trying again in %g s (a "
+                        "stream not found: run hearth uplink hub-streams)", what,
+                        str(error) or type(error).__name__, wait_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopping.wait(), wait_s)
+        wait_s = min(2 * wait_s, START_RETRY_MAX_S)
+    return False
+
+
 def energy(args: argparse.Namespace) -> int:
     from agent.fleet.ledger_file import LedgerFile
     from agent.fleet.report import energy_csv, month_rows
@@ -101,14 +125,14 @@ def ledger(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stopping.set)
         connection = await nats.connect(servers, user=FLEET_USER, password=password)
         jetstream = connection.jetstream(domain=HUB_DOMAIN)
-        consumers = []
-        for site in fleet.sites:
-            consumer = SiteConsumer(jetstream, FleetLedger(
-                site.name, LedgerFile(args.ledger_dir, site.name), time.time, log,
-                args.leader_timeout, args.row_s))
-            await consumer.start()
-            consumers.append(consumer)
+        consumers = [SiteConsumer(jetstream, FleetLedger(
+            site.name, LedgerFile(args.ledger_dir, site.name), time.time, log,
+            args.leader_timeout, args.row_s)) for site in fleet.sites]
+
         async def follow(consumer: SiteConsumer) -> None:
+            if not await started(consumer.start, f"fleet ledger {consumer.ledger.site}",
+                                 stopping, log):
+                return
             while not stopping.is_set():
                 await consumer.pump(max_messages=FOLLOW_BATCH)
 
@@ -160,17 +184,15 @@ def metrics(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stopping.set)
         connection = await nats.connect(servers, user=FLEET_USER, password=password)
         jetstream = connection.jetstream(domain=HUB_DOMAIN)
-        feeds = []
-        for site in fleet.sites:
-            feed = MetricsFeed(jetstream, site.name, store, victoria)
-            try:
-                await feed.start()
-            except FeedStateDamaged as error:
-                log.error("%s", error)
-                continue
-            feeds.append(feed)
+        feeds = [MetricsFeed(jetstream, site.name, store, victoria) for site in fleet.sites]
 
         async def follow(feed: MetricsFeed) -> None:
+            try:
+                if not await started(feed.start, f"fleet metrics {feed.site}", stopping, log):
+                    return
+            except FeedStateDamaged as error:
+                log.error("%s", error)
+                return
             while not stopping.is_set():
                 try:
                     await feed.pump(max_messages=FOLLOW_BATCH)

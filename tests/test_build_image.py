@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.deploy import image as image_module
+from agent.deploy.debs import DebsError
 from agent.deploy.disk import Ext4Partition, FatPartition, raspberry_pi_layout, slot_layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +59,42 @@ def sh(*command, **kwargs):
     return subprocess.run([str(c) for c in command], check=True, capture_output=True, **kwargs)
 
 
+STOCK_INSTALLED = {"dpkg": ("1.21.22", "arm64"), "libc6": ("2.36-9+rpt2+deb12u9", "arm64"),
+                   "dbus": ("1.14.10-1~deb12u1", "arm64")}
+"""What the stand-in image's dpkg says is installed (Raspberry Pi OS Lite has no RAUC)."""
+REPOSITORY = {  # package: (version, architecture, depends)
+    "rauc": ("1.8-2", "arm64", "libc6, libjson-glib-1.0-0 (>= 1.5.2)"),
+    "rauc-service": ("1.8-2", "all", "rauc (= 1.8-2), dbus"),
+    "libjson-glib-1.0-0": ("1.6.6-1", "arm64", "libc6"),
+    "libc6": ("2.36-9+rpt2+deb12u9", "arm64", ""),
+}
+"""A local package source standing in for the image's release (bookworm arm64)."""
+
+
+def make_deb(directory: Path, package: str, version: str, architecture: str,
+             depends: str = "") -> Path:
+    tree = directory / f"{package}_{version}_{architecture}.tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: {architecture}\n"
+        + (f"Depends: {depends}\n" if depends else "")
+        + "Maintainer: test <test@example.org>\nDescription: stand-in for the real package\n")
+    deb = directory / f"{package}_{version}_{architecture}.deb"
+    sh("dpkg-deb", "--build", "--root-owner-group", tree, deb)
+    return deb
+
+
+def make_package_source(directory: Path) -> Path:
+    """A flat apt repository (file:) with REPOSITORY's packages."""
+    repository = directory / "repository"
+    repository.mkdir()
+    for package, (version, architecture, depends) in REPOSITORY.items():
+        make_deb(repository, package, version, architecture, depends)
+    index = sh("dpkg-scanpackages", "--multiversion", ".", cwd=repository).stdout
+    (repository / "Packages").write_bytes(index)
+    return repository
+
+
 def make_raspberry_pi_os_image(directory: Path) -> Path:
     """64 MiB laid out as Raspberry Pi OS does it: FAT boot at 1 MiB, ext4 root after it. The
     boot partition is FAT16 (type e) because FAT32 needs at least 32 MiB; both boot on a Pi."""
@@ -67,9 +104,15 @@ def make_raspberry_pi_os_image(directory: Path) -> Path:
         (directory / name).write_text(text)
         sh("mcopy", "-i", boot, directory / name, f"::{name}")
     tree = directory / "rootfs"
-    for folder in ("etc/systemd/system", "usr/lib/python3.13", "usr/bin", "var/lib", "dev",
-                   "boot/firmware"):
+    for folder in ("etc/systemd/system", "usr/lib/python3.13", "usr/bin", "var/lib/dpkg", "dev",
+                   "boot/firmware", "etc/apt/sources.list.d"):
         (tree / folder).mkdir(parents=True)
+    (tree / "var/lib/dpkg/status").write_text("\n".join(
+        f"Package: {name}\nStatus: install ok installed\nVersion: {version}\n"
+        f"Architecture: {architecture}\n" for name, (version, architecture) in
+        STOCK_INSTALLED.items()))
+    (tree / "etc/apt/sources.list.d/raspi.list").write_text(
+        f"deb [trusted=yes] file:{make_package_source(directory)} ./\n")
     for name, text in ACCOUNTS.items():
         (tree / "etc" / name).write_text(text)
     (tree / "usr/lib/python3.13/os.py").write_text("# stand-in for the target's stdlib\n")
@@ -330,6 +373,7 @@ def test_units_are_installed_and_enabled_like_systemctl_enable(built):
     _, root = partitions(built["second"])
     wants = "/etc/systemd/system/multi-user.target.wants"
     assert sorted(root.listdir(wants)) == ["hearth-agent.service", "hearth-console.service",
+                                           "hearth-install-debs.service",
                                            "hearth-updater.service"]
     for unit in ("hearth-agent.service", "hearth-console.service", "hearth-updater.service"):
         assert root.readlink(f"{wants}/{unit}") == f"/etc/systemd/system/{unit}"
@@ -342,6 +386,50 @@ def test_units_are_installed_and_enabled_like_systemctl_enable(built):
                  "/etc/tmpfiles.d/hearth.conf", "/etc/systemd/system/hearth-leader.service"):
         inode = root.stat(path)
         assert (inode.kind, inode.mode & 0o7777, inode.uid, inode.gid) == ("file", 0o644, 0, 0)
+
+
+RAUC_DEBS = ["libjson-glib-1.0-0_1.6.6-1_arm64.deb", "rauc-service_1.8-2_all.deb",
+             "rauc_1.8-2_arm64.deb"]
+
+
+def test_rauc_is_fetched_for_the_images_release_and_installed_at_first_boot(built):
+    """The stock image has no RAUC: apt, reading the image's own sources and dpkg status,
+    fetched rauc, rauc-service and the one dependency the image lacks (not libc6 or dbus,
+    installed), for hearth-install-debs.service to install before the updater starts."""
+    root = Ext4Partition(built["second"], slot_layout(built["second"]).root_a)
+    assert sorted(root.listdir("/var/lib/hearth-install/debs")) == RAUC_DEBS
+    repository = built["first"].parent / "repository"
+    for name in RAUC_DEBS:
+        assert root.read(f"/var/lib/hearth-install/debs/{name}") == \
+            (repository / name).read_bytes()
+    unit = root.read("/etc/systemd/system/hearth-install-debs.service").decode()
+    assert "Before=hearth-updater.service" in unit
+    assert "dpkg -i /var/lib/hearth-install/debs/*.deb" in unit
+    assert "build-image: 3 arm64 package(s) for the first boot to install: " \
+        "libjson-glib-1.0-0 1.6.6-1, rauc-service 1.8-2, rauc 1.8-2" in built["runs"][0].stdout
+
+
+def test_rauc_debs_given_are_checked_and_an_image_with_rauc_needs_none(tmp_path):
+    stock = make_raspberry_pi_os_image(tmp_path)
+    root = Ext4Partition(stock, raspberry_pi_layout(stock)[1])
+    given = tmp_path / "given"
+    given.mkdir()
+    make_deb(given, "rauc", "1.8-2", "amd64")
+    with pytest.raises(DebsError, match=r"rauc_1.8-2_amd64.deb \(amd64\) not for the "
+                                        r"image's architecture arm64"):
+        image_module.first_boot_rauc(root, given, tmp_path, print)
+    (given / "rauc_1.8-2_amd64.deb").unlink()
+    make_deb(given, "rauc", "1.8-2", "arm64")
+    with pytest.raises(DebsError, match=f"{given} has no package rauc-service"):
+        image_module.first_boot_rauc(root, given, tmp_path, print)
+    make_deb(given, "rauc-service", "1.8-2", "all")
+    assert [path.name for path in image_module.first_boot_rauc(root, given, tmp_path, print)] \
+        == ["rauc-service_1.8-2_all.deb", "rauc_1.8-2_arm64.deb"]
+    status = root.read("/var/lib/dpkg/status").decode() + "".join(
+        f"\nPackage: {name}\nStatus: install ok installed\nVersion: 1.13-1\n"
+        for name in ("rauc", "rauc-service"))
+    image_module.replace_root_file(root, "/var/lib/dpkg/status", status.encode(), tmp_path)
+    assert image_module.first_boot_rauc(root, None, tmp_path, print) == ()
 
 
 def test_hearth_user_exists_once_in_the_right_groups_and_shadow_keeps_its_mode(built):
@@ -475,6 +563,8 @@ def test_the_broker_image_carries_mosquitto_and_the_leader_image_its_devices(tmp
         "hearth-updater.service"]
     assert root.read("/var/lib/hearth-install/debs/mosquitto_2.0.21-1_arm64.deb") == \
         (debs / "mosquitto_2.0.21-1_arm64.deb").read_bytes()
+    assert sorted(root.listdir("/var/lib/hearth-install/debs")) == sorted(
+        RAUC_DEBS + ["mosquitto_2.0.21-1_arm64.deb"])
     assert b"password_file /etc/mosquitto/hearth/passwd" in root.read(
         "/etc/mosquitto/conf.d/hearth.conf")
     for path in ("/etc/mosquitto/hearth/passwd", "/etc/mosquitto/conf.d/hearth.conf"):
@@ -494,12 +584,12 @@ def test_the_broker_image_carries_mosquitto_and_the_leader_image_its_devices(tmp
     assert result.returncode == 0, result.stderr
     _, root = partitions(leader)
     assert sorted(root.listdir("/etc/systemd/system/multi-user.target.wants")) == [
-        "hearth-agent.service", "hearth-console.service", "hearth-leader.service",
-        "hearth-updater.service"]
+        "hearth-agent.service", "hearth-console.service", "hearth-install-debs.service",
+        "hearth-leader.service", "hearth-updater.service"]
     assert root.read("/etc/systemd/system/hearth-leader.service.d/devices.conf") == \
         devices.read_bytes()
     assert root.stat("/etc/mosquitto/conf.d/hearth.conf") is None
-    assert root.stat("/var/lib/hearth-install/debs") is None
+    assert sorted(root.listdir("/var/lib/hearth-install/debs")) == RAUC_DEBS
 
 
 def test_a_broker_image_without_mosquitto_packages_is_refused(tmp_path):

@@ -3,13 +3,14 @@ in the two-slot layout that updates need.
 
 Usage: scripts/build-image SOURCE.img[.xz] OUTPUT.img [--wheelhouse DIR] [--identity-table
 FILE] [--leader [--leader-devices FILE]] [--broker --mosquitto-debs DIR [--broker-dir DIR]]
-[--site] [--release VERSION] [--update-keyring PEM] [--data-mib N] [--slot-size MIB]. See
-docs/deployment.md and docs/updates.md."""
+[--site] [--release VERSION] [--update-keyring PEM] [--data-mib N] [--slot-size MIB]
+[--rauc-debs DIR]. See docs/deployment.md and docs/updates.md."""
 
 import argparse
 import sys
 from pathlib import Path
 
+from agent.deploy.debs import DebsError
 from agent.deploy.disk import DiskImageError
 from agent import __version__
 from agent.deploy.image import BuildError, Options, build
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="size of each root slot; every later release must fit it, so keep "
                         "one size for a site's boards (default: the source's root + 50 %%, "
                         "rounded up to 64 MiB; a Hearth image's own slots when rebuilding one)")
+    parser.add_argument("--rauc-debs", type=Path, metavar="DIR",
+                        help="the image's architecture's .debs of rauc and rauc-service and the "
+                        "dependencies the image lacks, installed at first boot (default: "
+                        "fetched with apt from the image's own package sources; not needed "
+                        "when the image has RAUC)")
     args = parser.parse_args(argv)
     if not args.source.exists():
         print(f"build-image: source image {args.source} does not exist; download Raspberry Pi "
@@ -58,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(args.source, args.output, args.wheelhouse, args.leader, args.site,
                       args.mosquitto_debs, args.broker_dir, args.python_include,
                       args.identity_table, args.broker, args.leader_devices, args.release,
-                      args.update_keyring, args.data_mib, args.slot_size)
+                      args.update_keyring, args.data_mib, args.slot_size,
+                      args.rauc_debs)
     try:
         problems = build(options)
-    except (BuildError, DiskImageError) as error:
+    except (BuildError, DiskImageError, DebsError) as error:
         print(f"build-image: {error}", file=sys.stderr)
         return 2
     if problems:

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from agent import __version__
+from agent.deploy import debs as packages
 from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition, Partition,
                                SlotLayout, copy_partition, disk_id, raspberry_pi_layout, run,
                                slot_layout)
@@ -117,6 +118,7 @@ class Options:
     update_keyring: Path | None = None
     data_mib: int = 256
     slot_mib: int | None = None
+    rauc_debs: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,8 +417,10 @@ def with_version(init_py: str, release: str) -> str:
     return text
 
 
-def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list[StagedFile]:
-    """Everything the root filesystem must hold, with owners and modes, in creation order."""
+def staged_files(options: Options, target: tuple[int, int], stage: Path,
+                 first_boot_debs: tuple[Path, ...] = ()) -> list[StagedFile]:
+    """Everything the root filesystem must hold, with owners and modes, in creation order;
+    `first_boot_debs` (RAUC's, when the image lacks it) are installed at the first boot."""
     files: list[StagedFile] = []
     directories = set()
 
@@ -441,7 +445,9 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
     enabled = ["hearth-agent.service", "hearth-console.service", "hearth-updater.service"]
     if options.leader:
         enabled.append("hearth-leader.service")
-    if options.broker:
+    debs = [*first_boot_debs, *(sorted(options.mosquitto_debs.glob("*.deb"))
+                                if options.broker else [])]
+    if debs:
         enabled.append("hearth-install-debs.service")
     if options.site:
         enabled.append("hearth-site.service")
@@ -463,11 +469,12 @@ def staged_files(options: Options, target: tuple[int, int], stage: Path) -> list
         add_dir("/etc/systemd/system/hearth-leader.service.d")
         files.append(StagedFile("/etc/systemd/system/hearth-leader.service.d/devices.conf",
                                 0o644, source=options.leader_devices))
-    if options.broker:
+    if debs:
         add_dir("/var/lib/hearth-install")
         add_dir(DEBS_DIR)
-        for deb in sorted(options.mosquitto_debs.glob("*.deb")):
+        for deb in debs:
             files.append(StagedFile(f"{DEBS_DIR}/{deb.name}", 0o644, source=deb))
+    if options.broker:
         if options.broker_dir is not None:
             add_dir("/etc/mosquitto")
             add_dir("/etc/mosquitto/conf.d")
@@ -818,6 +825,24 @@ def write_root_file(root: Ext4Partition, path: str, data: bytes, work: Path) -> 
     write_root(root, [StagedFile(path, 0o644, source=local)])
 
 
+def first_boot_rauc(root: Ext4Partition, given: Path | None, work: Path,
+                    log) -> tuple[Path, ...]:
+    """RAUC's .debs for the first boot to install, when the image's dpkg lacks them: from
+    `given` (--rauc-debs) or fetched for the image's architecture and release."""
+    present = packages.installed(root)
+    arch = packages.architecture(present)
+    missing = [name for name in packages.RAUC_PACKAGES if name not in present]
+    if not missing:
+        log(f"build-image: the image has {' and '.join(packages.RAUC_PACKAGES)} installed")
+        return ()
+    directory = given if given is not None else packages.fetch(root, missing, arch,
+                                                               work / "rauc")
+    debs = packages.check_debs(directory, missing, arch)
+    log(f"build-image: {len(debs)} {arch} package(s) for the first boot to install: "
+        f"{', '.join(f'{deb.package} {deb.version}' for deb in debs)}")
+    return tuple(deb.path for deb in debs)
+
+
 def verify_slots(image: Path, disk: str, data_files_expected: list[StagedFile]) -> list[str]:
     """The A/B layout read back: autoboot.txt, each slot's cmdline.txt naming its own root,
     slot B a copy of slot A, the data partition's label and tree."""
@@ -962,7 +987,9 @@ def build(options: Options, log=print) -> list[str]:
         built = build_extensions(options, work / "cext")
         stage = work / "stage"
         stage_install(options, target, wheels, built, stage)
-        files = staged_files(options, target, stage) + slot_files(options, disk, work)
+        rauc_debs = first_boot_rauc(root, options.rauc_debs, work, log)
+        files = staged_files(options, target, stage, rauc_debs) + slot_files(options, disk,
+                                                                             work)
         write_root(root, files)
         days = int(time.time() // 86400)
         accounts = add_hearth_user(*(root.read(f"/etc/{name}").decode()

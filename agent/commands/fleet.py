@@ -71,6 +71,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     metrics_parser.set_defaults(run=metrics)
 
 
+def stop_event(duration_s: float | None) -> asyncio.Event:
+    """Set by SIGTERM, SIGINT or the end of --duration: the centre's roles stop on it."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    if duration_s is not None:
+        loop.call_later(duration_s, stopping.set)
+    return stopping
+
+
+async def hub_login(servers: list[str], password: str):
+    """The fleet login's connection to the hub, and JetStream in the hub's domain."""
+    import nats
+
+    from agent.deploy.nats_config import FLEET_USER
+    from agent.fleet.subjects import HUB_DOMAIN
+
+    connection = await nats.connect(servers, user=FLEET_USER, password=password)
+    return connection, connection.jetstream(domain=HUB_DOMAIN)
+
+
 async def started(start, what: str, stopping: asyncio.Event, log: logging.Logger) -> bool:
     """Await `start()` until the hub answers it; False when stopped first. A hub electing its
     stream's leader refuses or times out for seconds, and a site's stream may not be made yet
@@ -103,12 +125,9 @@ def energy(args: argparse.Namespace) -> int:
 
 
 def ledger(args: argparse.Namespace) -> int:
-    import nats
-
-    from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet
+    from agent.deploy.nats_config import fleet_login, load_fleet
     from agent.fleet.centre import FleetLedger, SiteConsumer
     from agent.fleet.ledger_file import LedgerFile
-    from agent.fleet.subjects import HUB_DOMAIN
     from agent.journal_log import log_to_journal
 
     fleet = load_fleet(args.fleet)
@@ -117,14 +136,8 @@ def ledger(args: argparse.Namespace) -> int:
     log = logging.getLogger("hearth.fleet")
 
     async def main() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        if args.duration is not None:
-            loop.call_later(args.duration, stopping.set)
-        connection = await nats.connect(servers, user=FLEET_USER, password=password)
-        jetstream = connection.jetstream(domain=HUB_DOMAIN)
+        stopping = stop_event(args.duration)
+        connection, jetstream = await hub_login(servers, password)
         consumers = [SiteConsumer(jetstream, FleetLedger(
             site.name, LedgerFile(args.ledger_dir, site.name), time.time, log,
             args.leader_timeout, args.row_s)) for site in fleet.sites]
@@ -158,11 +171,8 @@ def ledger(args: argparse.Namespace) -> int:
 
 
 def metrics(args: argparse.Namespace) -> int:
-    import nats
-
-    from agent.deploy.nats_config import FLEET_USER, fleet_login, load_fleet
+    from agent.deploy.nats_config import fleet_login, load_fleet
     from agent.fleet.metrics_feed import FeedStateDamaged, MetricsFeed
-    from agent.fleet.subjects import HUB_DOMAIN
     from agent.fleet.victoria import MetricsStoreError, VictoriaMetrics
     from agent.journal_log import log_to_journal
     from agent.persist import StateStore
@@ -176,14 +186,8 @@ def metrics(args: argparse.Namespace) -> int:
     store = StateStore(args.state_dir)
 
     async def main() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        if args.duration is not None:
-            loop.call_later(args.duration, stopping.set)
-        connection = await nats.connect(servers, user=FLEET_USER, password=password)
-        jetstream = connection.jetstream(domain=HUB_DOMAIN)
+        stopping = stop_event(args.duration)
+        connection, jetstream = await hub_login(servers, password)
         feeds = [MetricsFeed(jetstream, site.name, store, victoria) for site in fleet.sites]
 
         async def follow(feed: MetricsFeed) -> None:

@@ -17,14 +17,13 @@ without one.
 import logging
 from typing import Any, Callable
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from agent.errors import MessageError
 from agent.fleet.ledger import ROW_S, SiteLedger, month_of, row_end_s
 from agent.fleet.ledger_file import LedgerDamaged, LedgerFile
-from agent.fleet.subjects import hub_stream, site_subjects
+from agent.fleet.streams import resumed_consumer
+from agent.fleet.subjects import site_subjects
 from agent.mqtt import envelope
 from agent.mqtt.envelope import finite_number
 from agent.mqtt.topics import LEADER
@@ -119,16 +118,9 @@ class SiteConsumer:
 
     async def start(self) -> None:
         """Make the consumer again at the message after the ledger's last row."""
-        stream = hub_stream(self.ledger.site)
-        try:
-            await self.jetstream.delete_consumer(stream, CONSUMER)
-        except NotFoundError:
-            pass
-        await self.jetstream.add_consumer(stream, ConsumerConfig(
-            durable_name=CONSUMER, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.ledger.hub_seq + 1, ack_policy=AckPolicy.ALL,
-            filter_subject=site_subjects(self.ledger.site), max_ack_pending=-1))
-        self.subscription = await self.jetstream.pull_subscribe_bind(CONSUMER, stream)
+        self.subscription = await resumed_consumer(
+            self.jetstream, self.ledger.site, CONSUMER, self.ledger.hub_seq,
+            site_subjects(self.ledger.site))
 
     async def pump(self, max_messages: int | None = None) -> int:
         """Take messages until none came for a fetch timeout (or `max_messages`): how many."""

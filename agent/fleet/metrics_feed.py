@@ -29,11 +29,10 @@ import re
 from typing import Any, NamedTuple
 
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from agent.errors import HearthError, MessageError
-from agent.fleet.subjects import SUBJECT_ROOT, hub_stream
+from agent.fleet.streams import resumed_consumer
+from agent.fleet.subjects import SUBJECT_ROOT
 from agent.fleet.victoria import VictoriaMetrics
 from agent.mqtt import envelope
 from agent.mqtt.envelope import finite_number
@@ -263,16 +262,8 @@ class MetricsFeed:
     async def start(self) -> None:
         """Resume, then make the consumer again at the message after the saved position."""
         self.resume()
-        stream = hub_stream(self.site)
-        try:
-            await self.jetstream.delete_consumer(stream, CONSUMER)
-        except NotFoundError:
-            pass
-        await self.jetstream.add_consumer(stream, ConsumerConfig(
-            durable_name=CONSUMER, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.series.hub_seq + 1, ack_policy=AckPolicy.ALL,
-            filter_subject=leader_states(self.site), max_ack_pending=-1))
-        self.subscription = await self.jetstream.pull_subscribe_bind(CONSUMER, stream)
+        self.subscription = await resumed_consumer(
+            self.jetstream, self.site, CONSUMER, self.series.hub_seq, leader_states(self.site))
 
     async def pump(self, max_messages: int | None = None) -> int:
         """Take and deliver batches until none came for a fetch timeout (or `max_messages`):

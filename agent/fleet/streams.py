@@ -6,8 +6,8 @@ stream at start, the centre makes the hub's (`hearth uplink hub-streams`). Addin
 exists updates it to this configuration, so both may run at every start.
 """
 
-from nats.js.api import (DiscardPolicy, ExternalStream, StorageType, StreamConfig,
-                         StreamSource)
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
+                         ExternalStream, StorageType, StreamConfig, StreamSource)
 from nats.js.errors import NotFoundError
 
 from agent.fleet.subjects import (SITE_STREAM, hub_stream, site_domain,
@@ -60,3 +60,21 @@ async def ensure_stream(jetstream, config: StreamConfig) -> None:
         await jetstream.add_stream(config)
     else:
         await jetstream.update_stream(config)
+
+
+async def resumed_consumer(jetstream, site: str, name: str, after_seq: int, subjects: str):
+    """A pull subscription on the durable consumer `name` of the site's hub stream, made again
+    to start at the message after `after_seq` (the last one its owner has on disk): the
+    centre's consumers keep their position in their own files, so a crash anywhere replays
+    exactly what those files do not hold. Acknowledged up to a position (AckPolicy ALL), so
+    the hub's `consumer info` shows how far each one is."""
+    stream = hub_stream(site)
+    try:
+        await jetstream.delete_consumer(stream, name)
+    except NotFoundError:
+        pass
+    await jetstream.add_consumer(stream, ConsumerConfig(
+        durable_name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after_seq + 1, ack_policy=AckPolicy.ALL, filter_subject=subjects,
+        max_ack_pending=-1))
+    return await jetstream.pull_subscribe_bind(name, stream)

@@ -713,6 +713,7 @@ def test_a_rollout_of_another_bundle_waits_for_the_paused_one(tmp_path, capsys, 
 
 
 def test_update_serve_serves_its_bundles_until_stopped(tmp_path):
+    import select
     import signal
     import subprocess
     import sys
@@ -723,6 +724,9 @@ def test_update_serve_serves_its_bundles_until_stopped(tmp_path):
                                "--listen", "127.0.0.1:0", "--advertise", "127.0.0.1"],
                               stdout=subprocess.PIPE, text=True)
     try:
+        # the line must come while the server runs, not when its buffer is flushed at exit
+        ready, _, _ = select.select([server.stdout], [], [], 20)
+        assert ready, "hearth update serve printed no URL within 20 s"
         announced = json.loads(server.stdout.readline())
         assert announced["size_bytes"] == 1000 and len(announced["sha256"]) == 64
         request = urllib.request.Request(announced["url"], headers={"Range": "bytes=10-19"})

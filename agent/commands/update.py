@@ -239,7 +239,7 @@ def run_serve(args: argparse.Namespace) -> int:
     with BundleServer(list(args.bundles), _address(args.listen)) as server:
         for name, served in server.files.items():
             print(json.dumps({"url": server.url(host, name), "sha256": served.sha256,
-                              "size_bytes": served.size}))
+                              "size_bytes": served.size}), flush=True)
         stop = _stop_requested()
         while not stop:
             time.sleep(0.5)

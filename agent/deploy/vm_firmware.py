@@ -7,6 +7,7 @@ kernel command line for the VM's bench to lay out as files (docs/vm-test.md)."""
 
 import dataclasses
 import re
+import subprocess
 from pathlib import Path
 
 from agent.deploy.disk import DiskImageError, Ext4Partition, FatPartition, partitions, slot_layout
@@ -85,7 +86,9 @@ def plan_boot(image: Path, disk: str, tryboot: bool, work: Path) -> BootPlan:
         raise FirmwareError(f"autoboot.txt boots partition {partition}, not a slot's boot "
                             f"partition ({layout.boot_a.number} or {layout.boot_b.number})")
     cmdline = FatPartition(image, by_number[partition]).read("cmdline.txt").decode()
-    root = Ext4Partition(image, by_number[root_partition_number(cmdline, disk)])
+    root_part = by_number[root_partition_number(cmdline, disk)]
+    replay_journal(image, root_part.offset)
+    root = Ext4Partition(image, root_part)
     names = root.listdir("/boot")
     found = {}
     for prefix in ("vmlinuz-", "initrd.img-"):
@@ -97,3 +100,25 @@ def plan_boot(image: Path, disk: str, tryboot: bool, work: Path) -> BootPlan:
         found[prefix].write_bytes(root.read(f"/boot/{matches[0]}"))
     return BootPlan(partition, tryboot, " ".join(cmdline.split()), found["vmlinuz-"],
                     found["initrd.img-"])
+
+
+def replay_journal(image: Path, offset: int) -> None:
+    """Replay the root's ext4 journal as the kernel does first when it mounts it: a power cut
+    leaves it unreplayed, and debugfs reads the file system without it (a directory the last
+    boot changed can read as empty). The Pi's firmware needs none of this: it reads the FAT
+    boot partition."""
+    device = f"{image}?offset={offset}"
+    if b"needs_recovery" not in _run(["dumpe2fs", "-h", device]).stdout:
+        return
+    # e2fsck writes the journal's blocks in place, then fails to re-open the file system
+    # without the offset, so the superblock keeps needs_recovery and the kernel replays the
+    # same transactions once more on mount (which changes nothing).
+    result = _run(["e2fsck", "-E", "journal_only", "-y", device])
+    if b"recovering journal" not in result.stdout + result.stderr:
+        raise FirmwareError(f"the root file system at byte {offset} of {image} needs its "
+                            f"journal replayed and e2fsck did not: "
+                            f"{(result.stdout + result.stderr).decode(errors='replace')[-200:]}")
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, check=False)

@@ -37,7 +37,7 @@ def test_term_completes_command_names_and_choices():
     assert completions("") == sorted({c.split()[0] for c in (
         "help", "status", "sensors", "limits", "faults", "events", "setpoint", "mode",
         "reset", "tune", "identify", "i2c", "w1", "config", "calibrate", "selftest",
-        "reboot", "shutdown")})
+        "reboot", "shutdown", "version", "update")})
     assert completions("se") == ["selftest", "sensors", "setpoint"]
     assert completions("config ") == ["check", "show"]
     assert completions("mode s") == ["safe"]

@@ -44,6 +44,8 @@ READ_ONLY = [
     ("config show", r'board_type = "oil-carrier".*\[\[sensor\]\]', "sensor"),
     ("config check", r"OK: board type oil-carrier, 8 sensors", "ok"),
     ("selftest", r"PASS  sensor board_power.*PASS  status LED.*14 passed, 0 failed", "items"),
+    ("version", r"Hearth \d+\.\d+\.\d+.*other slot", "installed"),
+    ("update status", r"no update on this board yet", "state"),
 ]
 
 

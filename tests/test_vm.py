@@ -108,3 +108,11 @@ def test_the_harness_replays_a_root_journal_a_power_cut_left_before_it_reads_the
     assert read() == b"kernel in the journal"
     replay_journal(image, offset)                   # the same transactions once more
     assert read() == b"kernel in the journal"
+
+
+def test_refused_bundles_compare_raucs_slot_status_without_the_boot_id_every_boot_writes():
+    from agent.deploy.vm_updates import slot_status
+    booted = b"[system]\nboot-id=843f5731-a5e8-4fc0-b719-87eefea14c2e\n"
+    assert slot_status(None) == slot_status(booted) == b""
+    installed = booted + b"\n[slot.rootfs.1]\nbundle.version=1.2.0\nstatus=ok\n"
+    assert slot_status(installed) == b"[slot.rootfs.1]\nbundle.version=1.2.0\nstatus=ok"

@@ -38,6 +38,9 @@ SITE, MODULE, BOARD = "vm", "m1", "b01"
 GUEST_HOST = "10.0.2.2"
 """The host as the guest sees it on QEMU's user network."""
 OLD_RELEASE, NEW_RELEASE = "1.1.0", "1.2.0"
+DOWNGRADE_RELEASE = "1.0.0"
+"""Older than either release the board runs, so it is a downgrade whichever scenarios ran
+before (the golden image's own 1.1.0 over 1.1.0 is "already installed", not a downgrade)."""
 BOOT_TIMEOUT_S = 1800
 STEP_TIMEOUT_S = 900
 UPDATE_TOML = (f'bootloader_dir = "{BOOTLOADER_FACTS_DIR}"\nhealth_window_s = 180\n'
@@ -181,6 +184,13 @@ def next_release(golden: Path, work: Path, release: str) -> Path:
     return derived_release(golden, work, f"release-{release}", {
         "/etc/hearth-release": f"{release}\n",
         package: with_version(root.read(package).decode(), release)})
+
+
+def slot_status(text: bytes | None) -> bytes:
+    """RAUC's status file without what every boot writes (its [system] boot-id=), so an
+    absent file and one holding only that compare equal: what is left is about the slots."""
+    text = re.sub(rb"(?m)^boot-id=.*\n?", b"", text or b"")
+    return re.sub(rb"^\[system\]\s*(?=\[|$)", b"", text.strip())
 
 
 def build_bundle(image: Path, keys: Path, out: Path) -> Bundle:
@@ -459,6 +469,7 @@ class Scenarios:
         files = {}
         for path in ("/rauc/status.raucs", "/rauc/tryboot.json"):
             files[path] = data.read(path) if data.exists(path) else None
+        files["/rauc/status.raucs"] = slot_status(files["/rauc/status.raucs"])
         return DiskState(committed, partition_digest(image, other_boot),
                          partition_digest(image, other_root), files)
 
@@ -547,7 +558,9 @@ class Scenarios:
             STEP_TIMEOUT_S * 2, "the board's report from its old slot")
         facts = [f for index, kind, f in self.rig.events if kind == "boot" and index > boots]
         back = facts[-1] if facts else {}
-        self.report(f"{name}-old-slot", back.get("partition") == partition
+        no_trial = cut not in ("install", "installed") or all(
+            f.get("tryboot") == 0 for f in facts)           # the cut came before the reboot
+        self.report(f"{name}-old-slot", back.get("partition") == partition and no_trial
                     and back.get("tryboot") == 0 and verdict["state"] in ("rolled_back", "failed")
                     and verdict.get("installed") == self.committed_release,
                     f"boots {[(f.get('partition'), f.get('tryboot')) for f in facts]}; "
@@ -571,9 +584,10 @@ class Scenarios:
         rig = self.rig
         if point in ("install", "installed"):
             def watch() -> None:
+                # RAUC's 100 % comes with the updater's "trial" report, just before its reboot
                 rig.wait(lambda: rig.update_since(seen, lambda u: (
-                    u.get("state") == "installing" and (u.get("progress_pct") or 0) >=
-                    (30 if point == "install" else 100))), STEP_TIMEOUT_S, f"{point} progress")
+                    u.get("state") in ("installing", "trial") and (u.get("progress_pct") or 0)
+                    >= (30 if point == "install" else 100))), STEP_TIMEOUT_S, f"{point} progress")
                 with rig.lock:
                     rig.power_cut.set()
             threading.Thread(target=watch, daemon=True).start()
@@ -611,13 +625,15 @@ class Scenarios:
                         f"{verdict['state']}: {(verdict.get('reason') or '')[:200]!r}")
         self.rig.power_off()
         after = self.disk()
+        changed = [path for path, text in after.rauc_files.items()
+                   if text != before.rauc_files[path]]
         self.report("refused-nothing-written", (after.other_boot_digest, after.other_root_digest,
-                                                after.rauc_files) == (
-            before.other_boot_digest, before.other_root_digest, before.rauc_files),
+                                                changed) == (
+            before.other_boot_digest, before.other_root_digest, []),
                     f"other slot boot {after.other_boot_digest[:12]} root "
                     f"{after.other_root_digest[:12]} (before {before.other_boot_digest[:12]} "
-                    f"{before.other_root_digest[:12]}), RAUC status "
-                    f"{'unchanged' if after.rauc_files == before.rauc_files else 'changed'}")
+                    f"{before.other_root_digest[:12]}), RAUC status files changed: "
+                    f"{changed or 'none'} (RAUC's boot-id aside)")
 
 
 SCENARIOS = ("good", "refused", "crash-loop", "no-broker", "power-cut-install",
@@ -655,8 +671,9 @@ def run_updates(cache: Path, work: Path, log, report, names: tuple[str, ...]) ->
             hearth("bundle", "keygen", "--out", other_keys, "--site", "elsewhere")
             bundles["other-key"] = build_bundle(newer, other_keys, work / "other-key.raucb")
             bundles["unsigned"] = unsigned_bundle(bundles["good"], work)
-            bundles["downgrade"] = build_bundle(golden, keys,
-                                                work / f"hearth-{OLD_RELEASE}.raucb")
+            bundles["downgrade"] = build_bundle(
+                next_release(golden, work, DOWNGRADE_RELEASE), keys,
+                work / f"hearth-{DOWNGRADE_RELEASE}.raucb")
         log(f"vm-update: {len(set(map(id, bundles.values())))} bundles built in "
             f"{time.monotonic() - started:.0f} s")
         for built in work.glob("*.img"):            # the releases are in their bundles now

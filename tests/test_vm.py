@@ -116,3 +116,15 @@ def test_refused_bundles_compare_raucs_slot_status_without_the_boot_id_every_boo
     assert slot_status(None) == slot_status(booted) == b""
     installed = booted + b"\n[slot.rootfs.1]\nbundle.version=1.2.0\nstatus=ok\n"
     assert slot_status(installed) == b"[slot.rootfs.1]\nbundle.version=1.2.0\nstatus=ok"
+
+
+def test_the_vm_firmware_facts_live_outside_every_units_runtime_directory():
+    """systemd removes a unit's RuntimeDirectory= each time the unit stops: a crash-looping
+    agent took /run/hearth/bootloader with it, and the trial's updater could not tell which
+    slot it had booted."""
+    from agent.deploy.vm import BOOTLOADER_FACTS_DIR
+    runtime = [f"/run/{name}" for unit in (REPO / "systemd").glob("*.service")
+               for line in unit.read_text().splitlines() if line.startswith("RuntimeDirectory=")
+               for name in line.split("=", 1)[1].split()]
+    assert "/run/hearth" in runtime
+    assert not [d for d in runtime if (BOOTLOADER_FACTS_DIR + "/").startswith(d + "/")]

@@ -53,7 +53,9 @@ SLICES = tuple(f"/sys/fs/cgroup/hearth.slice/hearth-{name}.slice" for name in ("
                                                                                "heatfill"))
 WORKLOAD_FREEZE = f"{SLICES[0]}/cgroup.freeze"
 CHECK_LINE = re.compile(r"vm-(test|log): .*")
-BOOTLOADER_FACTS_DIR = "/run/hearth/bootloader"
+BOOTLOADER_FACTS_DIR = "/run/hearth-vm/bootloader"
+"""Not under /run/hearth: that is the agent's RuntimeDirectory, which systemd removes each time
+the agent stops (a crash-looping agent took the facts with it)."""
 
 HARDWARE_UNIT = f"""# Test VM only: the board's hardware as far as the kernel can emulate it, laid out before the
 # agent starts (agent/deploy/vm_guest_hardware.py).

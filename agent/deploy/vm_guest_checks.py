@@ -396,9 +396,9 @@ def booted_slot_and_data(checks: Checks, settings: dict) -> None:
     must keep."""
     arguments = Path("/proc/cmdline").read_text().split()
     root = next((a for a in arguments if a.startswith("root=")), "none")
-    facts = {name: int.from_bytes(Path(f"/run/hearth/bootloader/{name}").read_bytes(), "big")
+    facts = {name: int.from_bytes(Path(f"/run/hearth-vm/bootloader/{name}").read_bytes(), "big")
              for name in ("partition", "tryboot")
-             if Path(f"/run/hearth/bootloader/{name}").exists()}
+             if Path(f"/run/hearth-vm/bootloader/{name}").exists()}
     checks.report("slot-a-booted", root.endswith("-05") and mount_source("/")[0] == "/dev/vda5"
                   and facts == {"partition": 2, "tryboot": 0},
                   f"{root} on {mount_source('/')[0]}, firmware facts {facts}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 SETTINGS_FILE = Path("/etc/hearth-vm/updates.json")
 CONSOLE = "/dev/ttyS0"
-BOOTLOADER_DIR = Path("/run/hearth/bootloader")
+BOOTLOADER_DIR = Path("/run/hearth-vm/bootloader")
 ENERGY_FILE = Path("/var/lib/hearth/energy.json")
 POLL_S = 1.0
 

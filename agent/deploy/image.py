@@ -865,7 +865,7 @@ def verify_slots(image: Path, disk: str, data_files_expected: list[StagedFile]) 
     if filesystem != layout.root_a.size:
         problems.append(f"slot A's root file system is {filesystem} bytes, its slot "
                         f"{layout.root_a.size}: it was not grown to fill the slot")
-    if _partition_digest(image, layout.root_a) != _partition_digest(image, layout.root_b):
+    if partition_digest(image, layout.root_a) != partition_digest(image, layout.root_b):
         problems.append("root slot B is not a copy of root slot A")
     data = Ext4Partition(image, layout.data)
     if data.label() != DATA_LABEL:
@@ -884,7 +884,8 @@ def verify_slots(image: Path, disk: str, data_files_expected: list[StagedFile]) 
     return problems
 
 
-def _partition_digest(image: Path, part: Partition) -> str:
+def partition_digest(image: Path, part: Partition) -> str:
+    """The sha256 of a partition's bytes, read in 4 MiB pieces."""
     digest = hashlib.sha256()
     with image.open("rb") as handle:
         handle.seek(part.offset)

@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition, Partition,
+from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition,
                                disk_id, run, slot_layout)
-from agent.deploy.image import INSTALL_DIR, REPO, StagedFile, with_version, write_root
+from agent.deploy.image import (INSTALL_DIR, REPO, StagedFile, partition_digest, with_version,
+                                write_root)
 from agent.deploy.vm import (BOOTLOADER_FACTS_DIR, GUEST_DIR, VmRun, board_files, build_golden,
                              run_vm)
 from agent.deploy.vm_firmware import autoboot_partition, plan_boot
@@ -89,18 +90,6 @@ def file_digest(path: Path) -> str:
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(4 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def partition_digest(image: Path, part: Partition) -> str:
-    digest = hashlib.sha256()
-    with image.open("rb") as handle:
-        handle.seek(part.offset)
-        remaining = part.size
-        while remaining:
-            chunk = handle.read(min(remaining, 4 << 20))
-            digest.update(chunk)
-            remaining -= len(chunk)
     return digest.hexdigest()
 
 

@@ -215,6 +215,8 @@ class Rig:
         self.events: list[tuple[int, str, dict]] = []
         self.runs: list[VmRun] = []
         self.boot_index = 0
+        self.trying = False
+        """Whether the boot running now is a tryboot boot (the firmware's one-time boot)."""
         self.action: tuple[str, str | None] = ("wait", None)
         """What the bench is told, and the boot (boot_id) it is meant for (None: any)."""
         self.power_cut: threading.Event | None = None
@@ -253,7 +255,9 @@ class Rig:
             self.lock.notify_all()
             trigger = self.cut_on_line
         if trigger is not None and trigger(line):
-            self.power_cut.set()
+            with self.lock:
+                self.cut_on_line = None             # one cut: the boots after it run on
+                self.power_cut.set()
 
     def start(self) -> None:
         """Power on: boots follow one another (a tryboot reboot makes the next one a trial)
@@ -271,6 +275,7 @@ class Rig:
             plan = plan_boot(self.image, self.disk, tryboot, self.work)
             with self.lock:
                 self.boot_index += 1
+                self.trying = tryboot
                 self.power_cut = threading.Event()
                 cut = self.power_cut
             self.log(f"vm-update: firmware boots partition {plan.partition} "
@@ -540,7 +545,7 @@ class Scenarios:
         energy = self.rig.energy_values()
         boots = self.rig.boot_index
         if cut is not None:
-            self._arm_cut(cut, seen, boots)
+            self._arm_cut(cut, seen, boots, trial_slot="B" if partition == 2 else "A")
         self.rig.send_update(bundle, self.url(bundle))
         verdict = self.rig.wait(lambda: self.rig.verdict_after_install(
             seen, ("rolled_back", "failed", "refused", "committed"), self._slot(partition)),
@@ -568,7 +573,7 @@ class Scenarios:
     def _slot(self, partition: int) -> str:
         return "A" if partition == 2 else "B"
 
-    def _arm_cut(self, point: str, seen: int, boots: int) -> None:
+    def _arm_cut(self, point: str, seen: int, boots: int, trial_slot: str) -> None:
         """Cut the power at one of five moments of an install and its trial."""
         rig = self.rig
         if point in ("install", "installed"):
@@ -582,15 +587,17 @@ class Scenarios:
             threading.Thread(target=watch, daemon=True).start()
         elif point == "trial-kernel":
             # the kernel runs quiet; SeaBIOS's last line comes as it hands over to the kernel
-            rig.cut_on_line = lambda line: (rig.boot_index > boots and
+            # of the trial boot (every boot prints it: only the tryboot one is cut)
+            rig.cut_on_line = lambda line: (rig.boot_index > boots and rig.trying and
                                             "Booting from ROM" in line)
         elif point == "trial-userspace":
-            rig.cut_on_line = lambda line: (rig.boot_index > boots and
+            rig.cut_on_line = lambda line: (rig.boot_index > boots and rig.trying and
                                             '"tryboot": 1' in line and "vm-test: boot" in line)
         elif point == "trial-gate":
             def watch_gate() -> None:
+                # the trial boot's own report (the one before the reboot is from the old slot)
                 rig.wait(lambda: rig.update_since(seen, lambda u: u.get("state") == "trial"
-                                                  and rig.boot_index > boots),
+                                                  and u.get("slot") == trial_slot),
                          STEP_TIMEOUT_S, "the trial's report")
                 time.sleep(5)
                 with rig.lock:

@@ -60,14 +60,19 @@ def test_read_only_commands_human_and_json(console):
         assert key in reply["data"], (typed, reply)
 
 
+def wait_for_mode(board, mode: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while board.agent.supervisor.mode.value != mode and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_prompt_shows_board_id_and_mode(console):
     board, line = console
+    wait_for_mode(board, "NORMAL")     # the board's first loops may still be starting up
     line.send("\r")
     assert line.read_until().endswith(b"hearth b07 NORMAL> ")
     line.command("mode safe")
-    deadline = time.monotonic() + 5
-    while board.agent.supervisor.mode.value != "SAFE" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_mode(board, "SAFE")
     line.send("\r")
     assert line.read_until().endswith(b"hearth b07 SAFE> ")
 

@@ -212,6 +212,8 @@ class Rig:
         self.disk = disk_id(image)
         self.lock = threading.Condition()
         self.updates: list[dict] = []
+        self.replies: dict[str, dict] = {}
+        """The board's answers to the rig's commands, by command id."""
         self.events: list[tuple[int, str, dict]] = []
         self.runs: list[VmRun] = []
         self.boot_index = 0
@@ -230,6 +232,7 @@ class Rig:
                          boot=str(uuid.uuid4()))
         self.prefix = f"hearth/v1/{SITE}/{MODULE}/{BOARD}"
         self.link.subscribe(f"{self.prefix}/update", self._on_update)
+        self.link.subscribe(f"{self.prefix}/reply", self._on_reply)
         self.link.start()
         self.polling = threading.Event()
         threading.Thread(target=self._poll, daemon=True).start()
@@ -246,6 +249,13 @@ class Rig:
             self.lock.notify_all()
         shown = ("installed", "slot", "state", "target", "progress_pct", "reason")
         self.log(f"vm-update: update {json.dumps({key: data.get(key) for key in shown})}")
+
+    def _on_reply(self, message: Message) -> None:
+        data = message.data()
+        with self.lock:
+            if isinstance(data.get("id"), str):
+                self.replies[data["id"]] = data
+            self.lock.notify_all()
 
     def _on_line(self, line: str) -> None:
         match = EVENT_LINE.search(line)
@@ -613,10 +623,24 @@ class Scenarios:
         for key in ("unsigned", "other-key", "downgrade"):
             bundle = self.bundles[key]
             count = len(self.rig.updates)
-            self.rig.send_update(bundle, self.url(bundle))
-            verdict = self.rig.wait(lambda: self.rig.update_since(
-                count, lambda u: u.get("state") in ("refused", "failed", "committed", "trial")),
+            # the badly signed bundles go with force, so that neither the version gate nor an
+            # "already installed" (a release the board may run by now) answers in RAUC's place
+            command_id = self.rig.send_update(bundle, self.url(bundle),
+                                              force=key != "downgrade")
+            self.rig.wait(lambda: self.rig.update_since(
+                count, lambda u: u.get("state") in ("refused", "failed", "committed", "trial"))
+                or self.rig.replies.get(command_id, {}).get("status") == "rejected",
                 STEP_TIMEOUT_S, f"the verdict on the {key} bundle")
+            try:                        # a refusal is reported on `update` and answered
+                verdict = self.rig.wait(lambda: self.rig.update_since(count, lambda u: u.get(
+                    "state") in ("refused", "failed", "committed", "trial")), 10, "a verdict")
+            except ScenarioError:
+                verdict = None
+            if verdict is None:
+                reply = self.rig.replies[command_id]
+                self.report(f"refused-{key}", False,
+                            f"the command was rejected before any install: {reply['reason']!r}")
+                continue
             self.report(f"refused-{key}", verdict["state"] in ("refused", "failed")
                         and bool(verdict.get("reason")),
                         f"{verdict['state']}: {(verdict.get('reason') or '')[:200]!r}")

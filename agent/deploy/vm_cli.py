@@ -103,7 +103,10 @@ def checks(cache: Path, work: Path) -> list[bool]:
 
 
 def print_flush(line: str) -> None:
-    print(line, flush=True)
+    """One write per line: the update rig's threads print at the same time, and print()
+    writes the line and its newline separately."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

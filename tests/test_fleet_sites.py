@@ -5,13 +5,15 @@ with a longer cut)."""
 
 import asyncio
 import contextlib
+import signal
 import time
 
 import nats
 
 from agent.fleet import streams
 from agent.fleet.subjects import MSG_ID_HEADER
-from fleet_sites import SITES, Fleet, leaf_connection, leaf_messages, report, run_outage
+from fleet_sites import (SITES, WAIT_S, Fleet, leaf_connection, leaf_messages, report,
+                         run_outage, wait_until)
 
 
 async def publish_at_site(fleet: Fleet, site: str, first: int, count: int,
@@ -149,3 +151,30 @@ def test_two_sites_through_a_cut_a_lost_hub_server_and_every_role_restarted(tmp_
     for site, (fleet_wh, leader_wh, percent) in outcome.ledger.items():
         assert outcome.rows[site] > 10 and leader_wh > 0
         assert percent < 0.1, (site, fleet_wh, leader_wh)
+
+
+def test_a_hub_server_killed_after_the_ledger_made_its_consumers_gets_their_replicas_back(
+        tmp_path):
+    """A hub server SIGKILLed just after `hearth fleet ledger` made its consumers, while the
+    centre reads the streams (each read an ephemeral consumer, made and dropped, so the
+    metadata leader snapshots and compacts), comes back on nats-server 2.9.10 without its
+    replicas of those consumers (docs/fleet.md "A consumer replica that never comes back");
+    the recovery docs/fleet.md gives, restarting the ledger, brings all three back."""
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.start_hubs()
+        fleet.start_ledger()
+        wait_until("the ledger's consumers on three current replicas", fleet.hub_settled)
+        fleet.stop_hub(2, signal.SIGKILL)
+        reads, deadline = 0, time.monotonic() + WAIT_S
+        while reads < 3:  # the centre reads the hub while hub2 is away, a few seconds apart
+            assert time.monotonic() < deadline, "the hub could not be read without hub2"
+            reads += fleet.hub_records(SITES[0]) == []
+            time.sleep(2.0)
+        fleet.start_hub(2)
+        fleet.settle(2, step=lambda: time.sleep(0.5))
+        print("made again:", fleet.consumers_made_again)
+        assert set(fleet.consumers_made_again) <= {f"{site} on hub2" for site in SITES}
+        fleet.ledger_roles.check_alive()
+    finally:
+        fleet.close()

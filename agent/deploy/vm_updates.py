@@ -290,10 +290,13 @@ class Rig:
                 cut = self.power_cut
             self.log(f"vm-update: firmware boots partition {plan.partition} "
                      f"(tryboot {int(tryboot)})")
-            result = run_vm(self.image, plan, BOOT_TIMEOUT_S, lambda line: None, QEMU_NETWORK,
-                            self._on_line, cut)
-            (self.work / f"console-{self.boot_index:02d}.log").write_text(
-                "\n".join(result.lines) + "\n")
+            with open(self.work / f"console-{self.boot_index:02d}.log", "w") as console:
+                def on_line(line: str) -> None:     # written as it comes: a hung boot shows
+                    console.write(line + "\n")
+                    console.flush()
+                    self._on_line(line)
+                result = run_vm(self.image, plan, BOOT_TIMEOUT_S, lambda line: None,
+                                QEMU_NETWORK, on_line, cut)
             with self.lock:
                 self.runs.append(result)
                 self.lock.notify_all()

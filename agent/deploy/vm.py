@@ -367,8 +367,10 @@ def kernel_command_line(plan: BootPlan) -> str:
     """The chosen slot's cmdline.txt, then the VM's own settings: systemd as PID 1 on the
     serial console (the last console= is /dev/console), QEMU's SMBus controllers blacklisted
     so i2c-stub is bus 0, the technician console's unit masked (the VM has no serial0 for it
-    and its restarts would only slow the emulated CPU), and the firmware's boot facts."""
-    return (f"{plan.cmdline} console=ttyS0,115200 quiet "
+    and its restarts would only slow the emulated CPU), a kernel panic restarting the VM as
+    the Pi's watchdog would restart the board (the emulated CPU has panicked the guest kernel
+    in its network interrupt, rarely), and the firmware's boot facts."""
+    return (f"{plan.cmdline} console=ttyS0,115200 quiet panic=10 "
             "modprobe.blacklist=i2c_piix4,i2c_i801 systemd.mask=hearth-console.service "
             "systemd.firstboot=off systemd.show_status=error " + plan.bootloader_argument())
 

@@ -300,7 +300,10 @@ class Rig:
             with self.lock:
                 self.runs.append(result)
                 self.lock.notify_all()
-            self.log(f"vm-update: boot {self.boot_index} ended: {result.ended}")
+            panicked = any("Kernel panic" in line for line in result.lines)
+            self.log(f"vm-update: boot {self.boot_index} ended: {result.ended}"
+                     + (" (the guest kernel panicked; its console log has why)" if panicked
+                        else ""))
             if result.ended == "poweroff" or self.stopping.is_set():
                 return
             tryboot = result.ended == "tryboot-reboot"
@@ -460,7 +463,6 @@ class Scenarios:
         self.server = server
         self.bundles = bundles
         self.report = report
-        self.committed_release = OLD_RELEASE
 
     def url(self, bundle: Bundle) -> str:
         return self.server.url(GUEST_HOST, bundle.path.name)
@@ -497,8 +499,9 @@ class Scenarios:
                    f"{values[-1] if values else None} over {len(values)} readings")
         return not problems, "; ".join(problems) or summary
 
-    def _running(self) -> tuple[int, int]:
-        """Power on and wait until the board's updater reports from its committed slot."""
+    def _running(self) -> tuple[int, int, str]:
+        """Power on and wait until the board's updater reports from its committed slot: the
+        partition booted, the updates seen so far and the release it runs."""
         start_boot = self.rig.boot_index
         updates_before = len(self.rig.updates)
         self.rig.start()
@@ -507,14 +510,14 @@ class Scenarios:
         self.rig.wait(lambda: self.rig.update_since(
             updates_before, lambda u: u.get("state") not in ("installing", "trial")),
             STEP_TIMEOUT_S, "the updater's first report")
-        return facts["partition"], len(self.rig.updates)
+        return facts["partition"], len(self.rig.updates), facts["release"]
 
     def good_bundle(self) -> None:
         """(a) installed to the other slot, tried, gate passed, committed; a plain reboot then
         stays on it."""
         bundle = self.bundles["good"]
         before = self.disk()
-        partition, seen = self._running()
+        partition, seen, _ = self._running()
         self.rig.send_update(bundle, self.url(bundle))
         committed = self.rig.wait(lambda: self.rig.verdict_after_install(
             seen, ("committed", "rolled_back", "failed", "refused")),
@@ -539,7 +542,6 @@ class Scenarios:
                     f"autoboot.txt [all] boot_partition {before.committed_partition} -> "
                     f"{after.committed_partition}")
         self.report("update-good-data", *self.data_intact(energy[0] if energy else None))
-        self.committed_release = bundle.version
 
     def failing_bundle(self, name: str, bundle_key: str, reason_pattern: str) -> None:
         """(b), (c): the trial fails its gate; the board is back on the old slot, running,
@@ -554,7 +556,7 @@ class Scenarios:
     def _back_on_old_slot(self, name: str, bundle: Bundle, reason_pattern: str,
                           cut: str | None) -> None:
         before = self.disk()
-        partition, seen = self._running()
+        partition, seen, release = self._running()
         energy = self.rig.energy_values()
         boots = self.rig.boot_index
         if cut is not None:
@@ -571,7 +573,7 @@ class Scenarios:
             f.get("tryboot") == 0 for f in facts)           # the cut came before the reboot
         self.report(f"{name}-old-slot", back.get("partition") == partition and no_trial
                     and back.get("tryboot") == 0 and verdict["state"] in ("rolled_back", "failed")
-                    and verdict.get("installed") == self.committed_release,
+                    and verdict.get("installed") == release,
                     f"boots {[(f.get('partition'), f.get('tryboot')) for f in facts]}; "
                     f"{verdict['state']} on slot {verdict.get('slot')}, installed "
                     f"{verdict.get('installed')}")
@@ -624,7 +626,7 @@ class Scenarios:
         reason, nothing written (the other slot byte for byte, RAUC's and the backend's
         status files)."""
         before = self.disk()
-        _, seen = self._running()
+        _, seen, _ = self._running()
         for key in ("unsigned", "other-key", "downgrade"):
             bundle = self.bundles[key]
             count = len(self.rig.updates)

@@ -38,8 +38,8 @@ from agent.update.slots import Bundle, ServiceFacts, Slots, other_slot, parse_ve
 from agent.update.trial_record import VERDICT_BAD, TrialRecord, TrialRecords
 
 COMMAND = UPDATE_COMMAND
-NO_VERDICT = ("the trial boot ended without a verdict: power cut, crash or watchdog reset; "
-              "the board runs its old slot again")
+NO_VERDICT = ("the trial ended without a verdict: a power cut, crash or watchdog reset after "
+              "the install, before or during the trial boot; the board runs its old slot again")
 URL_MAX = 2048
 URL_PATTERN = re.compile(r"https?://[!-~]+")
 """http(s), then printable ASCII without spaces: what RAUC's streaming takes."""

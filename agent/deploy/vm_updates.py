@@ -67,8 +67,9 @@ WantedBy=multi-user.target
 """
 CRASHING_AGENT = "[Service]\nExecStart=\nExecStart=/bin/sh -c 'sleep 2; exit 3'\n"
 """A release whose agent dies two seconds after every start: a crash loop."""
-AGENT_WITHOUT_NETWORK = "[Service]\nIPAddressDeny=any\n"
-"""A release whose agent runs but never reaches the broker (systemd's IP firewall)."""
+AGENT_WITHOUT_NETWORK = f"[Service]\nIPAddressDeny={GUEST_HOST}\n"
+"""A release whose agent runs but never reaches the broker: systemd's IP firewall denies it the
+site's broker only (denying it every address, the loopback too, also kept it from starting)."""
 BAD_RELEASE_DROPIN = "/etc/systemd/system/hearth-agent.service.d/release.conf"
 EVENT_LINE = re.compile(r"vm-test: (boot|energy|action) (\{.*\})")
 

@@ -375,6 +375,11 @@ def kernel_command_line(plan: BootPlan) -> str:
             "systemd.firstboot=off systemd.show_status=error " + plan.bootloader_argument())
 
 
+KERNEL_PANIC = "end Kernel panic"
+"""The kernel's last line of a panic: with panic=10 it restarts (a reset, as the Pi's watchdog
+gives a board), which QEMU's -no-reboot ends without the 'Restarting system' line."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VmRun:
     """One boot, from the firmware's choice to QEMU's exit: the console's lines and how it
@@ -426,7 +431,8 @@ def run_vm(image: Path, plan: BootPlan, timeout_s: float, log, qemu_extra: tuple
     text = "\n".join(lines[-30:])
     ended = ("killed" if process.returncode == -signal.SIGKILL else
              "tryboot-reboot" if TRYBOOT_REBOOT in text else
-             "reboot" if "reboot: Restarting system" in text else "poweroff")
+             "reboot" if "reboot: Restarting system" in text or KERNEL_PANIC in text
+             else "poweroff")
     return VmRun(plan, lines, ended)
 
 

@@ -28,8 +28,8 @@ from agent.deploy.disk import (DiskImageError, Ext4Partition, FatPartition,
                                disk_id, run, slot_layout)
 from agent.deploy.image import (INSTALL_DIR, REPO, StagedFile, partition_digest, with_version,
                                 write_root)
-from agent.deploy.vm import (BOOTLOADER_FACTS_DIR, GUEST_DIR, VmRun, board_files, build_golden,
-                             run_vm)
+from agent.deploy.vm import (BOOTLOADER_FACTS_DIR, GUEST_DIR, KERNEL_PANIC, VmRun, board_files,
+                             build_golden, run_vm)
 from agent.deploy.vm_firmware import autoboot_partition, plan_boot
 from agent.mqtt.link import Link, LinkSettings, Message
 from agent.mqtt.outbox import Outbox
@@ -301,7 +301,7 @@ class Rig:
             with self.lock:
                 self.runs.append(result)
                 self.lock.notify_all()
-            panicked = any("Kernel panic" in line for line in result.lines)
+            panicked = any(KERNEL_PANIC in line for line in result.lines)
             self.log(f"vm-update: boot {self.boot_index} ended: {result.ended}"
                      + (" (the guest kernel panicked; its console log has why)" if panicked
                         else ""))

@@ -368,8 +368,8 @@ def kernel_command_line(plan: BootPlan) -> str:
     serial console (the last console= is /dev/console), QEMU's SMBus controllers blacklisted
     so i2c-stub is bus 0, the technician console's unit masked (the VM has no serial0 for it
     and its restarts would only slow the emulated CPU), a kernel panic restarting the VM as
-    the Pi's watchdog would restart the board (the emulated CPU has panicked the guest kernel
-    in its network interrupt, rarely), and the firmware's boot facts."""
+    the Pi's watchdog would restart the board (QEMU's emulated SMP has panicked the guest
+    kernel, about 33 s into a boot), and the firmware's boot facts."""
     return (f"{plan.cmdline} console=ttyS0,115200 quiet panic=10 "
             "modprobe.blacklist=i2c_piix4,i2c_i801 systemd.mask=hearth-console.service "
             "systemd.firstboot=off systemd.show_status=error " + plan.bootloader_argument())
